@@ -1,0 +1,123 @@
+"""The FastAPI application: routers, problem+json handlers, lifespan-built state."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service import __version__
+from service.config import Settings, get_settings
+from service.crypto import SecretBox
+from service.db import create_engine, create_sessionmaker
+from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
+from service.http_client import create_upstream_client
+from service.middleware import BodyLimit, RequestId
+from service.ops.router import router as ops_router
+from service.queue import Queue
+from service.records.router import router as records_router
+from service.runs.router import router as runs_router
+from service.state import AppState
+from service.tasks.router import router as tasks_router
+
+log = logging.getLogger(__name__)
+
+DESCRIPTION = """\
+Backsync runs background sync for mobile apps on a server: register **sync tasks**
+that pull from external HTTP APIs, trigger them, watch their **runs**, and read the
+**change feed** of records that changed since you last looked.
+
+Every `/v1` call needs `Authorization: Bearer bks_…` (make keys with
+`backsync keys create --tenant NAME`). Errors are RFC 9457 `application/problem+json`.
+"""
+
+
+def _problem(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(
+        problem.model_dump(exclude_none=True), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers
+    )
+
+
+async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return _problem(exc.problem(), exc.headers())
+
+
+async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = [
+        FieldError(loc=[p if isinstance(p, int) else str(p) for p in error.get("loc", ())], msg=str(error.get("msg", "")))
+        for error in exc.errors()
+    ]
+    return _problem(
+        Problem(
+            type="urn:backsync:problem:validation",
+            title="Unprocessable Content",
+            status=422,
+            detail="the request is not valid; see `errors`",
+            errors=errors,
+        )
+    )
+
+
+async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "HTTP error")
+    return _problem(
+        Problem(title=title, status=exc.status_code, detail=str(exc.detail)), dict(exc.headers or {})
+    )
+
+
+async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error", exc_info=exc)
+    return _problem(Problem(title="Internal Server Error", status=500, detail="internal error"))
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[AppState]:
+        engine = create_engine(settings.database_url)
+        queue = await Queue.connect(settings)
+        http = create_upstream_client(settings)
+        try:
+            yield AppState(
+                settings=settings,
+                engine=engine,
+                sessionmaker=create_sessionmaker(engine),
+                queue=queue,
+                secrets=SecretBox(settings.secret_keys),
+                http=http,
+            )
+        finally:
+            await http.aclose()
+            await queue.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Backsync",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        openapi_tags=[
+            {"name": "tasks", "description": "Register and manage sync tasks"},
+            {"name": "runs", "description": "Trigger, inspect and cancel runs"},
+            {"name": "records", "description": "The change feed of synced records"},
+            {"name": "operations", "description": "Liveness and readiness"},
+        ],
+    )
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestId)
+    for router in (tasks_router, runs_router, records_router, ops_router):
+        app.include_router(router)
+    return app

@@ -1,0 +1,227 @@
+"""`backsync` (also `python -m service`): run, migrate, document and administer Backsync."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from service.config import Settings, get_settings
+
+app = typer.Typer(
+    help="Backsync: server-side background sync for mobile apps.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _fail(message: str) -> typer.Exit:
+    typer.secho(message, fg=typer.colors.RED, err=True)
+    return typer.Exit(code=2)
+
+
+def _require_production_settings(settings: Settings) -> None:
+    if not settings.redis_url:
+        raise _fail("BACKSYNC_REDIS_URL is not set (the embedded Redis runs only with `backsync dev`).")
+    if not settings.secret_keys:
+        raise _fail(
+            "BACKSYNC_SECRET_KEYS is not set. Make one with: "
+            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+        )
+
+
+@app.command()
+def api() -> None:
+    """Serve the HTTP API (uvicorn; BACKSYNC_API_WORKERS processes)."""
+    import uvicorn
+
+    from service.logs import configure_logging
+
+    settings = get_settings()
+    _require_production_settings(settings)
+    configure_logging(settings.log_format, settings.log_level)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.api_workers,
+        log_config=None,
+        proxy_headers=True,
+        server_header=False,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Run the arq worker that executes sync runs."""
+    from service.logs import configure_logging
+    from service.worker import run_worker
+
+    settings = get_settings()
+    _require_production_settings(settings)
+    configure_logging(settings.log_format, settings.log_level)
+    run_worker(settings)
+
+
+@app.command()
+def migrate() -> None:
+    """Apply database migrations (alembic upgrade head)."""
+    from service.migrations import upgrade
+
+    settings = get_settings()
+    asyncio.run(upgrade(settings.database_url))
+    typer.echo(f"database at head: {_redacted(settings.database_url)}")
+
+
+@app.command()
+def openapi(
+    output: Annotated[Path, typer.Option(help="Where to write the document")] = Path("openapi/openapi.json"),
+) -> None:
+    """Write the OpenAPI document generated from the app."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(render_openapi())
+    typer.echo(f"wrote {output}")
+
+
+def render_openapi() -> str:
+    from service.app import create_app
+
+    document = create_app(Settings(secret_keys=["unused-for-openapi"])).openapi()
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+
+
+@keys_app.command("create")
+def keys_create(tenant: Annotated[str, typer.Option(help="Tenant name; created if new")]) -> None:
+    """Make an API key for a tenant and print it (shown once)."""
+    typer.echo(asyncio.run(_create_key(get_settings(), tenant, None)))
+
+
+@keys_app.command("revoke")
+def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix: bks_<prefix>_…")]) -> None:
+    """Revoke an API key by its prefix."""
+    if not asyncio.run(_revoke_key(get_settings(), prefix)):
+        raise _fail(f"no key with prefix {prefix}")
+    typer.echo(f"revoked {prefix}")
+
+
+async def _create_key(settings: Settings, tenant: str, raw_key: str | None) -> str:
+    from service.auth.service import create_key
+    from service.db import create_engine, create_sessionmaker, transaction
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with transaction(create_sessionmaker(engine)) as session:
+            return await create_key(session, tenant, raw_key=raw_key)
+    finally:
+        await engine.dispose()
+
+
+async def _revoke_key(settings: Settings, prefix: str) -> bool:
+    from service.auth.service import revoke_key
+    from service.db import create_engine, create_sessionmaker, transaction
+
+    engine = create_engine(settings.database_url)
+    try:
+        async with transaction(create_sessionmaker(engine)) as session:
+            return await revoke_key(session, prefix)
+    finally:
+        await engine.dispose()
+
+
+def _redacted(url: str) -> str:
+    scheme, sep, rest = url.partition("://")
+    if "@" in rest:
+        rest = "***@" + rest.split("@", 1)[1]
+    return scheme + sep + rest
+
+
+def _state_value(path: Path, make: str) -> str:
+    """A value `dev` generates once and keeps (owner-only file) across restarts."""
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(make + "\n")
+    path.chmod(0o600)
+    return make
+
+
+@app.command()
+def dev() -> None:
+    """Everything on one machine: migrations, embedded Redis, API on :8000 and a worker."""
+    from service.crypto import generate_key
+    from service.embedded_redis import embedded_redis
+    from service.migrations import upgrade
+
+    settings = get_settings()
+    state = settings.state_dir
+    secret_keys = ",".join(settings.secret_keys) or _state_value(state / "secret.key", generate_key())
+    api_key = settings.dev_api_key or _state_value(
+        state / "dev_api_key", f"bks_dev{secrets.token_hex(3)}_{secrets.token_urlsafe(32)}"
+    )
+    with ExitStack() as stack:
+        redis_url = settings.redis_url or stack.enter_context(embedded_redis())
+        asyncio.run(upgrade(settings.database_url))
+        asyncio.run(_create_key(settings, "dev", api_key))
+        env = {
+            **os.environ,
+            "BACKSYNC_REDIS_URL": redis_url,
+            "BACKSYNC_SECRET_KEYS": secret_keys,
+            "BACKSYNC_BLOCK_PRIVATE_TARGETS": os.environ.get("BACKSYNC_BLOCK_PRIVATE_TARGETS", "false"),
+        }
+        children = [
+            subprocess.Popen([sys.executable, "-m", "service", role], env=env)  # noqa: S603
+            for role in ("api", "worker")
+        ]
+        stack.callback(_stop_children, children)
+        _banner(settings, api_key, redis_url)
+        _wait(children)
+
+
+def _banner(settings: Settings, api_key: str, redis_url: str) -> None:
+    base = f"http://{settings.host}:{settings.port}"
+    typer.secho("\nBacksync is starting (Ctrl-C stops everything)", bold=True)
+    typer.echo(f"  API       {base}   docs: {base}/docs")
+    typer.echo(f"  database  {_redacted(settings.database_url)}")
+    typer.echo(f"  redis     {redis_url}{'' if settings.redis_url else '  (embedded Valkey)'}")
+    typer.echo(f"  API key   {api_key}")
+    typer.echo(f'\n  curl -H "Authorization: Bearer {api_key}" {base}/v1/tasks\n')
+
+
+def _wait(children: list[subprocess.Popen[bytes]]) -> None:
+    stop = False
+
+    def _on_signal(_signum: int, _frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    while not stop:
+        if any(child.poll() is not None for child in children):
+            typer.secho("a Backsync process exited; stopping", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=1)
+        time.sleep(0.2)
+
+
+def _stop_children(children: list[subprocess.Popen[bytes]]) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+    for child in children:
+        try:
+            child.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            child.kill()

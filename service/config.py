@@ -1,0 +1,79 @@
+"""The one settings object.
+
+Every knob is read here, from `BACKSYNC_*` environment variables or `.env`; the rest of
+the code receives a `Settings` instance and never reads the environment itself.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="BACKSYNC_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    database_url: str = "sqlite+aiosqlite:///./backsync.db"
+    redis_url: str | None = None
+    """Unset means: `dev` starts an embedded Valkey; `api`/`worker` refuse to start."""
+
+    secret_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    block_private_targets: bool = True
+    allowed_targets: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    dev_api_key: str | None = None
+    min_interval_seconds: int = 60
+    log_format: Literal["json", "console"] = "console"
+    log_level: str = "INFO"
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_workers: int = 1
+    state_dir: Path = Path(".backsync")
+    """Where `dev` keeps its generated Fernet key and API key."""
+
+    queue_name: str = "backsync:queue"
+    worker_max_jobs: int = 50
+    worker_poll_delay: float = 0.05
+    job_timeout_seconds: int = 3600
+    max_body_bytes: int = 10 * 1024 * 1024
+    upstream_connect_timeout: float = 10.0
+    upstream_max_connections: int = 100
+
+    @field_validator("secret_keys", "allowed_targets", mode="before")
+    @classmethod
+    def _csv(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str) -> str:
+        """Accept the URLs people paste (`postgresql://`, `sqlite:///`) and pick the async driver."""
+        for plain, driver in (
+            ("postgres://", "postgresql+asyncpg://"),
+            ("postgresql://", "postgresql+asyncpg://"),
+            ("sqlite://", "sqlite+aiosqlite://"),
+        ):
+            if value.startswith(plain):
+                return driver + value[len(plain) :]
+        return value
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

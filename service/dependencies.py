@@ -1,0 +1,89 @@
+"""FastAPI dependencies: typed access to the lifespan state, the unit of work, the caller."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, cast
+
+from fastapi import Depends, Request
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.auth.service import Principal, authenticate
+from service.config import Settings
+from service.crypto import SecretBox
+from service.queue import Queue
+from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def app_state(request: Request) -> AppState:
+    return cast(AppState, request.state._state)
+
+
+State = Annotated[AppState, Depends(app_state)]
+
+
+class UnitOfWork:
+    """The request's transaction; work registered with `after_commit` runs once it commits.
+
+    That is how a run is enqueued: only after its row exists for the worker to read, and
+    never for a request that rolled back.
+    """
+
+    def __init__(self, session: AsyncSession):
+        self.session = session
+        self._after_commit: list[Callable[[], Awaitable[None]]] = []
+
+    def after_commit(self, action: Callable[[], Awaitable[None]]) -> None:
+        self._after_commit.append(action)
+
+    async def run_after_commit(self) -> None:
+        for action in self._after_commit:
+            try:
+                await action()
+            except Exception:
+                # The database row is the truth; the worker's reconciler re-sends it.
+                log.warning("post-commit action failed", exc_info=True)
+
+
+async def unit_of_work(state: State) -> AsyncIterator[UnitOfWork]:
+    async with state["sessionmaker"]() as session:
+        uow = UnitOfWork(session)
+        try:
+            yield uow
+            await session.commit()
+        except BaseException:
+            await session.rollback()
+            raise
+    await uow.run_after_commit()
+
+
+Work = Annotated[UnitOfWork, Depends(unit_of_work)]
+
+
+async def current_principal(request: Request, work: Work) -> Principal:
+    principal = await authenticate(work.session, request.headers.get("authorization"))
+    request.state.tenant = principal.tenant_id
+    return principal
+
+
+Caller = Annotated[Principal, Depends(current_principal)]
+
+
+def settings_of(state: State) -> Settings:
+    return state["settings"]
+
+
+def secrets_of(state: State) -> SecretBox:
+    return state["secrets"]
+
+
+def queue_of(state: State) -> Queue:
+    return state["queue"]
+
+
+AppSettings = Annotated[Settings, Depends(settings_of)]
+Secrets = Annotated[SecretBox, Depends(secrets_of)]
+JobQueue = Annotated[Queue, Depends(queue_of)]

@@ -1,0 +1,143 @@
+"""Domain errors and their RFC 9457 problem+json rendering.
+
+Services raise these; the API turns them into `application/problem+json`. The tree::
+
+    ServiceError (500, never raised on purpose)
+     ├── Unauthenticated     401  missing, malformed, unknown or revoked API key
+     ├── NotFound            404  also for another tenant's ids: existence is not leaked
+     ├── Conflict            409  e.g. a task name that is taken
+     ├── PayloadTooLarge     413
+     ├── InvalidInput        422  semantic validation; carries `errors: [{loc, msg}]`
+     └── RateLimited         429  carries `retry_after`
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PROBLEM_JSON = "application/problem+json"
+
+
+class FieldError(BaseModel):
+    loc: list[str | int] = Field(examples=[["body", "source", "url"]])
+    msg: str = Field(examples=["URL scheme should be 'http' or 'https'"])
+
+
+class Problem(BaseModel):
+    """An RFC 9457 problem document."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "type": "urn:backsync:problem:not-found",
+                    "title": "Not Found",
+                    "status": 404,
+                    "detail": "task tsk_01JD2Z3K9X4Q8M7N6B5V4C3X2Z not found",
+                }
+            ]
+        }
+    )
+
+    type: str = "about:blank"
+    title: str
+    status: int
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[FieldError] | None = None
+
+
+class ServiceError(Exception):
+    status: ClassVar[int] = 500
+    slug: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal Server Error"
+
+    def __init__(self, detail: str | None = None, *, errors: list[FieldError] | None = None):
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.errors = errors
+
+    def problem(self) -> Problem:
+        return Problem(
+            type=f"urn:backsync:problem:{self.slug}",
+            title=self.title,
+            status=self.status,
+            detail=self.detail,
+            errors=self.errors,
+        )
+
+    def headers(self) -> dict[str, str]:
+        return {}
+
+
+class Unauthenticated(ServiceError):
+    status = 401
+    slug = "unauthenticated"
+    title = "Unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="backsync"'}
+
+
+class NotFound(ServiceError):
+    status = 404
+    slug = "not-found"
+    title = "Not Found"
+
+
+class Conflict(ServiceError):
+    status = 409
+    slug = "conflict"
+    title = "Conflict"
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    slug = "payload-too-large"
+    title = "Content Too Large"
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    slug = "validation"
+    title = "Unprocessable Content"
+
+    @classmethod
+    def at(cls, loc: list[str | int], msg: str) -> InvalidInput:
+        return cls(msg, errors=[FieldError(loc=loc, msg=msg)])
+
+
+class RateLimited(ServiceError):
+    status = 429
+    slug = "rate-limited"
+    title = "Too Many Requests"
+
+    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after)}
+
+
+def problem_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: each error it may raise, documented as problem+json."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for error in errors:
+        out[error.status] = {
+            "model": Problem,
+            "description": error.title,
+            "content": {
+                PROBLEM_JSON: {
+                    "example": {
+                        "type": f"urn:backsync:problem:{error.slug}",
+                        "title": error.title,
+                        "status": error.status,
+                        "detail": error.title,
+                    }
+                }
+            },
+        }
+    return out

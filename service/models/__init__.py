@@ -1,0 +1,30 @@
+"""All tables; importing this package registers them on `SQLModel.metadata` for alembic."""
+
+from sqlmodel import SQLModel
+
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+from service.models.record import Record  # noqa: E402
+from service.models.run import ACTIVE_STATUSES, FINAL_STATUSES, Run  # noqa: E402
+from service.models.task import Task, TaskTag  # noqa: E402
+from service.models.tenant import ApiKey, Tenant  # noqa: E402
+
+metadata = SQLModel.metadata
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "FINAL_STATUSES",
+    "ApiKey",
+    "Record",
+    "Run",
+    "Task",
+    "TaskTag",
+    "Tenant",
+    "metadata",
+]

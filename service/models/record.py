@@ -1,0 +1,29 @@
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Column, Index, Text
+from sqlmodel import Field, SQLModel
+
+from service.models.types import BigInt, UTCDateTime, utcnow
+
+
+class Record(SQLModel, table=True):
+    """A synced record, keyed per task.
+
+    `key` is the canonical JSON of the primary key (a scalar, or a list for compound
+    keys), so `1` and `"1"` stay distinct. `data` holds the record's canonical JSON
+    text as hashed: it is written once and never re-serialised.
+    """
+
+    __table_args__ = (Index("uq_record_task_id_seq", "task_id", "seq", unique=True),)
+
+    task_id: str = Field(
+        foreign_key="task.id", primary_key=True, max_length=40, ondelete="CASCADE"
+    )
+    key: str = Field(sa_column=Column(Text, primary_key=True))
+    data: str = Field(sa_column=Column(Text, nullable=False))
+    hash: str = Field(max_length=32)
+    seq: int = Field(sa_type=BigInt)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

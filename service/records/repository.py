@@ -1,0 +1,99 @@
+"""Bulk record SQL: one statement per page for reads and one for writes.
+
+PostgreSQL gets the rows as arrays through `unnest` and SQLite as one JSON document
+through `json_each`: a single round trip and a single statement to plan, whatever the
+page size (no per-row statements, no thousand-parameter VALUES lists).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models import Record, Task
+from service.models.types import UTCDateTime
+
+_PG_HASHES = text(
+    "SELECT key, hash FROM record WHERE task_id = :task_id AND key = ANY(CAST(:keys AS text[]))"
+)
+_SQLITE_HASHES = text(
+    "SELECT key, hash FROM record WHERE task_id = :task_id "
+    "AND key IN (SELECT value FROM json_each(:keys))"
+)
+_SET_CHANGED = (
+    "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
+    "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
+)
+_PG_UPSERT = text(
+    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "
+    "SELECT CAST(:task_id AS varchar), k, d, h, s, CAST(:now AS timestamptz), "
+    "CAST(:now AS timestamptz) FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]), "
+    "CAST(:hashes AS text[]), CAST(:seqs AS bigint[])) AS t(k, d, h, s) " + _SET_CHANGED
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_SQLITE_UPSERT = text(
+    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "
+    "SELECT :task_id, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, :now, :now "
+    "FROM json_each(:rows) AS j WHERE true " + _SET_CHANGED
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+def _is_pg(session: AsyncSession) -> bool:
+    return session.get_bind().dialect.name == "postgresql"
+
+
+async def existing_hashes(session: AsyncSession, task_id: str, keys: list[str]) -> dict[str, str]:
+    if not keys:
+        return {}
+    if _is_pg(session):
+        result = await session.execute(_PG_HASHES, {"task_id": task_id, "keys": keys})
+    else:
+        result = await session.execute(
+            _SQLITE_HASHES, {"task_id": task_id, "keys": orjson.dumps(keys).decode()}
+        )
+    return {row[0]: row[1] for row in result.all()}
+
+
+async def allocate_seqs(session: AsyncSession, task_id: str, count: int) -> int | None:
+    """Reserve `count` seqs; returns the last one, or None when the task is gone.
+
+    The UPDATE row-locks the task until commit, so seqs become visible in order.
+    """
+    result = await session.execute(
+        update(Task)
+        .where(Task.id == task_id)  # type: ignore[arg-type]
+        .values(record_seq=Task.record_seq + count)
+        .returning(Task.record_seq)
+    )
+    return result.scalar_one_or_none()
+
+
+async def upsert(
+    session: AsyncSession, task_id: str, rows: Sequence[tuple[str, str, str, int]], now: datetime
+) -> None:
+    """Write (key, data, hash, seq) rows; a row whose hash did not change is left alone."""
+    if not rows:
+        return
+    if _is_pg(session):
+        keys, datas, hashes, seqs = (list(column) for column in zip(*rows, strict=True))
+        params: dict[str, Any] = {
+            "task_id": task_id, "now": now, "keys": keys, "datas": datas, "hashes": hashes, "seqs": seqs
+        }
+        await session.execute(_PG_UPSERT, params)
+    else:
+        payload = orjson.dumps(rows).decode()
+        await session.execute(_SQLITE_UPSERT, {"task_id": task_id, "now": now, "rows": payload})
+
+
+async def feed(session: AsyncSession, task_id: str, after: int, limit: int) -> Sequence[Record]:
+    result = await session.execute(
+        select(Record)
+        .where(Record.task_id == task_id, Record.seq > after)  # type: ignore[arg-type]
+        .order_by(Record.seq)  # type: ignore[arg-type]
+        .limit(limit)
+    )
+    return result.scalars().all()

@@ -1,0 +1,36 @@
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class RecordOut(BaseModel):
+    key: Any = Field(description="The primary key value; a list for compound keys.", examples=["evt_1"])
+    data: Any = Field(examples=[{"id": "evt_1", "steps": 8123}])
+    seq: int = Field(examples=[17])
+    updated_at: datetime
+
+
+class RecordFeed(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "key": "evt_1",
+                            "data": {"id": "evt_1", "steps": 8123},
+                            "seq": 17,
+                            "updated_at": "2026-11-22T10:00:00Z",
+                        }
+                    ],
+                    "next_after": 17,
+                }
+            ]
+        }
+    )
+
+    items: list[RecordOut]
+    next_after: int = Field(description="Store it; ask `?after=` it next time for only what changed.")

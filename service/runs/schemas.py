@@ -1,0 +1,79 @@
+"""Run response bodies (SPEC §4)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+RunStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+
+
+class RunStats(BaseModel):
+    pages: int = 0
+    requests: int = 0
+    not_modified: int = 0
+    records_seen: int = 0
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    rejected: int = 0
+    bytes: int = 0
+
+
+class RunError(BaseModel):
+    code: str = Field(examples=["upstream_status"])
+    message: str = Field(examples=["upstream answered 404 Not Found"])
+    http_status: int | None = Field(default=None, examples=[404])
+    retryable: bool = False
+
+
+class RunSummary(BaseModel):
+    id: str
+    status: RunStatus
+    created_at: datetime
+    finished_at: datetime | None
+
+
+RUN_EXAMPLE: dict[str, Any] = {
+    "id": "run_ag2m3kq7bbbbbbbbbbbbbbbbbb",
+    "task_id": "tsk_ag2m3kq7aaaaaaaaaaaaaaaaaa",
+    "status": "succeeded",
+    "trigger": "manual",
+    "attempt": 1,
+    "created_at": "2026-11-22T10:00:00Z",
+    "started_at": "2026-11-22T10:00:00.050Z",
+    "finished_at": "2026-11-22T10:00:02Z",
+    "next_attempt_at": None,
+    "cancel_requested": False,
+    "stats": {
+        "pages": 3, "requests": 3, "not_modified": 0, "records_seen": 250,
+        "inserted": 240, "updated": 5, "unchanged": 3, "rejected": 2, "bytes": 81234,
+    },
+    "error": None,
+    "attempts": [],
+}
+
+
+class RunOut(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [RUN_EXAMPLE]})
+
+    id: str
+    task_id: str
+    status: RunStatus
+    trigger: Literal["manual", "schedule"]
+    attempt: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    next_attempt_at: datetime | None
+    cancel_requested: bool
+    stats: RunStats
+    error: RunError | None
+    attempts: list[dict[str, Any]]
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: str | None

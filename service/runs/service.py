@@ -1,0 +1,91 @@
+"""Triggering, reading and cancelling runs (the API side)."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.errors import Conflict, NotFound
+from service.ids import new_id
+from service.models import FINAL_STATUSES, Run
+from service.models.types import utcnow
+from service.pagination import decode_cursor, page_cursor
+from service.runs import repository
+from service.runs.schemas import RunError, RunOut, RunPage, RunStats
+from service.tasks.service import get_task
+
+
+async def trigger(
+    session: AsyncSession, tenant_id: str, task_id: str, trigger: str = "manual"
+) -> tuple[Run, bool]:
+    """A new queued run, or the task's active one (returns created=False).
+
+    A partial unique index allows one active run per task, so two racing triggers
+    (any number of API processes) still give one run.
+    """
+    task = await get_task(session, tenant_id, task_id)
+    active = await repository.active_for_task(session, task.id)
+    if active is not None:
+        return active, False
+    run = Run(id=new_id("run"), task_id=task.id, tenant_id=tenant_id, trigger=trigger)
+    try:
+        async with session.begin_nested():
+            session.add(run)
+            await session.flush()
+    except IntegrityError:
+        active = await repository.active_for_task(session, task.id)
+        if active is None:
+            raise
+        return active, False
+    return run, True
+
+
+async def get_run(session: AsyncSession, tenant_id: str, run_id: str) -> Run:
+    run = await repository.get_for_tenant(session, tenant_id, run_id)
+    if run is None:
+        raise NotFound(f"run {run_id} not found")
+    return run
+
+
+async def list_runs(
+    session: AsyncSession, tenant_id: str, task_id: str, limit: int, cursor: str | None
+) -> RunPage:
+    task = await get_task(session, tenant_id, task_id)
+    runs = await repository.page_for_task(session, task.id, decode_cursor(cursor), limit)
+    return RunPage(
+        items=[to_out(run) for run in runs[:limit]],
+        next_cursor=page_cursor([run.id for run in runs], limit),
+    )
+
+
+async def cancel(session: AsyncSession, tenant_id: str, run_id: str) -> Run:
+    """Queued or retrying runs end now; a running one stops at its next page boundary."""
+    run = await get_run(session, tenant_id, run_id)
+    if run.status in FINAL_STATUSES:
+        raise Conflict(f"run {run_id} already finished ({run.status})")
+    if run.status == "running":
+        run.cancel_requested = True
+    else:
+        now = utcnow()
+        run.status, run.finished_at, run.cancel_requested = "cancelled", now, True
+        run.next_attempt_at = None
+    await session.flush()
+    return run
+
+
+def to_out(run: Run) -> RunOut:
+    return RunOut(
+        id=run.id,
+        task_id=run.task_id,
+        status=run.status,  # type: ignore[arg-type]
+        trigger=run.trigger,  # type: ignore[arg-type]
+        attempt=run.attempt,
+        created_at=run.created_at,
+        started_at=run.started_at,
+        finished_at=run.finished_at,
+        next_attempt_at=run.next_attempt_at,
+        cancel_requested=run.cancel_requested,
+        stats=RunStats.model_validate(run, from_attributes=True),
+        error=RunError.model_validate(run.error) if run.error else None,
+        attempts=run.attempts,
+    )

@@ -1,0 +1,22 @@
+"""What the API process builds once at startup and hands to every request."""
+
+from __future__ import annotations
+
+from typing import TypedDict
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.config import Settings
+from service.crypto import SecretBox
+from service.db import SessionMaker
+from service.queue import Queue
+
+
+class AppState(TypedDict):
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: SessionMaker
+    queue: Queue
+    secrets: SecretBox
+    http: httpx.AsyncClient

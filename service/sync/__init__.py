@@ -1,0 +1,29 @@
+"""The sync engine: a library with no web framework in it.
+
+It knows how to page through an upstream API and turn pages into keyed, hashed rows;
+storing them is the caller's business.
+"""
+
+from service.sync.engine import Page, fetch_one, iter_pages
+from service.sync.errors import BadConfig, SyncError
+from service.sync.paginators import PageRequest, first_request
+from service.sync.records import ExtractedPage, Row
+from service.sync.spec import SECRET_FIELDS, Auth, Limits, Pagination, Retry, Source
+
+__all__ = [
+    "SECRET_FIELDS",
+    "Auth",
+    "BadConfig",
+    "ExtractedPage",
+    "Limits",
+    "Page",
+    "PageRequest",
+    "Pagination",
+    "Retry",
+    "Row",
+    "Source",
+    "SyncError",
+    "fetch_one",
+    "first_request",
+    "iter_pages",
+]

@@ -1,0 +1,53 @@
+"""The page loop: fetch, extract, decide the next page; the caller stores each page.
+
+`iter_pages` yields one page at a time and only fetches the next when asked, so the
+caller commits a page (records + checkpoint) before anything else happens; nothing
+proportional to the whole sync is held in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import httpx
+
+from service.sync.errors import PageLimitReached, PaginationLoop
+from service.sync.fetch import FetchedPage, fetch_page
+from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
+from service.sync.records import ExtractedPage, extract, records_of
+from service.sync.spec import Limits, Source
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    request: PageRequest
+    fetched: FetchedPage
+    records: ExtractedPage
+    next: PageRequest | None
+
+
+async def iter_pages(
+    client: httpx.AsyncClient, source: Source, limits: Limits, start: PageRequest | None = None
+) -> AsyncIterator[Page]:
+    request: PageRequest | None = start or first_request(source)
+    while request is not None:
+        if request.index >= limits.max_pages:
+            raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
+        page = await fetch_one(client, source, limits, request)
+        yield page
+        request = page.next
+
+
+async def fetch_one(
+    client: httpx.AsyncClient, source: Source, limits: Limits, request: PageRequest
+) -> Page:
+    """Fetch and interpret one page; also the dry run's whole job."""
+    fetched = await fetch_page(client, source, request, limits)
+    records = records_of(fetched.body, source.records_path)
+    extracted = extract(records, source.primary_key)
+    view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))
+    following = next_request(source.pagination, request, view)
+    if following is not None and (following.url, following.params) == (request.url, request.params):
+        raise PaginationLoop("the upstream pointed to the same page again")
+    return Page(request, fetched, extracted, following)

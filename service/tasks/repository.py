@@ -1,0 +1,67 @@
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models import Run, Task, TaskTag
+
+
+async def get(session: AsyncSession, tenant_id: str, task_id: str) -> Task | None:
+    result = await session.execute(
+        select(Task).where(Task.id == task_id, Task.tenant_id == tenant_id)
+    )
+    return result.scalar_one_or_none()
+
+
+async def get_by_id(session: AsyncSession, task_id: str) -> Task | None:
+    return await session.get(Task, task_id)
+
+
+async def by_name(session: AsyncSession, tenant_id: str, name: str) -> Task | None:
+    result = await session.execute(
+        select(Task).where(Task.tenant_id == tenant_id, Task.name == name)
+    )
+    return result.scalar_one_or_none()
+
+
+async def page(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    user_id: str | None,
+    tag: str | None,
+    paused: bool | None,
+    before_id: str | None,
+    limit: int,
+) -> Sequence[Task]:
+    query = select(Task).where(Task.tenant_id == tenant_id)
+    if user_id is not None:
+        query = query.where(Task.user_id == user_id)
+    if tag is not None:
+        query = query.where(Task.id.in_(select(TaskTag.task_id).where(TaskTag.tag == tag)))  # type: ignore[attr-defined]
+    if paused is not None:
+        query = query.where(Task.paused == paused)
+    if before_id is not None:
+        query = query.where(Task.id < before_id)
+    result = await session.execute(query.order_by(Task.id.desc()).limit(limit + 1))  # type: ignore[attr-defined]
+    return result.scalars().all()
+
+
+async def set_tags(session: AsyncSession, task_id: str, tags: list[str]) -> None:
+    await session.execute(delete(TaskTag).where(TaskTag.task_id == task_id))  # type: ignore[arg-type]
+    session.add_all([TaskTag(task_id=task_id, tag=tag) for tag in dict.fromkeys(tags)])
+
+
+async def latest_runs(session: AsyncSession, task_ids: list[str]) -> dict[str, Run]:
+    """The newest run of each task, in one query (ids are time-ordered)."""
+    if not task_ids:
+        return {}
+    newest = (
+        select(func.max(Run.id))
+        .where(Run.task_id.in_(task_ids))  # type: ignore[attr-defined]
+        .group_by(Run.task_id)
+    )
+    rows = await session.execute(select(Run).where(Run.id.in_(newest)))  # type: ignore[attr-defined]
+    return {run.task_id: run for run in rows.scalars()}

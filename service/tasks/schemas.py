@@ -1,0 +1,147 @@
+"""Task request and response bodies (SPEC §3)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from service.runs.schemas import RunSummary
+from service.sync.spec import Limits, Retry, Source
+
+Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w.:/-]+$")]
+
+TASK_EXAMPLE: dict[str, Any] = {
+    "name": "oura-daily-activity",
+    "user_id": "u_42",
+    "kind": "http",
+    "source": {
+        "url": "https://api.example.com/v2/daily_activity",
+        "method": "GET",
+        "headers": {"Accept": "application/json"},
+        "params": {"start_date": "2026-01-01"},
+        "auth": {"type": "bearer", "token": "oura-token-123456"},
+        "records_path": "data",
+        "primary_key": "id",
+        "pagination": {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"},
+    },
+    "schedule": {"every_seconds": 3600, "jitter_seconds": 60},
+    "retry": {"max_attempts": 5, "backoff": "exponential", "initial_delay_seconds": 10, "max_delay_seconds": 3600},
+    "limits": {"timeout_seconds": 30, "max_pages": 10000, "max_response_bytes": 10485760, "requests_per_second": None},
+    "tags": ["wearable"],
+}
+
+
+class Schedule(BaseModel):
+    """Either `every_seconds` (with optional jitter) or a 5-field `cron` in `timezone`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    every_seconds: int | None = Field(default=None, ge=1)
+    jitter_seconds: int = Field(default=0, ge=0)
+    cron: str | None = Field(default=None, max_length=200)
+    timezone: str = "UTC"
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Schedule:
+        if (self.every_seconds is None) == (self.cron is None):
+            raise ValueError("give exactly one of every_seconds or cron")
+        if self.cron is not None and len(self.cron.split()) != 5:
+            raise ValueError("cron must have 5 fields: minute hour day month weekday")
+        return self
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown timezone {value!r}") from exc
+        return value
+
+
+class TaskIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [TASK_EXAMPLE]})
+
+    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[\w.:@/-]+$")]
+    user_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    kind: Literal["http"] = "http"
+    source: Source
+    schedule: Schedule | None = None
+    retry: Retry = Field(default_factory=Retry)
+    limits: Limits = Field(default_factory=Limits)
+    health_mapping: dict[str, Any] | None = None
+    tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list)
+    paused: bool = False
+
+
+class TaskPatch(BaseModel):
+    """A JSON merge patch (RFC 7396): objects merge, `null` removes, other values replace."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"paused": True}, {"source": {"params": {"start_date": "2026-02-01"}}}]},
+    )
+
+    name: str | None = None
+    user_id: str | None = None
+    source: dict[str, Any] | None = None
+    schedule: dict[str, Any] | None = None
+    retry: dict[str, Any] | None = None
+    limits: dict[str, Any] | None = None
+    health_mapping: dict[str, Any] | None = None
+    tags: list[str] | None = None
+    paused: bool | None = None
+
+
+class TaskOut(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    **TASK_EXAMPLE,
+                    "id": "tsk_ag2m3kq7aaaaaaaaaaaaaaaaaa",
+                    "source": {
+                        **TASK_EXAMPLE["source"],
+                        "auth": {"type": "bearer", "token": "****3456"},
+                    },
+                    "state": "active",
+                    "paused": False,
+                    "next_run_at": None,
+                    "last_run": None,
+                    "last_success_at": None,
+                    "consecutive_failures": 0,
+                    "watermark": None,
+                    "created_at": "2026-11-22T10:00:00Z",
+                    "updated_at": "2026-11-22T10:00:00Z",
+                }
+            ]
+        }
+    )
+
+    id: str
+    name: str
+    user_id: str | None
+    kind: str
+    source: dict[str, Any] = Field(description="The source, credentials masked as `****abcd`.")
+    schedule: dict[str, Any] | None
+    retry: dict[str, Any]
+    limits: dict[str, Any]
+    health_mapping: dict[str, Any] | None
+    tags: list[str]
+    state: Literal["active", "paused"]
+    paused: bool
+    next_run_at: datetime | None
+    last_run: RunSummary | None
+    last_success_at: datetime | None
+    consecutive_failures: int
+    watermark: Any | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class TaskPage(BaseModel):
+    items: list[TaskOut]
+    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")

@@ -1,0 +1,261 @@
+"""Registering, changing and reading tasks; credentials are sealed on the way in.
+
+The stored `source` carries masked secrets (what responses show); the real `auth`
+object lives only in `auth_ciphertext`.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import ValidationError
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.config import Settings
+from service.crypto import SecretBox, mask
+from service.errors import Conflict, FieldError, InvalidInput, NotFound
+from service.ids import new_id
+from service.models import Run, Task
+from service.models.types import utcnow
+from service.pagination import decode_cursor, page_cursor
+from service.runs.schemas import RunSummary
+from service.sync.spec import SECRET_FIELDS, Source
+from service.tasks import repository
+from service.tasks.schemas import TaskIn, TaskOut, TaskPage, TaskPatch
+
+OnConflict = Literal["fail", "keep", "replace", "update"]
+
+
+def source_of(task: Task, secrets: SecretBox) -> Source:
+    """The task's source with real credentials, for the engine."""
+    data = dict(task.source)
+    if task.auth_ciphertext:
+        data["auth"] = secrets.decrypt_json(task.auth_ciphertext)
+    return Source.model_validate(data)
+
+
+def _seal(source: Source, secrets: SecretBox) -> tuple[dict[str, Any], str | None]:
+    data = source.model_dump(mode="json")
+    auth = data["auth"]
+    fields = SECRET_FIELDS[auth["type"]]
+    if not fields:
+        return data, None
+    ciphertext = secrets.encrypt_json(auth)
+    data["auth"] = {**auth, **{name: mask(auth[name]) for name in fields}}
+    return data, ciphertext
+
+
+def _document(task: Task, secrets: SecretBox) -> dict[str, Any]:
+    """The task as a client would PUT it, credentials included (for merge patches)."""
+    source = dict(task.source)
+    if task.auth_ciphertext:
+        source["auth"] = secrets.decrypt_json(task.auth_ciphertext)
+    return {
+        "name": task.name,
+        "user_id": task.user_id,
+        "kind": task.kind,
+        "source": source,
+        "schedule": task.schedule,
+        "retry": task.retry,
+        "limits": task.limits,
+        "health_mapping": task.health_mapping,
+        "tags": task.tags,
+        "paused": task.paused,
+    }
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7396."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for name, value in patch.items():
+        if value is None:
+            result.pop(name, None)
+        else:
+            result[name] = merge_patch(result.get(name), value)
+    return result
+
+
+def _keep_masked_secrets(current: dict[str, Any], patched: dict[str, Any]) -> None:
+    """A client that echoes back `****abcd` means "keep the secret", not "set it to stars"."""
+    old, new = current.get("source", {}).get("auth", {}), patched.get("source", {}).get("auth")
+    if not isinstance(new, dict) or new.get("type") != old.get("type"):
+        return
+    for name in SECRET_FIELDS.get(str(old.get("type")), ()):
+        if isinstance(new.get(name), str) and name in old and new[name] == mask(old[name]):
+            new[name] = old[name]
+
+
+def _validated(document: dict[str, Any]) -> TaskIn:
+    try:
+        return TaskIn.model_validate(document)
+    except ValidationError as exc:
+        errors = [FieldError(loc=["body", *exc_loc(e["loc"])], msg=e["msg"]) for e in exc.errors()]
+        raise InvalidInput("the changed task is not valid", errors=errors) from exc
+
+
+def exc_loc(loc: Sequence[Any]) -> list[str | int]:
+    return [part if isinstance(part, int) else str(part) for part in loc]
+
+
+def _check_policy(body: TaskIn, settings: Settings) -> None:
+    schedule = body.schedule
+    if schedule and schedule.every_seconds is not None and schedule.every_seconds < settings.min_interval_seconds:
+        raise InvalidInput.at(
+            ["body", "schedule", "every_seconds"],
+            f"must be at least {settings.min_interval_seconds} seconds",
+        )
+
+
+async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: SecretBox) -> None:
+    task.source, task.auth_ciphertext = _seal(body.source, secrets)
+    task.name = body.name
+    task.user_id = body.user_id
+    task.kind = body.kind
+    task.schedule = body.schedule.model_dump(mode="json", exclude_none=True) if body.schedule else None
+    task.retry = body.retry.model_dump(mode="json")
+    task.limits = body.limits.model_dump(mode="json")
+    task.health_mapping = body.health_mapping
+    task.tags = list(dict.fromkeys(body.tags))
+    task.paused = body.paused
+    task.updated_at = utcnow()
+    await repository.set_tags(session, task.id, task.tags)
+
+
+async def create_task(
+    session: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    tenant_id: str,
+    body: TaskIn,
+    on_conflict: OnConflict = "fail",
+) -> tuple[Task, bool]:
+    """Register a task; returns it and whether it was newly created."""
+    _check_policy(body, settings)
+    existing = await repository.by_name(session, tenant_id, body.name)
+    if existing is None:
+        task = Task(id=new_id("tsk"), tenant_id=tenant_id, name=body.name, source={}, retry={}, limits={})
+        try:
+            async with session.begin_nested():
+                session.add(task)
+                await _apply(session, task, body, secrets)
+                await session.flush()
+            return task, True
+        except IntegrityError:
+            existing = await repository.by_name(session, tenant_id, body.name)
+            if existing is None:
+                raise
+    return await _resolve_conflict(session, secrets, existing, body, on_conflict), False
+
+
+async def _resolve_conflict(
+    session: AsyncSession, secrets: SecretBox, existing: Task, body: TaskIn, on_conflict: OnConflict
+) -> Task:
+    if on_conflict == "fail":
+        raise Conflict(
+            f"a task named {body.name!r} exists ({existing.id}); "
+            "use on_conflict=keep, replace or update"
+        )
+    if on_conflict == "replace":
+        await _apply(session, existing, body, secrets)
+    elif on_conflict == "update":
+        current = _document(existing, secrets)
+        patched = merge_patch(current, body.model_dump(mode="json", exclude_unset=True))
+        _keep_masked_secrets(current, patched)
+        await _apply(session, existing, _validated(patched), secrets)
+    await session.flush()
+    return existing
+
+
+async def get_task(session: AsyncSession, tenant_id: str, task_id: str) -> Task:
+    task = await repository.get(session, tenant_id, task_id)
+    if task is None:
+        raise NotFound(f"task {task_id} not found")
+    return task
+
+
+async def update_task(
+    session: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    tenant_id: str,
+    task_id: str,
+    patch: TaskPatch,
+) -> Task:
+    task = await get_task(session, tenant_id, task_id)
+    current = _document(task, secrets)
+    patched = merge_patch(current, patch.model_dump(mode="json", exclude_unset=True))
+    _keep_masked_secrets(current, patched)
+    body = _validated(patched)
+    _check_policy(body, settings)
+    if body.name != task.name and await repository.by_name(session, tenant_id, body.name):
+        raise Conflict(f"a task named {body.name!r} exists")
+    await _apply(session, task, body, secrets)
+    await session.flush()
+    return task
+
+
+async def delete_task(session: AsyncSession, tenant_id: str, task_id: str) -> None:
+    task = await get_task(session, tenant_id, task_id)
+    await session.delete(task)
+    await session.flush()
+
+
+def to_out(task: Task, last_run: Run | None) -> TaskOut:
+    return TaskOut(
+        id=task.id,
+        name=task.name,
+        user_id=task.user_id,
+        kind=task.kind,
+        source=task.source,
+        schedule=task.schedule,
+        retry=task.retry,
+        limits=task.limits,
+        health_mapping=task.health_mapping,
+        tags=task.tags,
+        state="paused" if task.paused else "active",
+        paused=task.paused,
+        next_run_at=task.next_run_at,
+        last_run=RunSummary.model_validate(last_run, from_attributes=True) if last_run else None,
+        last_success_at=task.last_success_at,
+        consecutive_failures=task.consecutive_failures,
+        watermark=task.watermark,
+        created_at=task.created_at,
+        updated_at=task.updated_at,
+    )
+
+
+async def describe(session: AsyncSession, task: Task) -> TaskOut:
+    runs = await repository.latest_runs(session, [task.id])
+    return to_out(task, runs.get(task.id))
+
+
+async def list_tasks(
+    session: AsyncSession,
+    tenant_id: str,
+    *,
+    user_id: str | None,
+    tag: str | None,
+    state: Literal["active", "paused"] | None,
+    limit: int,
+    cursor: str | None,
+) -> TaskPage:
+    tasks = await repository.page(
+        session,
+        tenant_id,
+        user_id=user_id,
+        tag=tag,
+        paused=None if state is None else state == "paused",
+        before_id=decode_cursor(cursor),
+        limit=limit,
+    )
+    shown = list(tasks[:limit])
+    runs = await repository.latest_runs(session, [task.id for task in shown])
+    return TaskPage(
+        items=[to_out(task, runs.get(task.id)) for task in shown],
+        next_cursor=page_cursor([task.id for task in tasks], limit),
+    )

@@ -8,6 +8,7 @@ stopped when the context exits.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,3 +28,4 @@ def embedded_redis() -> Iterator[str]:
         yield f"unix://{directory / 'valkey.sock'}"
     finally:
         server.stop()
+        shutil.rmtree(directory, ignore_errors=True)

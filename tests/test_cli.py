@@ -1,0 +1,116 @@
+"""The CLI as a user runs it: real subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.responses import JSONResponse
+
+from service.config import Settings
+from tests.fixtures.upstream import Upstream, free_port
+
+
+def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def _env(settings: Settings, **extra: str) -> dict[str, str]:
+    return {
+        **os.environ,
+        "BACKSYNC_DATABASE_URL": settings.database_url,
+        "BACKSYNC_REDIS_URL": settings.redis_url or "",
+        "BACKSYNC_SECRET_KEYS": ",".join(settings.secret_keys),
+        **extra,
+    }
+
+
+async def test_keys_create_then_revoke(settings: Settings, client: httpx.AsyncClient) -> None:
+    created = _cli("keys", "create", "--tenant", "cli-tenant", env=_env(settings))
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("bks_")
+    headers = {"Authorization": f"Bearer {key}"}
+    assert (await client.get("/v1/tasks", headers=headers)).status_code == 200
+
+    revoked = _cli("keys", "revoke", key.split("_")[1], env=_env(settings))
+    assert revoked.returncode == 0, revoked.stderr
+    assert (await client.get("/v1/tasks", headers=headers)).status_code == 401
+    missing = _cli("keys", "revoke", "nosuchprefix", env=_env(settings))
+    assert missing.returncode == 2
+    assert "no key" in missing.stderr
+
+
+def test_api_and_worker_refuse_to_start_without_redis_or_secret_keys(settings: Settings) -> None:
+    no_secret = _cli("api", env=_env(settings, BACKSYNC_SECRET_KEYS=""))
+    assert no_secret.returncode == 2
+    assert "BACKSYNC_SECRET_KEYS" in no_secret.stderr
+    no_redis = _cli("worker", env={k: v for k, v in _env(settings).items() if k != "BACKSYNC_REDIS_URL"})
+    assert no_redis.returncode == 2
+    assert "BACKSYNC_REDIS_URL" in no_redis.stderr
+
+
+def test_python_dash_m_service_is_the_same_cli(tmp_path: Path) -> None:
+    result = _cli("openapi", "--output", str(tmp_path / "o.json"), env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "o.json").read_text().startswith('{\n  "openapi"')
+
+
+def _wait_ready(base: str, process: subprocess.Popen[Any], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "backsync dev exited early"
+        try:
+            if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError("backsync dev did not become ready")
+
+
+@pytest.mark.timeout(120)
+def test_dev_runs_everything_with_embedded_defaults_and_stops_cleanly(
+    tmp_path: Path, upstream: Upstream
+) -> None:
+    """The README's run command: SQLite + embedded Valkey + API + worker, one process group."""
+    url = upstream.route("/wearable", lambda _r: JSONResponse({"data": [{"id": 1}, {"id": 2}]}))
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
+    env |= {"BACKSYNC_PORT": str(port), "BACKSYNC_STATE_DIR": str(tmp_path / "state")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "dev"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_ready(base, process)
+        key = (tmp_path / "state" / "dev_api_key").read_text().strip()
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"name": "dev", "source": {"url": url, "records_path": "data", "primary_key": "id"}}
+        task = httpx.post(f"{base}/v1/tasks", json=body, headers=headers).json()
+        run = httpx.post(f"{base}/v1/tasks/{task['id']}/runs", headers=headers).json()
+        deadline = time.monotonic() + 30
+        while run["status"] not in ("succeeded", "failed") and time.monotonic() < deadline:
+            time.sleep(0.1)
+            run = httpx.get(f"{base}/v1/runs/{run['id']}", headers=headers).json()
+        assert run["status"] == "succeeded", run
+        assert run["stats"]["inserted"] == 2
+        assert (tmp_path / "backsync.db").exists()
+        assert httpx.get(f"{base}/docs").status_code == 200
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert key in output  # the banner prints a ready key
+    assert "embedded Valkey" in output
+    socket = next(line for line in output.splitlines() if "unix://" in line).split("unix://")[1].split()[0]
+    assert not Path(socket).parent.exists()  # the embedded server was torn down

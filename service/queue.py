@@ -90,11 +90,11 @@ def build_worker(
     if not settings.redis_url:
         raise RuntimeError("BACKSYNC_REDIS_URL is not set")
     return Worker(
-        functions=functions,
+        functions=functions,  # type: ignore[arg-type]  # arq's aliases are narrower than its runtime
         queue_name=settings.queue_name,
         redis_settings=redis_settings(settings.redis_url),
-        on_startup=on_startup,
-        on_shutdown=on_shutdown,
+        on_startup=on_startup,  # type: ignore[arg-type]
+        on_shutdown=on_shutdown,  # type: ignore[arg-type]
         burst=burst,
         handle_signals=handle_signals,
         max_jobs=settings.worker_max_jobs,

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from service.models import Record, Task
 from service.models.types import UTCDateTime
@@ -65,9 +66,9 @@ async def allocate_seqs(session: AsyncSession, task_id: str, count: int) -> int 
     """
     result = await session.execute(
         update(Task)
-        .where(Task.id == task_id)  # type: ignore[arg-type]
-        .values(record_seq=Task.record_seq + count)
-        .returning(Task.record_seq)
+        .where(col(Task.id) == task_id)
+        .values(record_seq=col(Task.record_seq) + count)
+        .returning(col(Task.record_seq))
     )
     return result.scalar_one_or_none()
 
@@ -92,8 +93,8 @@ async def upsert(
 async def feed(session: AsyncSession, task_id: str, after: int, limit: int) -> Sequence[Record]:
     result = await session.execute(
         select(Record)
-        .where(Record.task_id == task_id, Record.seq > after)  # type: ignore[arg-type]
-        .order_by(Record.seq)  # type: ignore[arg-type]
+        .where(col(Record.task_id) == task_id, col(Record.seq) > after)
+        .order_by(col(Record.seq))
         .limit(limit)
     )
     return result.scalars().all()

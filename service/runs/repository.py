@@ -5,13 +5,14 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlmodel import col
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import ACTIVE_STATUSES, Run, Task
 
 
 async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> Run | None:
-    result = await session.execute(select(Run).where(Run.id == run_id, Run.tenant_id == tenant_id))
+    result = await session.execute(select(Run).where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id))
     return result.scalar_one_or_none()
 
 
@@ -21,7 +22,7 @@ async def get(session: AsyncSession, run_id: str) -> Run | None:
 
 async def active_for_task(session: AsyncSession, task_id: str) -> Run | None:
     result = await session.execute(
-        select(Run).where(Run.task_id == task_id, Run.status.in_(ACTIVE_STATUSES))  # type: ignore[attr-defined]
+        select(Run).where(col(Run.task_id) == task_id, col(Run.status).in_(ACTIVE_STATUSES))
     )
     return result.scalar_one_or_none()
 
@@ -29,10 +30,10 @@ async def active_for_task(session: AsyncSession, task_id: str) -> Run | None:
 async def page_for_task(
     session: AsyncSession, task_id: str, before_id: str | None, limit: int
 ) -> Sequence[Run]:
-    query = select(Run).where(Run.task_id == task_id)
+    query = select(Run).where(col(Run.task_id) == task_id)
     if before_id is not None:
-        query = query.where(Run.id < before_id)
-    result = await session.execute(query.order_by(Run.id.desc()).limit(limit + 1))  # type: ignore[attr-defined]
+        query = query.where(col(Run.id) < before_id)
+    result = await session.execute(query.order_by(col(Run.id).desc()).limit(limit + 1))
     return result.scalars().all()
 
 
@@ -44,9 +45,9 @@ async def claim(session: AsyncSession, run_id: str, now: datetime) -> Run | None
     """
     result = await session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status.in_(("queued", "running")))  # type: ignore[attr-defined]
+        .where(col(Run.id) == run_id, col(Run.status).in_(("queued", "running")))
         .values(status="running")
-        .returning(Run.id)
+        .returning(col(Run.id))
     )
     if result.scalar_one_or_none() is None:
         return None
@@ -64,9 +65,9 @@ async def add_page_progress(
     values: dict[str, Any] = {name: getattr(Run, name) + amount for name, amount in progress.items()}
     result = await session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status == "running")  # type: ignore[arg-type]
+        .where(col(Run.id) == run_id, col(Run.status) == "running")
         .values(**values, checkpoint=checkpoint)
-        .returning(Run.cancel_requested)
+        .returning(col(Run.cancel_requested))
     )
     row = result.first()
     return None if row is None else bool(row[0])
@@ -76,7 +77,7 @@ async def add_counts(session: AsyncSession, run_id: str, counts: dict[str, int])
     if any(counts.values()):
         await session.execute(
             update(Run)
-            .where(Run.id == run_id)  # type: ignore[arg-type]
+            .where(col(Run.id) == run_id)
             .values({name: getattr(Run, name) + amount for name, amount in counts.items()})
         )
 
@@ -86,9 +87,9 @@ async def finish(
 ) -> Run | None:
     result = await session.execute(
         update(Run)
-        .where(Run.id == run_id, Run.status.in_(ACTIVE_STATUSES))  # type: ignore[attr-defined]
+        .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE_STATUSES))
         .values(status=status, finished_at=now, error=error, next_attempt_at=None)
-        .returning(Run.id)
+        .returning(col(Run.id))
     )
     if result.scalar_one_or_none() is None:
         return None
@@ -101,4 +102,4 @@ async def record_outcome(session: AsyncSession, task_id: str, succeeded: bool, n
         if succeeded
         else {"consecutive_failures": Task.consecutive_failures + 1}
     )
-    await session.execute(update(Task).where(Task.id == task_id).values(**values))  # type: ignore[arg-type]
+    await session.execute(update(Task).where(col(Task.id) == task_id).values(**values))

@@ -77,8 +77,8 @@ def to_out(run: Run) -> RunOut:
     return RunOut(
         id=run.id,
         task_id=run.task_id,
-        status=run.status,  # type: ignore[arg-type]
-        trigger=run.trigger,  # type: ignore[arg-type]
+        status=run.status,
+        trigger=run.trigger,
         attempt=run.attempt,
         created_at=run.created_at,
         started_at=run.started_at,

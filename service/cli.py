@@ -60,6 +60,7 @@ def api() -> None:
         workers=settings.api_workers,
         log_config=None,
         proxy_headers=True,
+        forwarded_allow_ips=settings.forwarded_allow_ips,
         server_header=False,
     )
 

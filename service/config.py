@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = 8000
     api_workers: int = 1
+    forwarded_allow_ips: str = "127.0.0.1"
+    """Proxies whose X-Forwarded-* headers are trusted (comma-separated IPs, or `*`)."""
     state_dir: Path = Path(".backsync")
     """Where `dev` keeps its generated Fernet key and API key."""
 

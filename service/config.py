@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     worker_max_jobs: int = 50
     worker_poll_delay: float = 0.05
     job_timeout_seconds: int = 3600
+    lease_seconds: float = 30.0
+    """A running run's lease; renewed every third of it. A killed worker's run is taken
+    over once its lease expires (plus at most one reconcile interval)."""
+    reconcile_interval_seconds: float = 5.0
+    queued_grace_seconds: float = 10.0
+    """A run queued longer than this is re-sent to Redis (it may have lost the job)."""
     max_body_bytes: int = 10 * 1024 * 1024
     upstream_connect_timeout: float = 10.0
     upstream_max_connections: int = 100

@@ -47,6 +47,10 @@ class Queue:
         self._queue_name = queue_name
 
     @classmethod
+    def from_pool(cls, pool: ArqRedis, queue_name: str) -> Queue:
+        return cls(pool, queue_name)
+
+    @classmethod
     async def connect(cls, settings: Settings) -> Queue:
         if not settings.redis_url:
             raise RuntimeError("BACKSYNC_REDIS_URL is not set")
@@ -58,10 +62,13 @@ class Queue:
         )
         return cls(pool, settings.queue_name)
 
-    async def enqueue_run(self, run_id: str, *, not_before: datetime | None = None) -> None:
-        await self._pool.enqueue_job(
-            "sync_run", run_id, _job_id=f"run:{run_id}", _defer_until=not_before
-        )
+    async def enqueue_run(
+        self, run_id: str, *, job_suffix: str | None = None, not_before: datetime | None = None
+    ) -> None:
+        """Send a run to the workers. The job id is derived from the run (and the reason
+        for re-sending it), so repeated sends of the same thing are one job."""
+        job_id = f"run:{run_id}" if job_suffix is None else f"run:{run_id}:{job_suffix}"
+        await self._pool.enqueue_job("sync_run", run_id, _job_id=job_id, _defer_until=not_before)
 
     async def ping(self) -> bool:
         try:

@@ -1,34 +1,60 @@
-"""The worker process: builds what jobs share (engine, HTTP client, secrets) once."""
+"""The worker process: builds what jobs share (engine, HTTP client, secrets) once, and
+runs the reconciler beside the jobs."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
+import socket
 from typing import Any
 
 from service.config import Settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
 from service.http_client import create_upstream_client
-from service.queue import build_worker
+from service.queue import Queue, build_worker
 from service.runs.jobs import sync_run
+from service.runs.recovery import reconcile_forever
 from service.runs.runner import RunnerDeps
 
 log = logging.getLogger(__name__)
 
 
+def worker_identity() -> str:
+    return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
 def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Any:
     async def startup(ctx: dict[str, Any]) -> None:
         engine = create_engine(settings.database_url, pool_size=max(5, settings.worker_max_jobs // 2))
+        sessionmaker = create_sessionmaker(engine)
+        queue = Queue.from_pool(ctx["redis"], settings.queue_name)
         ctx["engine"] = engine
         ctx["deps"] = RunnerDeps(
-            sessionmaker=create_sessionmaker(engine),
+            sessionmaker=sessionmaker,
             http=create_upstream_client(settings),
             secrets=SecretBox(settings.secret_keys),
+            queue=queue,
+            owner=worker_identity(),
+            lease_seconds=settings.lease_seconds,
         )
+        if not burst:
+            ctx["reconciler"] = asyncio.create_task(
+                reconcile_forever(
+                    sessionmaker, queue, settings.reconcile_interval_seconds, settings.queued_grace_seconds
+                )
+            )
         log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        reconciler: asyncio.Task[None] | None = ctx.get("reconciler")
+        if reconciler is not None:
+            reconciler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reconciler
         deps: RunnerDeps | None = ctx.get("deps")
         if deps is not None:
             await deps.http.aclose()

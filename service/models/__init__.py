@@ -10,6 +10,8 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
+from service.models.idempotency import IdempotencyRecord  # noqa: E402
+from service.models.page_validator import PageValidator  # noqa: E402
 from service.models.record import Record  # noqa: E402
 from service.models.run import ACTIVE_STATUSES, FINAL_STATUSES, Run  # noqa: E402
 from service.models.task import Task, TaskTag  # noqa: E402
@@ -21,6 +23,8 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_STATUSES",
     "ApiKey",
+    "IdempotencyRecord",
+    "PageValidator",
     "Record",
     "Run",
     "Task",

@@ -59,3 +59,7 @@ class Run(SQLModel, table=True):
     checkpoint: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     cancel_requested: bool = False
+    lease_owner: str | None = Field(default=None, max_length=80)
+    lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    """A running run belongs to the worker holding an unexpired lease; the worker renews
+    it while it works, and the reconciler hands an expired one to another worker."""

@@ -4,15 +4,17 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select, update
-from sqlmodel import col
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from service.models import ACTIVE_STATUSES, Run, Task
 
 
 async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> Run | None:
-    result = await session.execute(select(Run).where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id))
+    result = await session.execute(
+        select(Run).where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
+    )
     return result.scalar_one_or_none()
 
 
@@ -37,16 +39,30 @@ async def page_for_task(
     return result.scalars().all()
 
 
-async def claim(session: AsyncSession, run_id: str, now: datetime) -> Run | None:
-    """Move a queued run to running; None when it is not queued (finished, cancelled, gone).
+def _claimable(now: datetime) -> Any:
+    """Queued; retrying and due; or running under a lease that has expired."""
+    return or_(
+        col(Run.status) == "queued",
+        and_(col(Run.status) == "retrying", col(Run.next_attempt_at) <= now),
+        and_(
+            col(Run.status) == "running",
+            or_(col(Run.lease_expires_at).is_(None), col(Run.lease_expires_at) < now),
+        ),
+    )
+
+
+async def claim(
+    session: AsyncSession, run_id: str, owner: str, now: datetime, lease_until: datetime
+) -> Run | None:
+    """Take the run's lease and mark it running; None when it is not ours to run.
 
     The first statement is a write, so on SQLite the transaction holds the write lock
     from the start instead of failing to upgrade a read snapshot later.
     """
     result = await session.execute(
         update(Run)
-        .where(col(Run.id) == run_id, col(Run.status).in_(("queued", "running")))
-        .values(status="running")
+        .where(col(Run.id) == run_id, _claimable(now))
+        .values(status="running", lease_owner=owner, lease_expires_at=lease_until, next_attempt_at=None)
         .returning(col(Run.id))
     )
     if result.scalar_one_or_none() is None:
@@ -57,16 +73,26 @@ async def claim(session: AsyncSession, run_id: str, now: datetime) -> Run | None
     return run
 
 
+def _held(run_id: str, owner: str) -> Any:
+    return and_(col(Run.id) == run_id, col(Run.status) == "running", col(Run.lease_owner) == owner)
+
+
 async def add_page_progress(
-    session: AsyncSession, run_id: str, progress: dict[str, int], checkpoint: dict[str, Any] | None
+    session: AsyncSession,
+    run_id: str,
+    owner: str,
+    progress: dict[str, int],
+    checkpoint: dict[str, Any] | None,
+    lease_until: datetime,
 ) -> bool | None:
-    """Add a page's counters and move the checkpoint; returns `cancel_requested`,
-    or None when the run is no longer running (deleted or finished elsewhere)."""
+    """Add a page's counters, move the checkpoint and renew the lease; returns
+    `cancel_requested`, or None when the lease is no longer ours (taken over, finished,
+    cancelled while queued, or deleted): then nothing of this page may be written."""
     values: dict[str, Any] = {name: getattr(Run, name) + amount for name, amount in progress.items()}
     result = await session.execute(
         update(Run)
-        .where(col(Run.id) == run_id, col(Run.status) == "running")
-        .values(**values, checkpoint=checkpoint)
+        .where(_held(run_id, owner))
+        .values(**values, checkpoint=checkpoint, lease_expires_at=lease_until)
         .returning(col(Run.cancel_requested))
     )
     row = result.first()
@@ -82,24 +108,97 @@ async def add_counts(session: AsyncSession, run_id: str, counts: dict[str, int])
         )
 
 
+async def renew_lease(session: AsyncSession, run_id: str, owner: str, lease_until: datetime) -> bool:
+    result = await session.execute(
+        update(Run).where(_held(run_id, owner)).values(lease_expires_at=lease_until).returning(col(Run.id))
+    )
+    return result.scalar_one_or_none() is not None
+
+
 async def finish(
-    session: AsyncSession, run_id: str, status: str, now: datetime, error: dict[str, Any] | None
+    session: AsyncSession,
+    run_id: str,
+    owner: str | None,
+    status: str,
+    now: datetime,
+    error: dict[str, Any] | None,
+    attempt_entry: dict[str, Any] | None = None,
 ) -> Run | None:
+    """End the run (only the lease holder may, unless `owner` is None: a run that never
+    started). Returns the run, or None when someone else already ended it."""
+    condition = _held(run_id, owner) if owner else and_(
+        col(Run.id) == run_id, col(Run.status).in_(ACTIVE_STATUSES)
+    )
     result = await session.execute(
         update(Run)
-        .where(col(Run.id) == run_id, col(Run.status).in_(ACTIVE_STATUSES))
-        .values(status=status, finished_at=now, error=error, next_attempt_at=None)
+        .where(condition)
+        .values(status=status, finished_at=now, error=error, next_attempt_at=None, lease_owner=None, lease_expires_at=None)
         .returning(col(Run.id))
     )
     if result.scalar_one_or_none() is None:
         return None
-    return await get(session, run_id)
+    run = await get(session, run_id)
+    if run is not None and attempt_entry is not None:
+        run.attempts = [*run.attempts, attempt_entry]
+    return run
+
+
+async def schedule_retry(
+    session: AsyncSession,
+    run_id: str,
+    owner: str,
+    next_attempt_at: datetime,
+    error: dict[str, Any],
+    attempt_entry: dict[str, Any],
+) -> Run | None:
+    result = await session.execute(
+        update(Run)
+        .where(_held(run_id, owner))
+        .values(
+            status="retrying",
+            attempt=col(Run.attempt) + 1,
+            next_attempt_at=next_attempt_at,
+            error=error,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        .returning(col(Run.id))
+    )
+    if result.scalar_one_or_none() is None:
+        return None
+    run = await get(session, run_id)
+    if run is not None:
+        run.attempts = [*run.attempts, attempt_entry]
+    return run
+
+
+async def orphans(
+    session: AsyncSession, now: datetime, queued_before: datetime, limit: int = 500
+) -> Sequence[Run]:
+    """Active runs no worker is known to be on: expired leases, overdue retries, and
+    queued runs old enough that their job may have been lost with Redis."""
+    result = await session.execute(
+        select(Run)
+        .where(
+            or_(
+                and_(col(Run.status) == "queued", col(Run.created_at) < queued_before),
+                and_(col(Run.status) == "retrying", col(Run.next_attempt_at) <= now),
+                and_(
+                    col(Run.status) == "running",
+                    or_(col(Run.lease_expires_at).is_(None), col(Run.lease_expires_at) < now),
+                ),
+            )
+        )
+        .order_by(col(Run.id))
+        .limit(limit)
+    )
+    return result.scalars().all()
 
 
 async def record_outcome(session: AsyncSession, task_id: str, succeeded: bool, now: datetime) -> None:
     values: dict[str, Any] = (
         {"last_success_at": now, "consecutive_failures": 0}
         if succeeded
-        else {"consecutive_failures": Task.consecutive_failures + 1}
+        else {"consecutive_failures": col(Task.consecutive_failures) + 1}
     )
     await session.execute(update(Task).where(col(Task.id) == task_id).values(**values))

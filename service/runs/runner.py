@@ -1,14 +1,20 @@
 """Executing a run: the worker's side of a run's life.
 
-Each page commits in one transaction with the run's counters and checkpoint, so a run
-interrupted anywhere resumes at the page after its last committed one. Every step is
-safe to repeat: the job may be delivered more than once.
+Each page commits in one transaction with the run's counters, checkpoint and lease, so
+a run interrupted anywhere resumes at the page after its last committed one — in this
+worker's next attempt, or in another worker after a crash. Only the holder of the
+run's lease may write to it, so a worker that lost its lease (it stalled, another took
+over) can never write a page twice. Every step is safe to repeat: a job may be
+delivered more than once.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -16,13 +22,17 @@ import httpx
 from service.crypto import SecretBox, SecretBoxError
 from service.db import SessionMaker, transaction
 from service.models.types import utcnow
+from service.queue import Queue
 from service.records.service import store_page
 from service.runs import repository
-from service.sync import Limits, Page, PageRequest, Source, SyncError, iter_pages
+from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
+from service.sync.backoff import next_delay
 from service.tasks import repository as tasks_repository
 from service.tasks.service import source_of
 
 log = logging.getLogger(__name__)
+
+_DONE: dict[str, Any] = {"done": True}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,82 +40,105 @@ class RunnerDeps:
     sessionmaker: SessionMaker
     http: httpx.AsyncClient
     secrets: SecretBox
+    queue: Queue
+    owner: str
+    """This worker's identity on the leases it holds."""
+    lease_seconds: float = 30.0
+
+    def lease_until(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.lease_seconds)
 
 
 @dataclass(frozen=True, slots=True)
 class _Plan:
+    run_id: str
     task_id: str
+    attempt: int
     source: Source
     limits: Limits
+    retry: Retry
     start: PageRequest | None
     done: bool
     """The last page was committed before an interruption: only the finish is left."""
-
-
-_DONE: dict[str, Any] = {"done": True}
+    attempt_started_at: datetime
 
 
 class _Stop(Exception):
-    """The run ended while we were working: cancelled, deleted, or finished elsewhere."""
+    """The run is no longer ours: cancelled, deleted, finished or taken over elsewhere."""
 
 
 async def execute_run(deps: RunnerDeps, run_id: str) -> None:
     try:
         plan = await _start(deps, run_id)
-    except SyncError as exc:
-        await _finish(deps, run_id, "failed", exc.as_dict())
+    except _Unreadable as exc:
+        await _end(deps, run_id, "failed", exc.error, None)
         return
     if plan is None:
         return
-    if plan.done:
-        await _finish(deps, run_id, "succeeded", None)
-        return
+    heartbeat = asyncio.create_task(_heartbeat(deps, run_id))
     try:
-        async for page in iter_pages(deps.http, plan.source, plan.limits, plan.start):
-            await _commit_page(deps, run_id, plan.task_id, page)
+        await _run_pages(deps, plan)
     except _Stop:
         return
     except SyncError as exc:
-        log.info("run %s failed: %s", run_id, exc.code, extra={"run_id": run_id})
-        await _finish(deps, run_id, "failed", exc.as_dict())
-        return
+        log.info("run %s attempt %s failed: %s", run_id, plan.attempt, exc.code, extra={"run_id": run_id})
+        await _failed(deps, plan, exc.as_dict(), getattr(exc, "retry_after", None))
     except Exception:
         log.exception("run %s crashed", run_id, extra={"run_id": run_id})
-        await _finish(
-            deps,
-            run_id,
-            "failed",
-            {"code": "internal_error", "message": "internal error while syncing", "http_status": None, "retryable": False},
-        )
-        return
-    await _finish(deps, run_id, "succeeded", None)
+        error = {"code": "internal_error", "message": "internal error while syncing", "http_status": None, "retryable": True}
+        await _failed(deps, plan, error, None)
+    else:
+        await _end(deps, run_id, "succeeded", None, plan)
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+
+
+class _Unreadable(Exception):
+    def __init__(self, error: dict[str, Any]):
+        self.error = error
 
 
 async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
+    now = utcnow()
     async with transaction(deps.sessionmaker) as session:
-        run = await repository.claim(session, run_id, utcnow())
+        run = await repository.claim(session, run_id, deps.owner, now, deps.lease_until())
         if run is None:
-            return None
-        if run.cancel_requested:
-            await repository.finish(session, run_id, "cancelled", utcnow(), None)
             return None
         task = await tasks_repository.get_by_id(session, run.task_id)
         if task is None:
             return None
+        if run.cancel_requested:
+            await repository.finish(session, run_id, deps.owner, "cancelled", now, None)
+            return None
         try:
             source = source_of(task, deps.secrets)
         except SecretBoxError as exc:
-            raise SyncError(str(exc), code="credentials_unreadable") from exc
+            error = {"code": "credentials_unreadable", "message": str(exc), "http_status": None, "retryable": False}
+            raise _Unreadable(error) from exc
+        checkpoint = run.checkpoint or {}
         return _Plan(
+            run_id=run_id,
             task_id=task.id,
+            attempt=run.attempt,
             source=source,
             limits=Limits.model_validate(task.limits),
-            start=PageRequest.from_json(run.checkpoint) if run.checkpoint and "url" in run.checkpoint else None,
-            done=bool(run.checkpoint and run.checkpoint.get("done")),
+            retry=Retry.model_validate(task.retry),
+            start=PageRequest.from_json(checkpoint) if "url" in checkpoint else None,
+            done=bool(checkpoint.get("done")),
+            attempt_started_at=now,
         )
 
 
-async def _commit_page(deps: RunnerDeps, run_id: str, task_id: str, page: Page) -> None:
+async def _run_pages(deps: RunnerDeps, plan: _Plan) -> None:
+    if plan.done:
+        return
+    async for page in iter_pages(deps.http, plan.source, plan.limits, plan.start):
+        await _commit_page(deps, plan, page)
+
+
+async def _commit_page(deps: RunnerDeps, plan: _Plan, page: Page) -> None:
     progress = {
         "pages": 1,
         "requests": 1,
@@ -115,26 +148,68 @@ async def _commit_page(deps: RunnerDeps, run_id: str, task_id: str, page: Page) 
     }
     checkpoint = page.next.to_json() if page.next else _DONE
     async with transaction(deps.sessionmaker) as session:
-        cancel = await repository.add_page_progress(session, run_id, progress, checkpoint)
+        cancel = await repository.add_page_progress(
+            session, plan.run_id, deps.owner, progress, checkpoint, deps.lease_until()
+        )
         if cancel is None:
             raise _Stop
-        counts = await store_page(session, task_id, page.records.rows)
+        counts = await store_page(session, plan.task_id, page.records.rows)
         if counts is None:
             raise _Stop
         await repository.add_counts(
             session,
-            run_id,
+            plan.run_id,
             {"inserted": counts.inserted, "updated": counts.updated, "unchanged": counts.unchanged},
         )
         if cancel:
-            await repository.finish(session, run_id, "cancelled", utcnow(), None)
+            await repository.finish(session, plan.run_id, deps.owner, "cancelled", utcnow(), None)
     if cancel:
         raise _Stop
 
 
-async def _finish(deps: RunnerDeps, run_id: str, status: str, error: dict[str, Any] | None) -> None:
+async def _heartbeat(deps: RunnerDeps, run_id: str) -> None:
+    """Keep the lease while a page takes long (slow upstream, big page)."""
+    while True:
+        await asyncio.sleep(deps.lease_seconds / 3)
+        try:
+            async with transaction(deps.sessionmaker) as session:
+                if not await repository.renew_lease(session, run_id, deps.owner, deps.lease_until()):
+                    return
+        except Exception:
+            log.warning("could not renew the lease of run %s", run_id, exc_info=True)
+
+
+def _attempt_entry(plan: _Plan, error: dict[str, Any] | None) -> dict[str, Any]:
+    return {
+        "attempt": plan.attempt,
+        "started_at": plan.attempt_started_at.isoformat(),
+        "finished_at": utcnow().isoformat(),
+        "error": error,
+    }
+
+
+async def _failed(deps: RunnerDeps, plan: _Plan, error: dict[str, Any], retry_after: float | None) -> None:
+    """A retryable failure with attempts left becomes the next attempt; else the run fails."""
+    if not error.get("retryable") or plan.attempt >= plan.retry.max_attempts:
+        await _end(deps, plan.run_id, "failed", error, plan)
+        return
+    delay = next_delay(plan.retry, plan.attempt, retry_after)
+    next_at = utcnow() + timedelta(seconds=delay)
+    async with transaction(deps.sessionmaker) as session:
+        run = await repository.schedule_retry(
+            session, plan.run_id, deps.owner, next_at, error, _attempt_entry(plan, error)
+        )
+    if run is not None:
+        await deps.queue.enqueue_run(plan.run_id, job_suffix=f"attempt:{run.attempt}", not_before=next_at)
+
+
+async def _end(
+    deps: RunnerDeps, run_id: str, status: str, error: dict[str, Any] | None, plan: _Plan | None
+) -> None:
     async with transaction(deps.sessionmaker) as session:
         now = utcnow()
-        run = await repository.finish(session, run_id, status, now, error)
+        owner = deps.owner if plan is not None else None
+        entry = _attempt_entry(plan, error) if plan is not None else None
+        run = await repository.finish(session, run_id, owner, status, now, error, entry)
         if run is not None:
             await repository.record_outcome(session, run.task_id, status == "succeeded", now)

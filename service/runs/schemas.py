@@ -75,5 +75,7 @@ class RunOut(BaseModel):
 
 
 class RunPage(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [RUN_EXAMPLE], "next_cursor": None}]})
+
     items: list[RunOut]
     next_cursor: str | None

@@ -1,0 +1,52 @@
+"""The reconciler: the database says which runs should be moving; Redis may not know.
+
+A worker killed with SIGKILL leaves its run `running` under a lease that stops being
+renewed; a Redis restart or flush loses queued and deferred jobs. Every worker runs
+this loop: it re-sends such runs. Sending is idempotent (job ids derive from the run
+and the reason), and only a worker that wins the run's lease executes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from service.db import SessionMaker
+from service.models import Run
+from service.models.types import utcnow
+from service.queue import Queue
+from service.runs import repository
+
+log = logging.getLogger(__name__)
+
+
+def _job_suffix(run: Run) -> str | None:
+    if run.status == "running":
+        expired = run.lease_expires_at.timestamp() if run.lease_expires_at else 0
+        return f"recover:{int(expired * 1000)}"
+    if run.status == "retrying":
+        return f"attempt:{run.attempt}"
+    return None
+
+
+async def reconcile_once(sessionmaker: SessionMaker, queue: Queue, queued_grace_seconds: float) -> int:
+    now = utcnow()
+    async with sessionmaker() as session:
+        runs = await repository.orphans(session, now, now - timedelta(seconds=queued_grace_seconds))
+    for run in runs:
+        await queue.enqueue_run(run.id, job_suffix=_job_suffix(run))
+    if runs:
+        log.info("reconciler re-sent %d run(s)", len(runs))
+    return len(runs)
+
+
+async def reconcile_forever(
+    sessionmaker: SessionMaker, queue: Queue, interval: float, queued_grace_seconds: float
+) -> None:
+    while True:
+        try:
+            await reconcile_once(sessionmaker, queue, queued_grace_seconds)
+        except Exception:
+            log.warning("reconcile pass failed; retrying", exc_info=True)
+        await asyncio.sleep(interval)

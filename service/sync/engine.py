@@ -7,13 +7,13 @@ proportional to the whole sync is held in memory.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 import httpx
 
 from service.sync.errors import PageLimitReached, PaginationLoop
-from service.sync.fetch import FetchedPage, fetch_page
+from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
 from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
 from service.sync.records import ExtractedPage, extract, records_of
 from service.sync.spec import Limits, Source
@@ -29,7 +29,7 @@ class Page:
 
 async def iter_pages(
     client: httpx.AsyncClient, source: Source, limits: Limits, start: PageRequest | None = None
-) -> AsyncIterator[Page]:
+) -> AsyncGenerator[Page, None]:
     request: PageRequest | None = start or first_request(source)
     while request is not None:
         if request.index >= limits.max_pages:
@@ -47,7 +47,7 @@ async def fetch_one(
     records = records_of(fetched.body, source.records_path)
     extracted = extract(records, source.primary_key)
     view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))
-    following = next_request(source.pagination, request, view)
+    following = strip_query_auth(source, next_request(source.pagination, request, view))
     if following is not None and (following.url, following.params) == (request.url, request.params):
         raise PaginationLoop("the upstream pointed to the same page again")
     return Page(request, fetched, extracted, following)

@@ -49,6 +49,12 @@ class InvalidBody(SyncError):
     retryable = True
 
 
+class TooManyRedirects(SyncError):
+    """A redirect loop or chain longer than the client follows: misconfigured, not busy."""
+
+    code = "too_many_redirects"
+
+
 class ResponseTooLarge(SyncError):
     code = "response_too_large"
 

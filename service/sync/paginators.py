@@ -6,6 +6,7 @@ any page without replaying the ones before it.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from typing import Any
 from urllib.parse import urljoin
@@ -65,7 +66,9 @@ def first_request(source: Source) -> PageRequest:
     return PageRequest(url=str(source.url), params=params)
 
 
-def next_request(pagination: Pagination, current: PageRequest, page: PageResponse) -> PageRequest | None:
+def next_request(
+    pagination: Pagination, current: PageRequest, page: PageResponse
+) -> PageRequest | None:
     match pagination:
         case NoPagination():
             return None
@@ -113,7 +116,9 @@ def _next_page_number(
     return _with_params(current, **{p.page_param: number + 1})
 
 
-def _next_offset(p: OffsetPagination, current: PageRequest, page: PageResponse) -> PageRequest | None:
+def _next_offset(
+    p: OffsetPagination, current: PageRequest, page: PageResponse
+) -> PageRequest | None:
     if page.record_count < p.limit:
         return None
     if p.has_more_path:
@@ -128,7 +133,9 @@ def _next_offset(p: OffsetPagination, current: PageRequest, page: PageResponse) 
     return _with_params(current, **{p.offset_param: offset})
 
 
-def _next_cursor(p: CursorPagination, current: PageRequest, page: PageResponse) -> PageRequest | None:
+def _next_cursor(
+    p: CursorPagination, current: PageRequest, page: PageResponse
+) -> PageRequest | None:
     cursor = get_path(page.body, p.cursor_path)
     if cursor is MISSING or cursor is None or cursor == "":
         return None
@@ -147,27 +154,44 @@ def _follow(current: PageRequest, page: PageResponse, target: Any) -> PageReques
 
 def _link_next(headers: httpx.Headers) -> str | None:
     for value in headers.get_list("link"):
-        for link in _parse_links(value):
-            if "next" in link.get("rel", "").split():
-                return link.get("url")
+        for url, params in _parse_links(value):
+            if "next" in params.get("rel", "").lower().split():
+                return url
     return None
 
 
-def _parse_links(value: str) -> list[dict[str, str]]:
-    """RFC 8288 links, tolerant of commas inside `<...>` and quoted parameters."""
-    links: list[dict[str, str]] = []
+_LINK_TARGET = re.compile(r"[\s,]*<([^>]*)>")
+_LINK_PARAM = re.compile(r'\s*;\s*([^\s=;,]+)\s*(?:=\s*("(?:[^"\\]|\\.)*"|[^\s;,]*))?')
+_UNTIL_COMMA = re.compile(r'(?:[^,"]|"(?:[^"\\]|\\.)*")*')
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def _parse_links(value: str) -> list[tuple[str, dict[str, str]]]:
+    """RFC 8288 links as (target, params), names lowercased, first occurrence kept.
+
+    Commas, semicolons and `<` may appear inside `<...>` and inside quoted strings
+    (`title="a; rel=next"`), so the value is scanned token by token, never split.
+    """
+    links: list[tuple[str, dict[str, str]]] = []
     position = 0
-    while (start := value.find("<", position)) != -1:
-        end = value.find(">", start)
-        if end == -1:
-            break
-        link = {"url": value[start + 1 : end].strip()}
-        rest_end = value.find("<", end)
-        params = value[end + 1 : rest_end if rest_end != -1 else len(value)]
-        for param in params.split(";"):
-            name, _, raw = param.strip().strip(",").partition("=")
-            if name:
-                link[name.strip().lower()] = raw.strip().strip('"').lower() if name.strip().lower() == "rel" else raw.strip().strip('"')
-        links.append(link)
-        position = end + 1
+    while (target := _LINK_TARGET.match(value, position)) is not None:
+        params: dict[str, str] = {}
+        position = target.end()
+        while (param := _LINK_PARAM.match(value, position)) is not None:
+            params.setdefault(param.group(1).lower(), _unquote(param.group(2) or ""))
+            position = param.end()
+        links.append((target.group(1).strip(), params))
+        position = _end_of_link(value, position)
     return links
+
+
+def _end_of_link(value: str, position: int) -> int:
+    """Skip anything malformed up to the comma that ends this link (quotes respected)."""
+    rest = _UNTIL_COMMA.match(value, position)
+    return rest.end() if rest else len(value)
+
+
+def _unquote(raw: str) -> str:
+    if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+        return _QUOTED_PAIR.sub(r"\1", raw[1:-1])
+    return raw

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 MISSING: Any = object()
+
+_INDEX = re.compile(r"-?[0-9]+")
+"""A list index: ASCII digits with an optional minus. `str.isdigit` would let through
+`²` or `--1`, which `int()` then refuses with a ValueError instead of a MISSING."""
 
 
 def get_path(document: Any, path: str) -> Any:
@@ -15,7 +20,7 @@ def get_path(document: Any, path: str) -> Any:
     for part in path.split("."):
         if isinstance(current, dict):
             current = current.get(part, MISSING)
-        elif isinstance(current, list) and part.lstrip("-").isdigit():
+        elif isinstance(current, list) and _INDEX.fullmatch(part):
             index = int(part)
             current = current[index] if -len(current) <= index < len(current) else MISSING
         else:

@@ -29,7 +29,9 @@ class BearerAuth(_Strict):
 
 class HeaderAuth(_Strict):
     type: Literal["header"]
-    name: Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")]
+    name: Annotated[
+        str, Field(min_length=1, max_length=200, pattern=r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+    ]
     value: Annotated[str, Field(min_length=1, max_length=8192)]
 
 
@@ -75,7 +77,7 @@ class PageNumberPagination(_Strict):
 
 
 class OffsetPagination(_Strict):
-    """`?offset=N&limit=M`; stops on a short page, at `total_path`, or when `has_more_path` is false."""
+    """`?offset=N&limit=M`; stops on a short page, at `total_path`, or when `has_more_path` is false."""  # noqa: E501 (the text is in openapi.json)
 
     type: Literal["offset"]
     offset_param: str = "offset"
@@ -87,7 +89,7 @@ class OffsetPagination(_Strict):
 
 
 class CursorPagination(_Strict):
-    """Cursor read from the body at `cursor_path`, sent as `cursor_param`; stops when it is empty."""
+    """Cursor read from the body at `cursor_path`, sent as `cursor_param`; stops when it is empty."""  # noqa: E501 (the text is in openapi.json)
 
     type: Literal["cursor"]
     cursor_path: DottedPath

@@ -1,0 +1,50 @@
+"""Shared helpers for the engine's tests: build a Source, run the page loop, read rows back."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+
+from service.sync import Limits, Page, PageRequest, Source, SyncError, iter_pages
+
+
+def source(url: str, **fields: Any) -> Source:
+    """A Source as the API would accept it; `primary_key` defaults to `id`."""
+    return Source.model_validate({"url": url, "primary_key": "id", **fields})
+
+
+async def collect(
+    client: httpx.AsyncClient,
+    src: Source,
+    limits: Limits | None = None,
+    start: PageRequest | None = None,
+) -> list[Page]:
+    return [page async for page in iter_pages(client, src, limits or Limits(), start)]
+
+
+def rows(pages: list[Page]) -> list[Any]:
+    """The stored data of every row, decoded, in page order."""
+    return [orjson.loads(row.data) for page in pages for row in page.records.rows]
+
+
+def queries(hits: list[Any], name: str) -> list[str | None]:
+    """The value of one query parameter in each recorded request."""
+    return [hit.query.get(name) for hit in hits]
+
+
+async def collect_until_error(
+    client: httpx.AsyncClient,
+    src: Source,
+    limits: Limits | None = None,
+    start: PageRequest | None = None,
+) -> tuple[list[Page], SyncError]:
+    """The pages the loop yielded before it failed, and the failure."""
+    pages: list[Page] = []
+    try:
+        async for page in iter_pages(client, src, limits or Limits(), start):
+            pages.append(page)
+    except SyncError as exc:
+        return pages, exc
+    raise AssertionError(f"the page loop ended without an error after {len(pages)} pages")

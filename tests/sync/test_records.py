@@ -1,0 +1,168 @@
+"""From page to rows: records_path, primary keys (simple and compound), rejections, and
+the canonical hash that decides "unchanged"."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from starlette.responses import JSONResponse
+
+from service.sync import BadConfig
+from service.sync.records import extract
+from tests.fixtures.upstream import Upstream, make_records
+from tests.sync.helpers import collect, rows, source
+
+
+async def test_nested_records_path(upstream: Upstream, http: httpx.AsyncClient) -> None:
+    data = make_records(3)
+    url = upstream.route("/nested", lambda _: JSONResponse({"data": {"items": data, "count": 3}}))
+
+    pages = await collect(http, source(url, records_path="data.items"))
+
+    assert rows(pages) == data
+    assert [row.key for row in pages[0].records.rows] == ['"r000000"', '"r000001"', '"r000002"']
+
+
+async def test_empty_records_path_means_the_body_is_the_list(
+    upstream: Upstream, http: httpx.AsyncClient
+) -> None:
+    data = make_records(2)
+    url = upstream.route("/list", lambda _: JSONResponse(data))
+
+    pages = await collect(http, source(url, records_path=""))
+
+    assert rows(pages) == data
+
+
+@pytest.mark.parametrize(
+    ("records_path", "body"),
+    [
+        ("data", {"data": {"id": 1}}),
+        ("data", {"data": "not records"}),
+        ("data.items", {"data": {"items": 5}}),
+        ("", {"data": []}),
+    ],
+)
+async def test_records_path_on_a_non_list_is_bad_config(
+    upstream: Upstream, http: httpx.AsyncClient, records_path: str, body: Any
+) -> None:
+    url = upstream.route("/odd", lambda _: JSONResponse(body))
+
+    with pytest.raises(BadConfig, match="not a list") as caught:
+        await collect(http, source(url, records_path=records_path))
+
+    assert caught.value.retryable is False
+    assert caught.value.code == "bad_config"
+
+
+async def test_compound_primary_key_is_a_json_list(
+    upstream: Upstream, http: httpx.AsyncClient
+) -> None:
+    data = [
+        {"user": {"id": "u1"}, "day": "2026-01-01", "steps": 10},
+        {"user": {"id": "u1"}, "day": "2026-01-02", "steps": 20},
+        {"user": {"id": 7}, "day": "2026-01-01", "steps": 30},
+    ]
+    url = upstream.route("/daily", lambda _: JSONResponse({"data": data}))
+
+    pages = await collect(http, source(url, records_path="data", primary_key=["user.id", "day"]))
+
+    keys = [row.key for row in pages[0].records.rows]
+    assert keys == ['["u1","2026-01-01"]', '["u1","2026-01-02"]', '[7,"2026-01-01"]']
+    assert [orjson.loads(key) for key in keys][2] == [7, "2026-01-01"]
+
+
+async def test_records_without_a_usable_key_are_rejected_with_reasons(
+    upstream: Upstream, http: httpx.AsyncClient
+) -> None:
+    data = [
+        {"id": "ok-1"},
+        {"name": "no id at all"},
+        {"id": None},
+        {"id": {"nested": 1}},
+        {"id": [1, 2]},
+        {"id": True},
+        {"id": ""},
+        "not an object",
+        {"id": "ok-2"},
+    ]
+    url = upstream.route("/mixed", lambda _: JSONResponse({"data": data}))
+
+    (page,) = await collect(http, source(url, records_path="data"))
+
+    assert [row.key for row in page.records.rows] == ['"ok-1"', '"ok-2"']
+    rejections = {rejection.index: rejection.reason for rejection in page.records.rejections}
+    assert sorted(rejections) == [1, 2, 3, 4, 5, 6, 7]
+    assert "missing" in rejections[1]
+    assert "missing" in rejections[2]
+    assert "dict" in rejections[3]
+    assert "list" in rejections[4]
+    assert "bool" in rejections[5]
+    assert "missing" in rejections[6]
+    assert "not an object" in rejections[7]
+    assert page.records.seen == len(data)
+
+
+async def test_compound_key_with_one_part_missing_is_rejected(
+    upstream: Upstream, http: httpx.AsyncClient
+) -> None:
+    data = [{"a": 1, "b": 2}, {"a": 1}]
+    url = upstream.route("/compound", lambda _: JSONResponse(data))
+
+    (page,) = await collect(http, source(url, primary_key=["a", "b"]))
+
+    assert [row.key for row in page.records.rows] == ["[1,2]"]
+    assert [(r.index, "'b'" in r.reason) for r in page.records.rejections] == [(1, True)]
+
+
+async def test_number_and_string_keys_stay_distinct(
+    upstream: Upstream, http: httpx.AsyncClient
+) -> None:
+    data = [{"id": 1, "v": "number"}, {"id": "1", "v": "string"}, {"id": 1.5, "v": "float"}]
+    url = upstream.route("/ids", lambda _: JSONResponse(data))
+
+    (page,) = await collect(http, source(url))
+
+    assert [row.key for row in page.records.rows] == ["1", '"1"', "1.5"]
+
+
+def test_canonical_hash_ignores_key_order_at_every_depth() -> None:
+    one = {"id": 1, "b": {"y": 2, "x": 1}, "a": [{"q": 1, "p": 2}]}
+    two = {"a": [{"p": 2, "q": 1}], "b": {"x": 1, "y": 2}, "id": 1}
+
+    first, second = extract([one, two], "id").rows
+
+    assert first.data == second.data
+    assert first.hash == second.hash
+    assert first.data == '{"a":[{"p":2,"q":1}],"b":{"x":1,"y":2},"id":1}'
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        {"id": 1, "value": 2},
+        {"id": 1, "value": "1"},
+        {"id": 1, "value": 1, "extra": None},
+        {"id": 1, "value": [1]},
+    ],
+)
+def test_canonical_hash_changes_with_content(changed: dict[str, Any]) -> None:
+    (original,) = extract([{"id": 1, "value": 1}], "id").rows
+    (other,) = extract([changed], "id").rows
+
+    assert other.key == original.key
+    assert other.hash != original.hash
+
+
+async def test_hash_is_stable_across_fetches(upstream: Upstream, http: httpx.AsyncClient) -> None:
+    """The same upstream data fetched twice, serialised in different key orders, hashes equal."""
+    orders = iter([{"id": 1, "a": 1, "b": 2}, {"b": 2, "a": 1, "id": 1}])
+    url = upstream.route("/one", lambda _: JSONResponse([next(orders)]))
+
+    (first,) = await collect(http, source(url))
+    (second,) = await collect(http, source(url))
+
+    assert first.records.rows[0].hash == second.records.rows[0].hash

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-from alembic import context
 from sqlalchemy.engine import Connection
 
+from alembic import context
 from service.config import get_settings
 from service.db import create_engine
 from service.models import metadata

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -17,7 +18,7 @@ from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
 from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.http_client import create_upstream_client
-from service.middleware import BodyLimit, RequestId
+from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.ops.router import router as ops_router
 from service.queue import Queue
 from service.records.router import router as records_router
@@ -39,7 +40,10 @@ Every `/v1` call needs `Authorization: Bearer bks_…` (make keys with
 
 def _problem(problem: Problem, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(
-        problem.model_dump(exclude_none=True), status_code=problem.status, media_type=PROBLEM_JSON, headers=headers
+        problem.model_dump(exclude_none=True),
+        status_code=problem.status,
+        media_type=PROBLEM_JSON,
+        headers=headers,
     )
 
 
@@ -50,10 +54,18 @@ async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    errors = [
-        FieldError(loc=[p if isinstance(p, int) else str(p) for p in error.get("loc", ())], msg=str(error.get("msg", "")))
-        for error in exc.errors()
-    ]
+    return _invalid(
+        [
+            FieldError(
+                loc=[p if isinstance(p, int) else str(p) for p in error.get("loc", ())],
+                msg=str(error.get("msg", "")),
+            )
+            for error in exc.errors()
+        ]
+    )
+
+
+def _invalid(errors: list[FieldError]) -> JSONResponse:
     return _problem(
         Problem(
             type="urn:backsync:problem:validation",
@@ -67,9 +79,17 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    title = {404: "Not Found", 405: "Method Not Allowed"}.get(exc.status_code, "HTTP error")
+    if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
+        # FastAPI's answer to a JSON body it could not decode (not UTF-8, nested too deep):
+        # malformed JSON, like any other.
+        return _invalid([FieldError(loc=["body"], msg="JSON decode error")])
+    try:
+        title = HTTPStatus(exc.status_code).phrase
+    except ValueError:
+        title = "HTTP error"
     return _problem(
-        Problem(title=title, status=exc.status_code, detail=str(exc.detail)), dict(exc.headers or {})
+        Problem(title=title, status=exc.status_code, detail=str(exc.detail)),
+        dict(exc.headers or {}),
     )
 
 
@@ -116,6 +136,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(Exception, _unexpected)
+    app.add_middleware(NulFreeUrl)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
     for router in (tasks_router, runs_router, records_router, ops_router):

@@ -3,6 +3,7 @@
 Services raise these; the API turns them into `application/problem+json`. The tree::
 
     ServiceError (500, never raised on purpose)
+     ├── BadRequest          400  a request no route could make sense of (e.g. NUL in the URL)
      ├── Unauthenticated     401  missing, malformed, unknown or revoked API key
      ├── NotFound            404  also for another tenant's ids: existence is not leaked
      ├── Conflict            409  e.g. a task name that is taken
@@ -70,6 +71,12 @@ class ServiceError(Exception):
 
     def headers(self) -> dict[str, str]:
         return {}
+
+
+class BadRequest(ServiceError):
+    status = 400
+    slug = "bad-request"
+    title = "Bad Request"
 
 
 class Unauthenticated(ServiceError):

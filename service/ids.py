@@ -1,4 +1,6 @@
-"""Public ids: a type prefix plus a time-ordered, URL-safe body (ULID-like; base32hex keeps byte order in string order).
+"""Public ids: a type prefix plus a time-ordered, URL-safe body (ULID-like).
+
+base32hex keeps byte order in string order.
 
 Time order makes "newest first" listings a plain `ORDER BY id DESC` and lets an id
 serve as its own pagination cursor. Within a process ids are strictly increasing, even

@@ -1,4 +1,4 @@
-"""ASGI middleware: request ids and the request body size limit."""
+"""ASGI middleware: request ids, the request body size limit, NUL-free URLs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import secrets
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PROBLEM_JSON, PayloadTooLarge
+from service.errors import PROBLEM_JSON, BadRequest, PayloadTooLarge, ServiceError
 from service.logs import request_id
 
 
@@ -49,25 +49,67 @@ class BodyLimit:
             await self._reject(send)
             return
         seen = 0
+        exceeded = started = replaced = False
 
         async def limited_receive() -> Message:
-            nonlocal seen
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
+                    exceeded = True
                     raise PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
             return message
 
-        await self.app(scope, limited_receive, send)
+        async def guarded_send(message: Message) -> None:
+            # Frameworks may wrap the error raised from `receive` (FastAPI answers 400
+            # "error parsing the body"): once the limit was hit, the answer is a 413.
+            nonlocal started, replaced
+            if message["type"] == "http.response.start":
+                started = True
+                if exceeded:
+                    replaced = True
+                    await self._reject(send)
+                    return
+            elif replaced:
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except PayloadTooLarge:
+            if started:
+                raise
+            await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes").problem().model_dump_json(exclude_none=True).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [(b"content-type", PROBLEM_JSON.encode()), (b"content-length", str(len(body)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        await send_problem(send, PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes"))
+
+
+class NulFreeUrl:
+    """400 for a NUL in the path or query: no id or filter contains one, and PostgreSQL
+    refuses it in text (it would surface as a 500 from the first query)."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (
+            "\x00" in scope["path"]
+            or b"%00" in scope["query_string"]
+            or b"\x00" in scope["query_string"]
+        ):
+            await send_problem(send, BadRequest("NUL characters are not allowed in the URL"))
+            return
+        await self.app(scope, receive, send)
+
+
+async def send_problem(send: Send, error: ServiceError) -> None:
+    body = error.problem().model_dump_json(exclude_none=True).encode()
+    headers = [
+        (b"content-type", PROBLEM_JSON.encode()),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    headers += [(name.lower().encode(), value.encode()) for name, value in error.headers().items()]
+    await send({"type": "http.response.start", "status": error.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -16,7 +16,9 @@ def http_task(url: str, name: str = "t1", **source: Any) -> dict[str, Any]:
     return body
 
 
-async def create_task(client: httpx.AsyncClient, auth: dict[str, str], body: dict[str, Any]) -> dict[str, Any]:
+async def create_task(
+    client: httpx.AsyncClient, auth: dict[str, str], body: dict[str, Any]
+) -> dict[str, Any]:
     response = await client.post("/v1/tasks", json=body, headers=auth)
     assert response.status_code == 201, response.text
     task: dict[str, Any] = response.json()
@@ -31,7 +33,12 @@ async def trigger(client: httpx.AsyncClient, auth: dict[str, str], task_id: str)
 
 
 async def wait_run(
-    client: httpx.AsyncClient, auth: dict[str, str], run_id: str, *, until: set[str] = FINAL, timeout: float = 30
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    run_id: str,
+    *,
+    until: set[str] = FINAL,
+    timeout: float = 30,
 ) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -50,11 +57,15 @@ async def sync(client: httpx.AsyncClient, auth: dict[str, str], task_id: str) ->
     return await wait_run(client, auth, run["id"])
 
 
-async def feed(client: httpx.AsyncClient, auth: dict[str, str], task_id: str, after: int = 0) -> list[dict[str, Any]]:
+async def feed(
+    client: httpx.AsyncClient, auth: dict[str, str], task_id: str, after: int = 0
+) -> list[dict[str, Any]]:
     """Every record after `after`, following `next_after` to the end."""
     items: list[dict[str, Any]] = []
     while True:
-        response = await client.get(f"/v1/tasks/{task_id}/records", params={"after": after, "limit": 1000}, headers=auth)
+        response = await client.get(
+            f"/v1/tasks/{task_id}/records", params={"after": after, "limit": 1000}, headers=auth
+        )
         assert response.status_code == 200, response.text
         page = response.json()
         items.extend(page["items"])

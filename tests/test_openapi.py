@@ -35,7 +35,8 @@ def test_every_operation_has_a_summary_and_typed_responses() -> None:
             if code == "204":
                 continue
             content = operation["responses"][code].get("content", {})
-            assert "application/json" in content, f"{method} {path} {code} has no JSON body"
+            typed = {"application/json", "text/event-stream"} & set(content)
+            assert typed, f"{method} {path} {code} has no JSON (or event-stream) body"
 
 
 def test_v1_operations_document_problem_errors_with_examples() -> None:

@@ -17,7 +17,9 @@ class IdempotencyRecord(SQLModel, table=True):
 
     __tablename__ = "idempotency_key"
 
-    tenant_id: str = Field(foreign_key="tenant.id", primary_key=True, max_length=40, ondelete="CASCADE")
+    tenant_id: str = Field(
+        foreign_key="tenant.id", primary_key=True, max_length=40, ondelete="CASCADE"
+    )
     scope: str = Field(primary_key=True, max_length=300)
     key: str = Field(primary_key=True, max_length=255)
     fingerprint: str = Field(max_length=64)

@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
+from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
 from service.models.types import UTCDateTime, utcnow
@@ -9,7 +11,11 @@ from service.models.types import UTCDateTime, utcnow
 
 class PageValidator(SQLModel, table=True):
     """The `ETag` / `Last-Modified` an upstream gave for one page URL of a task, sent back
-    as `If-None-Match` / `If-Modified-Since` so an unchanged page costs a 304."""
+    as `If-None-Match` / `If-Modified-Since` so an unchanged page costs a 304.
+
+    `next_page` is where that page pointed: a 304 has no body to read the next cursor
+    from, so the walk continues from what the page said last time.
+    """
 
     __tablename__ = "page_validator"
 
@@ -17,4 +23,5 @@ class PageValidator(SQLModel, table=True):
     url_key: str = Field(primary_key=True, max_length=64)
     etag: str | None = Field(default=None, max_length=1000)
     last_modified: str | None = Field(default=None, max_length=100)
+    next_page: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -18,9 +18,7 @@ class Record(SQLModel, table=True):
 
     __table_args__ = (Index("uq_record_task_id_seq", "task_id", "seq", unique=True),)
 
-    task_id: str = Field(
-        foreign_key="task.id", primary_key=True, max_length=40, ondelete="CASCADE"
-    )
+    task_id: str = Field(foreign_key="task.id", primary_key=True, max_length=40, ondelete="CASCADE")
     key: str = Field(sa_column=Column(Text, primary_key=True))
     data: str = Field(sa_column=Column(Text, nullable=False))
     hash: str = Field(max_length=32)

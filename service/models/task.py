@@ -48,7 +48,5 @@ class TaskTag(SQLModel, table=True):
 
     __tablename__ = "task_tag"
 
-    task_id: str = Field(
-        foreign_key="task.id", primary_key=True, max_length=40, ondelete="CASCADE"
-    )
+    task_id: str = Field(foreign_key="task.id", primary_key=True, max_length=40, ondelete="CASCADE")
     tag: str = Field(primary_key=True, max_length=100, index=True)

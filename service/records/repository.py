@@ -30,8 +30,9 @@ _SET_CHANGED = (
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
     "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
 )
+# Constant SQL (S608 is a false positive): every value is a bound parameter.
 _PG_UPSERT = text(
-    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "
+    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "  # noqa: S608
     "SELECT CAST(:task_id AS varchar), k, d, h, s, CAST(:now AS timestamptz), "
     "CAST(:now AS timestamptz) FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]), "
     "CAST(:hashes AS text[]), CAST(:seqs AS bigint[])) AS t(k, d, h, s) " + _SET_CHANGED
@@ -82,7 +83,12 @@ async def upsert(
     if _is_pg(session):
         keys, datas, hashes, seqs = (list(column) for column in zip(*rows, strict=True))
         params: dict[str, Any] = {
-            "task_id": task_id, "now": now, "keys": keys, "datas": datas, "hashes": hashes, "seqs": seqs
+            "task_id": task_id,
+            "now": now,
+            "keys": keys,
+            "datas": datas,
+            "hashes": hashes,
+            "seqs": seqs,
         }
         await session.execute(_PG_UPSERT, params)
     else:

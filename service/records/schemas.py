@@ -7,7 +7,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class RecordOut(BaseModel):
-    key: Any = Field(description="The primary key value; a list for compound keys.", examples=["evt_1"])
+    key: Any = Field(
+        description="The primary key value; a list for compound keys.", examples=["evt_1"]
+    )
     data: Any = Field(examples=[{"id": "evt_1", "steps": 8123}])
     seq: int = Field(examples=[17])
     updated_at: datetime
@@ -33,4 +35,6 @@ class RecordFeed(BaseModel):
     )
 
     items: list[RecordOut]
-    next_after: int = Field(description="Store it; ask `?after=` it next time for only what changed.")
+    next_after: int = Field(
+        description="Store it; ask `?after=` it next time for only what changed."
+    )

@@ -30,7 +30,9 @@ def _job_suffix(run: Run) -> str | None:
     return None
 
 
-async def reconcile_once(sessionmaker: SessionMaker, queue: Queue, queued_grace_seconds: float) -> int:
+async def reconcile_once(
+    sessionmaker: SessionMaker, queue: Queue, queued_grace_seconds: float
+) -> int:
     now = utcnow()
     async with sessionmaker() as session:
         runs = await repository.orphans(session, now, now - timedelta(seconds=queued_grace_seconds))

@@ -62,7 +62,9 @@ async def claim(
     result = await session.execute(
         update(Run)
         .where(col(Run.id) == run_id, _claimable(now))
-        .values(status="running", lease_owner=owner, lease_expires_at=lease_until, next_attempt_at=None)
+        .values(
+            status="running", lease_owner=owner, lease_expires_at=lease_until, next_attempt_at=None
+        )
         .returning(col(Run.id))
     )
     if result.scalar_one_or_none() is None:
@@ -88,7 +90,9 @@ async def add_page_progress(
     """Add a page's counters, move the checkpoint and renew the lease; returns
     `cancel_requested`, or None when the lease is no longer ours (taken over, finished,
     cancelled while queued, or deleted): then nothing of this page may be written."""
-    values: dict[str, Any] = {name: getattr(Run, name) + amount for name, amount in progress.items()}
+    values: dict[str, Any] = {
+        name: getattr(Run, name) + amount for name, amount in progress.items()
+    }
     result = await session.execute(
         update(Run)
         .where(_held(run_id, owner))
@@ -108,9 +112,14 @@ async def add_counts(session: AsyncSession, run_id: str, counts: dict[str, int])
         )
 
 
-async def renew_lease(session: AsyncSession, run_id: str, owner: str, lease_until: datetime) -> bool:
+async def renew_lease(
+    session: AsyncSession, run_id: str, owner: str, lease_until: datetime
+) -> bool:
     result = await session.execute(
-        update(Run).where(_held(run_id, owner)).values(lease_expires_at=lease_until).returning(col(Run.id))
+        update(Run)
+        .where(_held(run_id, owner))
+        .values(lease_expires_at=lease_until)
+        .returning(col(Run.id))
     )
     return result.scalar_one_or_none() is not None
 
@@ -126,13 +135,22 @@ async def finish(
 ) -> Run | None:
     """End the run (only the lease holder may, unless `owner` is None: a run that never
     started). Returns the run, or None when someone else already ended it."""
-    condition = _held(run_id, owner) if owner else and_(
-        col(Run.id) == run_id, col(Run.status).in_(ACTIVE_STATUSES)
+    condition = (
+        _held(run_id, owner)
+        if owner
+        else and_(col(Run.id) == run_id, col(Run.status).in_(ACTIVE_STATUSES))
     )
     result = await session.execute(
         update(Run)
         .where(condition)
-        .values(status=status, finished_at=now, error=error, next_attempt_at=None, lease_owner=None, lease_expires_at=None)
+        .values(
+            status=status,
+            finished_at=now,
+            error=error,
+            next_attempt_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+        )
         .returning(col(Run.id))
     )
     if result.scalar_one_or_none() is None:
@@ -195,7 +213,9 @@ async def orphans(
     return result.scalars().all()
 
 
-async def record_outcome(session: AsyncSession, task_id: str, succeeded: bool, now: datetime) -> None:
+async def record_outcome(
+    session: AsyncSession, task_id: str, succeeded: bool, now: datetime
+) -> None:
     values: dict[str, Any] = (
         {"last_success_at": now, "consecutive_failures": 0}
         if succeeded

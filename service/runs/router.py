@@ -2,12 +2,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Body, Query, Response, status
+from fastapi.responses import StreamingResponse
 
-from service.dependencies import Caller, JobQueue, Work
+from service.dependencies import Caller, JobQueue, State, Work
 from service.errors import Conflict, InvalidInput, NotFound, Unauthenticated, problem_responses
 from service.runs import service
-from service.runs.schemas import RunOut, RunPage
+from service.runs.events import run_events
+from service.runs.schemas import RunOut, RunPage, TriggerIn
 
 router = APIRouter(tags=["runs"])
 _COMMON = (Unauthenticated, NotFound)
@@ -18,13 +20,23 @@ _COMMON = (Unauthenticated, NotFound)
     status_code=status.HTTP_202_ACCEPTED,
     response_model=RunOut,
     responses={
-        200: {"model": RunOut, "description": "A run of this task was already queued or running: that run"},
-        **problem_responses(*_COMMON),
+        200: {
+            "model": RunOut,
+            "description": "A run of this task was already queued or running: that run",
+        },
+        **problem_responses(*_COMMON, InvalidInput),
     },
 )
-async def trigger_run(work: Work, caller: Caller, queue: JobQueue, response: Response, task_id: str) -> RunOut:
+async def trigger_run(
+    work: Work,
+    caller: Caller,
+    queue: JobQueue,
+    response: Response,
+    task_id: str,
+    body: Annotated[TriggerIn | None, Body()] = None,
+) -> RunOut:
     """Trigger a run now"""
-    run, created = await service.trigger(work.session, caller.tenant_id, task_id)
+    run, created = await service.trigger(work.session, caller.tenant_id, task_id, body)
     if created:
         run_id = run.id
         work.after_commit(lambda: queue.enqueue_run(run_id))
@@ -63,3 +75,37 @@ async def get_run(work: Work, caller: Caller, run_id: str) -> RunOut:
 async def cancel_run(work: Work, caller: Caller, run_id: str) -> RunOut:
     """Cancel a run (a running fetch stops at the next page boundary)"""
     return service.to_out(await service.cancel(work.session, caller.tenant_id, run_id))
+
+
+_SSE_EXAMPLE = (
+    'event: progress\nid: 1\ndata: {"id": "run_…", "status": "running", …}\n\n'
+    'event: status\nid: 3\ndata: {"id": "run_…", "status": "succeeded", …}\n\n'
+)
+
+
+@router.get(
+    "/v1/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": (
+                "`progress` events (the run, as in GET /v1/runs/{id}) per page, "
+                "then one `status` event"
+            ),
+            "content": {
+                "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
+            },
+        },
+        **problem_responses(*_COMMON),
+    },
+)
+async def run_events_stream(
+    work: Work, caller: Caller, state: State, run_id: str
+) -> StreamingResponse:
+    """Follow a run live (Server-Sent Events); the stream ends with the run"""
+    run = await service.get_run(work.session, caller.tenant_id, run_id)
+    return StreamingResponse(
+        run_events(state["sessionmaker"], run.id),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -81,11 +81,18 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
     except _Stop:
         return
     except SyncError as exc:
-        log.info("run %s attempt %s failed: %s", run_id, plan.attempt, exc.code, extra={"run_id": run_id})
+        log.info(
+            "run %s attempt %s failed: %s", run_id, plan.attempt, exc.code, extra={"run_id": run_id}
+        )
         await _failed(deps, plan, exc.as_dict(), getattr(exc, "retry_after", None))
     except Exception:
         log.exception("run %s crashed", run_id, extra={"run_id": run_id})
-        error = {"code": "internal_error", "message": "internal error while syncing", "http_status": None, "retryable": True}
+        error = {
+            "code": "internal_error",
+            "message": "internal error while syncing",
+            "http_status": None,
+            "retryable": True,
+        }
         await _failed(deps, plan, error, None)
     else:
         await _end(deps, run_id, "succeeded", None, plan)
@@ -115,7 +122,12 @@ async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
         try:
             source = source_of(task, deps.secrets)
         except SecretBoxError as exc:
-            error = {"code": "credentials_unreadable", "message": str(exc), "http_status": None, "retryable": False}
+            error = {
+                "code": "credentials_unreadable",
+                "message": str(exc),
+                "http_status": None,
+                "retryable": False,
+            }
             raise _Unreadable(error) from exc
         checkpoint = run.checkpoint or {}
         return _Plan(
@@ -173,7 +185,9 @@ async def _heartbeat(deps: RunnerDeps, run_id: str) -> None:
         await asyncio.sleep(deps.lease_seconds / 3)
         try:
             async with transaction(deps.sessionmaker) as session:
-                if not await repository.renew_lease(session, run_id, deps.owner, deps.lease_until()):
+                if not await repository.renew_lease(
+                    session, run_id, deps.owner, deps.lease_until()
+                ):
                     return
         except Exception:
             log.warning("could not renew the lease of run %s", run_id, exc_info=True)
@@ -188,7 +202,9 @@ def _attempt_entry(plan: _Plan, error: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-async def _failed(deps: RunnerDeps, plan: _Plan, error: dict[str, Any], retry_after: float | None) -> None:
+async def _failed(
+    deps: RunnerDeps, plan: _Plan, error: dict[str, Any], retry_after: float | None
+) -> None:
     """A retryable failure with attempts left becomes the next attempt; else the run fails."""
     if not error.get("retryable") or plan.attempt >= plan.retry.max_attempts:
         await _end(deps, plan.run_id, "failed", error, plan)
@@ -200,7 +216,9 @@ async def _failed(deps: RunnerDeps, plan: _Plan, error: dict[str, Any], retry_af
             session, plan.run_id, deps.owner, next_at, error, _attempt_entry(plan, error)
         )
     if run is not None:
-        await deps.queue.enqueue_run(plan.run_id, job_suffix=f"attempt:{run.attempt}", not_before=next_at)
+        await deps.queue.enqueue_run(
+            plan.run_id, job_suffix=f"attempt:{run.attempt}", not_before=next_at
+        )
 
 
 async def _end(

@@ -10,6 +10,37 @@ from pydantic import BaseModel, ConfigDict, Field
 RunStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
 
 
+class Backfill(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    from_: str = Field(
+        alias="from", min_length=1, max_length=100, examples=["2026-01-01T00:00:00Z"]
+    )
+    to: str = Field(min_length=1, max_length=100, examples=["2026-02-01T00:00:00Z"])
+
+
+class TriggerIn(BaseModel):
+    """Optional body of a trigger. Both options need `source.incremental`."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {},
+                {"full_refresh": True},
+                {"backfill": {"from": "2026-01-01T00:00:00Z", "to": "2026-02-01T00:00:00Z"}},
+            ]
+        },
+    )
+
+    full_refresh: bool = Field(
+        default=False, description="Start from `incremental.initial_value`, ignoring the watermark"
+    )
+    backfill: Backfill | None = Field(
+        default=None, description="Fetch this window only; the watermark is left alone"
+    )
+
+
 class RunStats(BaseModel):
     pages: int = 0
     requests: int = 0
@@ -48,8 +79,15 @@ RUN_EXAMPLE: dict[str, Any] = {
     "next_attempt_at": None,
     "cancel_requested": False,
     "stats": {
-        "pages": 3, "requests": 3, "not_modified": 0, "records_seen": 250,
-        "inserted": 240, "updated": 5, "unchanged": 3, "rejected": 2, "bytes": 81234,
+        "pages": 3,
+        "requests": 3,
+        "not_modified": 0,
+        "records_seen": 250,
+        "inserted": 240,
+        "updated": 5,
+        "unchanged": 3,
+        "rejected": 2,
+        "bytes": 81234,
     },
     "error": None,
     "attempts": [],
@@ -75,7 +113,9 @@ class RunOut(BaseModel):
 
 
 class RunPage(BaseModel):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [RUN_EXAMPLE], "next_cursor": None}]})
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"items": [RUN_EXAMPLE], "next_cursor": None}]}
+    )
 
     items: list[RunOut]
     next_cursor: str | None

@@ -2,32 +2,56 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.errors import Conflict, NotFound
+from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
-from service.models import FINAL_STATUSES, Run
+from service.models import FINAL_STATUSES, Run, Task
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
 from service.runs import repository
-from service.runs.schemas import RunError, RunOut, RunPage, RunStats
+from service.runs.schemas import RunError, RunOut, RunPage, RunStats, TriggerIn
 from service.tasks.service import get_task
 
 
+def _options(task: Task, body: TriggerIn | None) -> dict[str, Any]:
+    if body is None or (not body.full_refresh and body.backfill is None):
+        return {}
+    if not task.source.get("incremental"):
+        raise InvalidInput.at(
+            ["body"], "full_refresh and backfill need source.incremental on the task"
+        )
+    if body.full_refresh and body.backfill is not None:
+        raise InvalidInput.at(["body"], "give full_refresh or backfill, not both")
+    if body.backfill is not None:
+        return {"backfill": {"from": body.backfill.from_, "to": body.backfill.to}}
+    return {"full_refresh": True}
+
+
 async def trigger(
-    session: AsyncSession, tenant_id: str, task_id: str, trigger: str = "manual"
+    session: AsyncSession,
+    tenant_id: str,
+    task_id: str,
+    body: TriggerIn | None = None,
+    trigger: str = "manual",
 ) -> tuple[Run, bool]:
-    """A new queued run, or the task's active one (returns created=False).
+    """A new queued run, or the task's active one (returns created=False; its options
+    stay as they were).
 
     A partial unique index allows one active run per task, so two racing triggers
     (any number of API processes) still give one run.
     """
     task = await get_task(session, tenant_id, task_id)
+    options = _options(task, body)
     active = await repository.active_for_task(session, task.id)
     if active is not None:
         return active, False
-    run = Run(id=new_id("run"), task_id=task.id, tenant_id=tenant_id, trigger=trigger)
+    run = Run(
+        id=new_id("run"), task_id=task.id, tenant_id=tenant_id, trigger=trigger, options=options
+    )
     try:
         async with session.begin_nested():
             session.add(run)

@@ -4,13 +4,14 @@ from collections.abc import Sequence
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlmodel import col
 
 from service.models import Run, Task, TaskTag
 
 
 async def get(session: AsyncSession, tenant_id: str, task_id: str) -> Task | None:
     result = await session.execute(
-        select(Task).where(Task.id == task_id, Task.tenant_id == tenant_id)
+        select(Task).where(col(Task.id) == task_id, col(Task.tenant_id) == tenant_id)
     )
     return result.scalar_one_or_none()
 
@@ -21,7 +22,7 @@ async def get_by_id(session: AsyncSession, task_id: str) -> Task | None:
 
 async def by_name(session: AsyncSession, tenant_id: str, name: str) -> Task | None:
     result = await session.execute(
-        select(Task).where(Task.tenant_id == tenant_id, Task.name == name)
+        select(Task).where(col(Task.tenant_id) == tenant_id, col(Task.name) == name)
     )
     return result.scalar_one_or_none()
 
@@ -36,21 +37,22 @@ async def page(
     before_id: str | None,
     limit: int,
 ) -> Sequence[Task]:
-    query = select(Task).where(Task.tenant_id == tenant_id)
+    query = select(Task).where(col(Task.tenant_id) == tenant_id)
     if user_id is not None:
-        query = query.where(Task.user_id == user_id)
+        query = query.where(col(Task.user_id) == user_id)
     if tag is not None:
-        query = query.where(Task.id.in_(select(TaskTag.task_id).where(TaskTag.tag == tag)))  # type: ignore[attr-defined]
+        tagged = select(col(TaskTag.task_id)).where(col(TaskTag.tag) == tag)
+        query = query.where(col(Task.id).in_(tagged))
     if paused is not None:
-        query = query.where(Task.paused == paused)
+        query = query.where(col(Task.paused) == paused)
     if before_id is not None:
-        query = query.where(Task.id < before_id)
-    result = await session.execute(query.order_by(Task.id.desc()).limit(limit + 1))  # type: ignore[attr-defined]
+        query = query.where(col(Task.id) < before_id)
+    result = await session.execute(query.order_by(col(Task.id).desc()).limit(limit + 1))
     return result.scalars().all()
 
 
 async def set_tags(session: AsyncSession, task_id: str, tags: list[str]) -> None:
-    await session.execute(delete(TaskTag).where(TaskTag.task_id == task_id))  # type: ignore[arg-type]
+    await session.execute(delete(TaskTag).where(col(TaskTag.task_id) == task_id))
     session.add_all([TaskTag(task_id=task_id, tag=tag) for tag in dict.fromkeys(tags)])
 
 
@@ -59,9 +61,9 @@ async def latest_runs(session: AsyncSession, task_ids: list[str]) -> dict[str, R
     if not task_ids:
         return {}
     newest = (
-        select(func.max(Run.id))
-        .where(Run.task_id.in_(task_ids))  # type: ignore[attr-defined]
-        .group_by(Run.task_id)
+        select(func.max(col(Run.id)))
+        .where(col(Run.task_id).in_(task_ids))
+        .group_by(col(Run.task_id))
     )
-    rows = await session.execute(select(Run).where(Run.id.in_(newest)))  # type: ignore[attr-defined]
+    rows = await session.execute(select(Run).where(col(Run.id).in_(newest)))
     return {run.task_id: run for run in rows.scalars()}

@@ -5,7 +5,14 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Body, Query, Response, status
 
 from service.dependencies import AppSettings, Caller, Secrets, Work
-from service.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, Unauthenticated, problem_responses
+from service.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    PayloadTooLarge,
+    Unauthenticated,
+    problem_responses,
+)
 from service.tasks import service
 from service.tasks.schemas import TASK_EXAMPLE, TaskIn, TaskOut, TaskPage, TaskPatch
 
@@ -19,7 +26,10 @@ TaskId = Annotated[str, "task id"]
     status_code=status.HTTP_201_CREATED,
     response_model=TaskOut,
     responses={
-        200: {"model": TaskOut, "description": "The name existed; `on_conflict` kept, replaced or updated it"},
+        200: {
+            "model": TaskOut,
+            "description": "The name existed; `on_conflict` kept, replaced or updated it",
+        },
         **problem_responses(*_COMMON, Conflict, PayloadTooLarge),
     },
 )
@@ -29,10 +39,15 @@ async def create_task(
     secrets: Secrets,
     settings: AppSettings,
     response: Response,
-    body: Annotated[TaskIn, Body(openapi_examples={"cursor-paginated API": {"value": TASK_EXAMPLE}})],
+    body: Annotated[
+        TaskIn, Body(openapi_examples={"cursor-paginated API": {"value": TASK_EXAMPLE}})
+    ],
     on_conflict: Annotated[
         Literal["fail", "keep", "replace", "update"],
-        Query(description="What to do when a task with this name exists: 409, return it, replace it, or merge into it"),
+        Query(
+            description="What to do when a task with this name exists: "
+            "409, return it, replace it, or merge into it"
+        ),
     ] = "fail",
 ) -> TaskOut:
     """Register a sync task"""
@@ -56,7 +71,13 @@ async def list_tasks(
 ) -> TaskPage:
     """List tasks, newest first"""
     return await service.list_tasks(
-        work.session, caller.tenant_id, user_id=user_id, tag=tag, state=state, limit=limit, cursor=cursor
+        work.session,
+        caller.tenant_id,
+        user_id=user_id,
+        tag=tag,
+        state=state,
+        limit=limit,
+        cursor=cursor,
     )
 
 
@@ -73,10 +94,17 @@ async def get_task(work: Work, caller: Caller, task_id: str) -> TaskOut:
     responses=problem_responses(*_COMMON, NotFound, Conflict, PayloadTooLarge),
 )
 async def update_task(
-    work: Work, caller: Caller, secrets: Secrets, settings: AppSettings, task_id: str, patch: TaskPatch
+    work: Work,
+    caller: Caller,
+    secrets: Secrets,
+    settings: AppSettings,
+    task_id: str,
+    patch: TaskPatch,
 ) -> TaskOut:
     """Change a task (JSON merge patch), e.g. pause it"""
-    task = await service.update_task(work.session, secrets, settings, caller.tenant_id, task_id, patch)
+    task = await service.update_task(
+        work.session, secrets, settings, caller.tenant_id, task_id, patch
+    )
     return await service.describe(work.session, task)
 
 

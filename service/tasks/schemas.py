@@ -28,8 +28,18 @@ TASK_EXAMPLE: dict[str, Any] = {
         "pagination": {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"},
     },
     "schedule": {"every_seconds": 3600, "jitter_seconds": 60},
-    "retry": {"max_attempts": 5, "backoff": "exponential", "initial_delay_seconds": 10, "max_delay_seconds": 3600},
-    "limits": {"timeout_seconds": 30, "max_pages": 10000, "max_response_bytes": 10485760, "requests_per_second": None},
+    "retry": {
+        "max_attempts": 5,
+        "backoff": "exponential",
+        "initial_delay_seconds": 10,
+        "max_delay_seconds": 3600,
+    },
+    "limits": {
+        "timeout_seconds": 30,
+        "max_pages": 10000,
+        "max_response_bytes": 10485760,
+        "requests_per_second": None,
+    },
     "tags": ["wearable"],
 }
 
@@ -82,7 +92,9 @@ class TaskPatch(BaseModel):
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"paused": True}, {"source": {"params": {"start_date": "2026-02-01"}}}]},
+        json_schema_extra={
+            "examples": [{"paused": True}, {"source": {"params": {"start_date": "2026-02-01"}}}]
+        },
     )
 
     name: str | None = None
@@ -144,4 +156,6 @@ class TaskOut(BaseModel):
 
 class TaskPage(BaseModel):
     items: list[TaskOut]
-    next_cursor: str | None = Field(description="Pass as `cursor` for the next page; null at the end.")
+    next_cursor: str | None = Field(
+        description="Pass as `cursor` for the next page; null at the end."
+    )

@@ -7,10 +7,11 @@ object lives only in `auth_ciphertext`.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -102,9 +103,64 @@ def exc_loc(loc: Sequence[Any]) -> list[str | int]:
     return [part if isinstance(part, int) else str(part) for part in loc]
 
 
+MAX_DEPTH = 32
+_INT64 = range(-(2**63), 2**63)
+
+
+def _unstorable(value: Any, loc: list[str | int]) -> tuple[list[str | int], str] | None:
+    """The first value the JSON columns (orjson) or PostgreSQL text cannot hold faithfully.
+
+    Lax validation lets such values through: `1e300` for an int field is a valid, huge
+    int; `NaN` and lone surrogates arrive from Python's JSON parser.
+    """
+    if len(loc) > MAX_DEPTH + 1:
+        return loc, f"nested deeper than {MAX_DEPTH} levels"
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int) and value not in _INT64:
+        return loc, "integer out of the 64-bit range"
+    if isinstance(value, float) and not math.isfinite(value):
+        return loc, "must be a finite number"
+    if isinstance(value, str):
+        if "\x00" in value:
+            return loc, "must not contain NUL characters"
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return loc, "must be valid Unicode (no lone surrogates)"
+        return None
+    if isinstance(value, BaseModel):
+        value = {name: getattr(value, name) for name in type(value).model_fields}
+    items = (
+        value.items()
+        if isinstance(value, dict)
+        else enumerate(value)
+        if isinstance(value, list)
+        else ()
+    )
+    for name, item in items:
+        found = _unstorable(name, loc) if isinstance(name, str) else None
+        found = found or _unstorable(item, [*loc, name])
+        if found:
+            return found
+    return None
+
+
+def _check_storable(body: TaskIn | TaskPatch) -> None:
+    found = _unstorable(body, ["body"])
+    if found:
+        raise InvalidInput.at(*found)
+
+
 def _check_policy(body: TaskIn, settings: Settings) -> None:
+    """What the schema cannot say: storable values and the minimum interval."""
+    _check_storable(body)
     schedule = body.schedule
-    if schedule and schedule.every_seconds is not None and schedule.every_seconds < settings.min_interval_seconds:
+    if (
+        schedule
+        and schedule.every_seconds is not None
+        and schedule.every_seconds < settings.min_interval_seconds
+    ):
         raise InvalidInput.at(
             ["body", "schedule", "every_seconds"],
             f"must be at least {settings.min_interval_seconds} seconds",
@@ -116,7 +172,9 @@ async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: Secre
     task.name = body.name
     task.user_id = body.user_id
     task.kind = body.kind
-    task.schedule = body.schedule.model_dump(mode="json", exclude_none=True) if body.schedule else None
+    task.schedule = (
+        body.schedule.model_dump(mode="json", exclude_none=True) if body.schedule else None
+    )
     task.retry = body.retry.model_dump(mode="json")
     task.limits = body.limits.model_dump(mode="json")
     task.health_mapping = body.health_mapping
@@ -138,7 +196,9 @@ async def create_task(
     _check_policy(body, settings)
     existing = await repository.by_name(session, tenant_id, body.name)
     if existing is None:
-        task = Task(id=new_id("tsk"), tenant_id=tenant_id, name=body.name, source={}, retry={}, limits={})
+        task = Task(
+            id=new_id("tsk"), tenant_id=tenant_id, name=body.name, source={}, retry={}, limits={}
+        )
         try:
             async with session.begin_nested():
                 session.add(task)
@@ -186,6 +246,7 @@ async def update_task(
     task_id: str,
     patch: TaskPatch,
 ) -> Task:
+    _check_storable(patch)
     task = await get_task(session, tenant_id, task_id)
     current = _document(task, secrets)
     patched = merge_patch(current, patch.model_dump(mode="json", exclude_unset=True))

@@ -21,8 +21,15 @@ async def test_resync_counts_inserted_updated_unchanged_and_only_changes_reach_t
     task = await create_task(client, auth, http_task(url, records_path="data", pagination=PAGES))
     first = await sync(client, auth, task["id"])
     assert first["stats"] | {"bytes": 0} == {
-        "pages": 6, "requests": 6, "not_modified": 0, "records_seen": 100,
-        "inserted": 100, "updated": 0, "unchanged": 0, "rejected": 0, "bytes": 0,
+        "pages": 6,
+        "requests": 6,
+        "not_modified": 0,
+        "records_seen": 100,
+        "inserted": 100,
+        "updated": 0,
+        "unchanged": 0,
+        "rejected": 0,
+        "bytes": 0,
     }
     before = await feed(client, auth, task["id"])
     mark = max(item["seq"] for item in before)
@@ -32,7 +39,11 @@ async def test_resync_counts_inserted_updated_unchanged_and_only_changes_reach_t
     records.extend(make_records(5, prefix="new"))
     second = await sync(client, auth, task["id"])
 
-    assert (second["stats"]["inserted"], second["stats"]["updated"], second["stats"]["unchanged"]) == (5, 10, 90)
+    assert (
+        second["stats"]["inserted"],
+        second["stats"]["updated"],
+        second["stats"]["unchanged"],
+    ) == (5, 10, 90)
     changed = await feed(client, auth, task["id"], after=mark)
     assert {item["key"] for item in changed} == {r["id"] for r in records[10:20]} | {
         f"new{i:06d}" for i in range(5)
@@ -59,7 +70,9 @@ async def test_an_unchanged_resync_writes_nothing(
     assert again["stats"]["unchanged"] == 30
     assert again["stats"]["inserted"] == again["stats"]["updated"] == 0
     after = await feed(client, auth, task["id"])
-    assert [(i["seq"], i["updated_at"]) for i in after] == [(i["seq"], i["updated_at"]) for i in before]
+    assert [(i["seq"], i["updated_at"]) for i in after] == [
+        (i["seq"], i["updated_at"]) for i in before
+    ]
     tail = await client.get(
         f"/v1/tasks/{task['id']}/records", params={"after": before[-1]["seq"]}, headers=auth
     )
@@ -85,7 +98,11 @@ async def test_records_without_a_key_are_rejected_and_compound_keys_work(
     run = await sync(client, auth, task["id"])
 
     assert run["status"] == "succeeded"
-    assert (run["stats"]["records_seen"], run["stats"]["inserted"], run["stats"]["rejected"]) == (6, 3, 3)
+    assert (run["stats"]["records_seen"], run["stats"]["inserted"], run["stats"]["rejected"]) == (
+        6,
+        3,
+        3,
+    )
     keys = [item["key"] for item in await feed(client, auth, task["id"])]
     assert keys == [["u1", "2026-01-01"], ["u1", "2026-01-02"], ["u2", "2026-01-01"]]
 
@@ -113,7 +130,9 @@ async def test_feed_pages_with_limit_and_next_after(
 
     first = (await client.get(f"/v1/tasks/{task['id']}/records?limit=4", headers=auth)).json()
     second = (
-        await client.get(f"/v1/tasks/{task['id']}/records?limit=4&after={first['next_after']}", headers=auth)
+        await client.get(
+            f"/v1/tasks/{task['id']}/records?limit=4&after={first['next_after']}", headers=auth
+        )
     ).json()
 
     assert len(first["items"]) == len(second["items"]) == 4

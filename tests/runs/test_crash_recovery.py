@@ -18,7 +18,11 @@ from tests.fixtures.upstream import Upstream, cursor, make_records
 from tests.helpers import create_task, feed, http_task, trigger, wait_run
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
-FAST_RECOVERY = {"lease_seconds": "1", "reconcile_interval_seconds": "0.2", "queued_grace_seconds": "0.5"}
+FAST_RECOVERY = {
+    "lease_seconds": "1",
+    "reconcile_interval_seconds": "0.2",
+    "queued_grace_seconds": "0.5",
+}
 
 
 async def _pages_done(client: httpx.AsyncClient, auth: dict[str, str], run_id: str) -> int:
@@ -56,14 +60,20 @@ async def test_a_worker_killed_mid_run_is_finished_by_another_without_loss_or_du
     items = await feed(client, auth, task["id"])
     assert [item["data"] for item in items] == records  # exactly the upstream's, in order
     assert final["stats"]["inserted"] == 300 and final["stats"]["pages"] == 30
-    asked = collections.Counter(seen.query.get("next_token", "") for seen in upstream.hits("/wearable"))
+    asked = collections.Counter(
+        seen.query.get("next_token", "") for seen in upstream.hits("/wearable")
+    )
     assert asked[""] == 1  # the first page was fetched once
     assert set(asked) == {"" if i == 0 else str(i * 10) for i in range(30)}
     assert sum(asked.values()) <= 31  # at most the page in flight at the kill, twice
 
 
 async def test_runs_lost_from_redis_are_resent_from_the_database(
-    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, spawn_worker: SpawnWorker, settings: Settings
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    spawn_worker: SpawnWorker,
+    settings: Settings,
 ) -> None:
     url = upstream.route("/lost", cursor(make_records(20), size=10))
     task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))

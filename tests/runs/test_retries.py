@@ -13,7 +13,12 @@ from tests.fixtures.upstream import Upstream, cursor, make_records
 from tests.helpers import create_task, feed, http_task, sync, trigger, wait_run
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
-FAST_RETRY = {"max_attempts": 4, "backoff": "linear", "initial_delay_seconds": 0.05, "max_delay_seconds": 1}
+FAST_RETRY = {
+    "max_attempts": 4,
+    "backoff": "linear",
+    "initial_delay_seconds": 0.05,
+    "max_delay_seconds": 1,
+}
 
 
 def failing_first(handler: Any, failures: dict[str, int], status: int = 503) -> Any:
@@ -43,7 +48,11 @@ async def test_a_flaky_page_is_retried_and_the_run_resumes_at_its_checkpoint(
     assert run["status"] == "succeeded", run
     assert run["attempt"] == 3
     assert [a["attempt"] for a in run["attempts"]] == [1, 2, 3]
-    assert [a["error"]["http_status"] if a["error"] else None for a in run["attempts"]] == [503, 503, None]
+    assert [a["error"]["http_status"] if a["error"] else None for a in run["attempts"]] == [
+        503,
+        503,
+        None,
+    ]
     asked = [seen.query.get("next_token", "") for seen in upstream.hits("/flaky")]
     assert asked == ["", "10", "20", "20", "20", "30", "40"]  # pages before the failure: once
     assert run["error"] is None
@@ -73,7 +82,10 @@ async def test_while_waiting_the_run_is_retrying_with_next_attempt_at(
 ) -> None:
     failures = {"": 1}
     url = upstream.route("/later", failing_first(lambda _r: JSONResponse([{"id": 1}]), failures))
-    body = {**http_task(url), "retry": {"max_attempts": 2, "backoff": "linear", "initial_delay_seconds": 1}}
+    body = {
+        **http_task(url),
+        "retry": {"max_attempts": 2, "backoff": "linear", "initial_delay_seconds": 1},
+    }
     task = await create_task(client, auth, body)
 
     run = await trigger(client, auth, task["id"])
@@ -94,7 +106,10 @@ async def test_cancelling_a_retrying_run_ends_it_at_once(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
 ) -> None:
     url = upstream.route("/503", lambda _r: JSONResponse({}, status_code=503))
-    body = {**http_task(url), "retry": {"max_attempts": 5, "backoff": "linear", "initial_delay_seconds": 30}}
+    body = {
+        **http_task(url),
+        "retry": {"max_attempts": 5, "backoff": "linear", "initial_delay_seconds": 30},
+    }
     task = await create_task(client, auth, body)
     run = await trigger(client, auth, task["id"])
     await wait_run(client, auth, run["id"], until={"retrying"})

@@ -17,7 +17,11 @@ async def test_a_run_fetches_every_page_and_the_feed_shows_the_records(
         http_task(
             url,
             records_path="data",
-            pagination={"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"},
+            pagination={
+                "type": "cursor",
+                "cursor_path": "next_token",
+                "cursor_param": "next_token",
+            },
         ),
     )
 

@@ -147,7 +147,9 @@ async def test_a_records_path_that_is_not_a_list_fails_as_bad_config(
 async def test_garbage_from_the_upstream_fails_the_run_without_storing_anything(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
 ) -> None:
-    url = upstream.route("/garbage", lambda _r: Response(b"{not json", media_type="application/json"))
+    url = upstream.route(
+        "/garbage", lambda _r: Response(b"{not json", media_type="application/json")
+    )
     task = await create_task(client, auth, {**http_task(url), "retry": {"max_attempts": 1}})
     run = await sync(client, auth, task["id"])
 

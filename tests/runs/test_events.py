@@ -1,0 +1,64 @@
+"""Live progress over Server-Sent Events."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tests.fixtures.upstream import Upstream, cursor, make_records
+from tests.helpers import create_task, http_task, trigger
+
+CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
+
+
+def _parse(stream: str) -> list[tuple[str, dict[str, Any]]]:
+    events = []
+    for block in stream.strip().split("\n\n"):
+        fields = dict(
+            line.split(": ", 1) for line in block.splitlines() if not line.startswith(":")
+        )
+        events.append((fields["event"], json.loads(fields["data"])))
+    return events
+
+
+async def test_events_stream_progress_per_page_and_end_with_the_final_status(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
+) -> None:
+    pages = cursor(make_records(40), size=10)
+
+    async def slow(request: Request) -> Response:
+        await asyncio.sleep(0.3)
+        return pages(request)  # type: ignore[return-value]
+
+    url = upstream.route("/feed", slow)
+    task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
+    run = await trigger(client, auth, task["id"])
+
+    async with client.stream("GET", f"/v1/runs/{run['id']}/events", headers=auth) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        body = "".join([chunk async for chunk in response.aiter_text()])
+
+    events = _parse(body)
+    names = [name for name, _ in events]
+    assert names[-1] == "status" and names.count("status") == 1
+    assert events[-1][1]["status"] == "succeeded"
+    progress_pages = [data["stats"]["pages"] for name, data in events if name == "progress"]
+    assert progress_pages == sorted(progress_pages)
+    assert len(set(progress_pages) - {0}) >= 3  # a progress event for (nearly) every page
+
+
+async def test_events_of_another_tenants_run_are_404(
+    client: httpx.AsyncClient, auth: dict[str, str], make_key: Any, upstream: Upstream
+) -> None:
+    task = await create_task(client, auth, http_task(upstream.base_url + "/x"))
+    run = await trigger(client, auth, task["id"])
+    other = await make_key("other-tenant")
+    response = await client.get(f"/v1/runs/{run['id']}/events", headers=other)
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"

@@ -29,7 +29,9 @@ def worker_identity() -> str:
 
 def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Any:
     async def startup(ctx: dict[str, Any]) -> None:
-        engine = create_engine(settings.database_url, pool_size=max(5, settings.worker_max_jobs // 2))
+        engine = create_engine(
+            settings.database_url, pool_size=max(5, settings.worker_max_jobs // 2)
+        )
         sessionmaker = create_sessionmaker(engine)
         queue = Queue.from_pool(ctx["redis"], settings.queue_name)
         ctx["engine"] = engine
@@ -44,7 +46,10 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         if not burst:
             ctx["reconciler"] = asyncio.create_task(
                 reconcile_forever(
-                    sessionmaker, queue, settings.reconcile_interval_seconds, settings.queued_grace_seconds
+                    sessionmaker,
+                    queue,
+                    settings.reconcile_interval_seconds,
+                    settings.queued_grace_seconds,
                 )
             )
         log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)

@@ -20,7 +20,12 @@ from tests.fixtures.upstream import Upstream, free_port
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "service", *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [sys.executable, "-m", "service", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
@@ -54,7 +59,9 @@ def test_api_and_worker_refuse_to_start_without_redis_or_secret_keys(settings: S
     no_secret = _cli("api", env=_env(settings, BACKSYNC_SECRET_KEYS=""))
     assert no_secret.returncode == 2
     assert "BACKSYNC_SECRET_KEYS" in no_secret.stderr
-    no_redis = _cli("worker", env={k: v for k, v in _env(settings).items() if k != "BACKSYNC_REDIS_URL"})
+    no_redis = _cli(
+        "worker", env={k: v for k, v in _env(settings).items() if k != "BACKSYNC_REDIS_URL"}
+    )
     assert no_redis.returncode == 2
     assert "BACKSYNC_REDIS_URL" in no_redis.stderr
 
@@ -88,7 +95,12 @@ def test_dev_runs_everything_with_embedded_defaults_and_stops_cleanly(
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
     env |= {"BACKSYNC_PORT": str(port), "BACKSYNC_STATE_DIR": str(tmp_path / "state")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "dev"], cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "service", "dev"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -112,5 +124,9 @@ def test_dev_runs_everything_with_embedded_defaults_and_stops_cleanly(
     assert process.returncode == 0, output
     assert key in output  # the banner prints a ready key
     assert "embedded Valkey" in output
-    socket = next(line for line in output.splitlines() if "unix://" in line).split("unix://")[1].split()[0]
+    socket = (
+        next(line for line in output.splitlines() if "unix://" in line)
+        .split("unix://")[1]
+        .split()[0]
+    )
     assert not Path(socket).parent.exists()  # the embedded server was torn down

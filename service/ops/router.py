@@ -42,7 +42,9 @@ async def healthz() -> Health:
 @router.get(
     "/readyz",
     response_model=Readiness,
-    responses={503: {"model": Readiness, "description": "A dependency is down or migrations are behind"}},
+    responses={
+        503: {"model": Readiness, "description": "A dependency is down or migrations are behind"}
+    },
 )
 async def readyz(state: State, response: Response) -> Readiness:
     """Ready: database and Redis reachable, migrations current"""
@@ -59,4 +61,9 @@ async def readyz(state: State, response: Response) -> Readiness:
     ready = database and redis and migrations
     if not ready:
         response.status_code = status.HTTP_503_SERVICE_UNAVAILABLE
-    return Readiness(status="ready" if ready else "unavailable", database=database, redis=redis, migrations=migrations)
+    return Readiness(
+        status="ready" if ready else "unavailable",
+        database=database,
+        redis=redis,
+        migrations=migrations,
+    )

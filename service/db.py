@@ -28,6 +28,11 @@ def _json_dumps(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _json_loads(value: Any) -> Any:
+    """SQLite's numeric affinity hands a JSON scalar like `10` back as a number."""
+    return value if isinstance(value, int | float) else orjson.loads(value)
+
+
 def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
@@ -40,7 +45,7 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         engine = create_async_engine(
-            database_url, json_serializer=_json_dumps, json_deserializer=orjson.loads
+            database_url, json_serializer=_json_dumps, json_deserializer=_json_loads
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -50,7 +55,7 @@ def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         json_serializer=_json_dumps,
-        json_deserializer=orjson.loads,
+        json_deserializer=_json_loads,
     )
 
 

@@ -19,7 +19,7 @@ def decode_cursor(cursor: str | None) -> str | None:
         value = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
         raise InvalidInput.at(["query", "cursor"], "invalid cursor") from exc
-    if not value.isascii() or "_" not in value or len(value) > 40:
+    if not (value.isascii() and value.isprintable()) or "_" not in value or len(value) > 40:
         raise InvalidInput.at(["query", "cursor"], "invalid cursor")
     return value
 

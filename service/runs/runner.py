@@ -27,6 +27,8 @@ from service.records.service import store_page
 from service.runs import repository
 from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
 from service.sync.backoff import next_delay
+from service.sync.incremental import Watermark, later, page_watermark, start_params
+from service.sync.records import records_of
 from service.tasks import repository as tasks_repository
 from service.tasks.service import source_of
 
@@ -61,6 +63,10 @@ class _Plan:
     done: bool
     """The last page was committed before an interruption: only the finish is left."""
     attempt_started_at: datetime
+    watermark: Watermark | None
+    """The largest incremental cursor seen so far in this run (checkpointed per page)."""
+    moves_watermark: bool
+    """False for backfills: they fetch a window and leave the task's watermark alone."""
 
 
 class _Stop(Exception):
@@ -77,7 +83,7 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
         return
     heartbeat = asyncio.create_task(_heartbeat(deps, run_id))
     try:
-        await _run_pages(deps, plan)
+        watermark = await _run_pages(deps, plan)
     except _Stop:
         return
     except SyncError as exc:
@@ -95,7 +101,9 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
         }
         await _failed(deps, plan, error, None)
     else:
-        await _end(deps, run_id, "succeeded", None, plan)
+        await _end(
+            deps, run_id, "succeeded", None, plan, watermark if plan.moves_watermark else None
+        )
     finally:
         heartbeat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -130,6 +138,8 @@ async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
             }
             raise _Unreadable(error) from exc
         checkpoint = run.checkpoint or {}
+        if source.incremental is not None and "url" not in checkpoint:
+            source = _bounded(source, task.watermark, run.options)
         return _Plan(
             run_id=run_id,
             task_id=task.id,
@@ -140,17 +150,41 @@ async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
             start=PageRequest.from_json(checkpoint) if "url" in checkpoint else None,
             done=bool(checkpoint.get("done")),
             attempt_started_at=now,
+            watermark=checkpoint.get("watermark"),
+            moves_watermark=source.incremental is not None and "backfill" not in run.options,
         )
 
 
-async def _run_pages(deps: RunnerDeps, plan: _Plan) -> None:
+def _bounded(source: Source, watermark: Watermark | None, options: dict[str, Any]) -> Source:
+    """The source with this run's incremental bounds added to its query parameters."""
+    assert source.incremental is not None
+    backfill = options.get("backfill")
+    bounds = start_params(
+        source.incremental,
+        watermark,
+        full_refresh=bool(options.get("full_refresh")),
+        backfill=(backfill["from"], backfill["to"]) if backfill else None,
+    )
+    return source.model_copy(update={"params": {**source.params, **bounds}})
+
+
+async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
+    """Fetch and store every page; returns the run's watermark."""
+    watermark = plan.watermark
     if plan.done:
-        return
+        return watermark
+    incremental = plan.source.incremental
     async for page in iter_pages(deps.http, plan.source, plan.limits, plan.start):
-        await _commit_page(deps, plan, page)
+        if incremental is not None:
+            records = records_of(page.fetched.body, plan.source.records_path)
+            watermark = later(watermark, page_watermark(records, incremental.cursor_path))
+        await _commit_page(deps, plan, page, watermark)
+    return watermark
 
 
-async def _commit_page(deps: RunnerDeps, plan: _Plan, page: Page) -> None:
+async def _commit_page(
+    deps: RunnerDeps, plan: _Plan, page: Page, watermark: Watermark | None
+) -> None:
     progress = {
         "pages": 1,
         "requests": 1,
@@ -158,7 +192,7 @@ async def _commit_page(deps: RunnerDeps, plan: _Plan, page: Page) -> None:
         "rejected": len(page.records.rejections),
         "bytes": page.fetched.nbytes,
     }
-    checkpoint = page.next.to_json() if page.next else _DONE
+    checkpoint = {**(page.next.to_json() if page.next else _DONE), "watermark": watermark}
     async with transaction(deps.sessionmaker) as session:
         cancel = await repository.add_page_progress(
             session, plan.run_id, deps.owner, progress, checkpoint, deps.lease_until()
@@ -222,12 +256,20 @@ async def _failed(
 
 
 async def _end(
-    deps: RunnerDeps, run_id: str, status: str, error: dict[str, Any] | None, plan: _Plan | None
+    deps: RunnerDeps,
+    run_id: str,
+    status: str,
+    error: dict[str, Any] | None,
+    plan: _Plan | None,
+    watermark: Watermark | None = None,
 ) -> None:
     async with transaction(deps.sessionmaker) as session:
         now = utcnow()
         owner = deps.owner if plan is not None else None
         entry = _attempt_entry(plan, error) if plan is not None else None
         run = await repository.finish(session, run_id, owner, status, now, error, entry)
-        if run is not None:
-            await repository.record_outcome(session, run.task_id, status == "succeeded", now)
+        if run is None:
+            return
+        await repository.record_outcome(session, run.task_id, status == "succeeded", now)
+        if watermark is not None:
+            await tasks_repository.advance_watermark(session, run.task_id, watermark)

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from service.models import Run, Task, TaskTag
+from service.sync.incremental import later
 
 
 async def get(session: AsyncSession, tenant_id: str, task_id: str) -> Task | None:
@@ -67,3 +69,11 @@ async def latest_runs(session: AsyncSession, task_ids: list[str]) -> dict[str, R
     )
     rows = await session.execute(select(Run).where(col(Run.id).in_(newest)))
     return {run.task_id: run for run in rows.scalars()}
+
+
+async def advance_watermark(session: AsyncSession, task_id: str, watermark: Any) -> None:
+    """Move the task's watermark forward (never back: a full refresh that saw less
+    data than before must not make the next incremental run refetch everything)."""
+    task = await session.get(Task, task_id, with_for_update=True)
+    if task is not None:
+        task.watermark = later(task.watermark, watermark)

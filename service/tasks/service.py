@@ -255,8 +255,12 @@ async def update_task(
     _check_policy(body, settings)
     if body.name != task.name and await repository.by_name(session, tenant_id, body.name):
         raise Conflict(f"a task named {body.name!r} exists")
-    await _apply(session, task, body, secrets)
-    await session.flush()
+    try:
+        async with session.begin_nested():
+            await _apply(session, task, body, secrets)
+            await session.flush()
+    except IntegrityError as exc:  # a concurrent rename took the name first
+        raise Conflict(f"a task named {body.name!r} exists") from exc
     return task
 
 

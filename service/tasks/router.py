@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from service.dependencies import AppSettings, Caller, Secrets, Work
+from service.dependencies import AppSettings, Caller, Secrets, State, Work
 from service.errors import (
     Conflict,
     InvalidInput,
@@ -14,6 +14,7 @@ from service.errors import (
     problem_responses,
 )
 from service.tasks import service
+from service.tasks.dry_run import DryRun, dry_run
 from service.tasks.schemas import TASK_EXAMPLE, TaskIn, TaskOut, TaskPage, TaskPatch
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
@@ -117,3 +118,14 @@ async def update_task(
 async def delete_task(work: Work, caller: Caller, task_id: str) -> None:
     """Delete a task with its runs and records"""
     await service.delete_task(work.session, caller.tenant_id, task_id)
+
+
+@router.post(
+    ":validate",
+    response_model=DryRun,
+    responses=problem_responses(*_COMMON, PayloadTooLarge),
+)
+async def validate_task(caller: Caller, state: State, body: TaskIn) -> DryRun:
+    """Dry run: fetch the first page of a proposed task and show what a run would store"""
+    del caller  # authentication only: a dry run stores nothing
+    return await dry_run(state["http"], body)

@@ -25,6 +25,10 @@ app = typer.Typer(
 )
 keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
+secrets_app = typer.Typer(
+    help="Manage the Fernet keys that encrypt upstream credentials.", no_args_is_help=True
+)
+app.add_typer(secrets_app, name="secrets")
 
 
 def _fail(message: str) -> typer.Exit:
@@ -34,12 +38,11 @@ def _fail(message: str) -> typer.Exit:
 
 def _require_production_settings(settings: Settings) -> None:
     if not settings.redis_url:
-        raise _fail("BACKSYNC_REDIS_URL is not set (the embedded Redis runs only with `backsync dev`).")
-    if not settings.secret_keys:
         raise _fail(
-            "BACKSYNC_SECRET_KEYS is not set. Make one with: "
-            "python -c 'from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())'"
+            "BACKSYNC_REDIS_URL is not set (the embedded Redis runs only with `backsync dev`)."
         )
+    if not settings.secret_keys:
+        raise _fail("BACKSYNC_SECRET_KEYS is not set. Make one with: backsync secrets generate")
 
 
 @app.command()
@@ -89,7 +92,9 @@ def migrate() -> None:
 
 @app.command()
 def openapi(
-    output: Annotated[Path, typer.Option(help="Where to write the document")] = Path("openapi/openapi.json"),
+    output: Annotated[Path, typer.Option(help="Where to write the document")] = Path(
+        "openapi/openapi.json"
+    ),
 ) -> None:
     """Write the OpenAPI document generated from the app."""
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -111,7 +116,9 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant name; created i
 
 
 @keys_app.command("revoke")
-def keys_revoke(prefix: Annotated[str, typer.Argument(help="The key's prefix: bks_<prefix>_…")]) -> None:
+def keys_revoke(
+    prefix: Annotated[str, typer.Argument(help="The key's prefix: bks_<prefix>_…")],
+) -> None:
     """Revoke an API key by its prefix."""
     if not asyncio.run(_revoke_key(get_settings(), prefix)):
         raise _fail(f"no key with prefix {prefix}")
@@ -142,6 +149,41 @@ async def _revoke_key(settings: Settings, prefix: str) -> bool:
         await engine.dispose()
 
 
+@secrets_app.command("generate")
+def secrets_generate() -> None:
+    """Print a new Fernet key (put it first in BACKSYNC_SECRET_KEYS to start using it)."""
+    from service.crypto import generate_key
+
+    typer.echo(generate_key())
+
+
+@secrets_app.command("rotate")
+def secrets_rotate(
+    batch_size: Annotated[int, typer.Option(min=1, help="Rows per transaction")] = 500,
+) -> None:
+    """Re-encrypt every stored credential under the first key of BACKSYNC_SECRET_KEYS."""
+    from service.crypto import SecretBoxError
+
+    try:
+        rotated = asyncio.run(_rotate_secrets(get_settings(), batch_size))
+    except SecretBoxError as exc:
+        raise _fail(f"secrets rotate: {exc}") from None
+    typer.echo(f"rotated {rotated} credential(s) to the first key of BACKSYNC_SECRET_KEYS")
+
+
+async def _rotate_secrets(settings: Settings, batch_size: int) -> int:
+    from service.crypto import SecretBox
+    from service.db import create_engine, create_sessionmaker
+    from service.tasks.secrets import rotate_credentials
+
+    secrets_box = SecretBox(settings.secret_keys)
+    engine = create_engine(settings.database_url)
+    try:
+        return await rotate_credentials(create_sessionmaker(engine), secrets_box, batch_size)
+    finally:
+        await engine.dispose()
+
+
 def _redacted(url: str) -> str:
     scheme, sep, rest = url.partition("://")
     if "@" in rest:
@@ -168,7 +210,9 @@ def dev() -> None:
 
     settings = get_settings()
     state = settings.state_dir
-    secret_keys = ",".join(settings.secret_keys) or _state_value(state / "secret.key", generate_key())
+    secret_keys = ",".join(settings.secret_keys) or _state_value(
+        state / "secret.key", generate_key()
+    )
     api_key = settings.dev_api_key or _state_value(
         state / "dev_api_key", f"bks_dev{secrets.token_hex(3)}_{secrets.token_urlsafe(32)}"
     )
@@ -180,7 +224,9 @@ def dev() -> None:
             **os.environ,
             "BACKSYNC_REDIS_URL": redis_url,
             "BACKSYNC_SECRET_KEYS": secret_keys,
-            "BACKSYNC_BLOCK_PRIVATE_TARGETS": os.environ.get("BACKSYNC_BLOCK_PRIVATE_TARGETS", "false"),
+            "BACKSYNC_BLOCK_PRIVATE_TARGETS": os.environ.get(
+                "BACKSYNC_BLOCK_PRIVATE_TARGETS", "false"
+            ),
         }
         children = [
             subprocess.Popen([sys.executable, "-m", "service", role], env=env)  # noqa: S603

@@ -58,6 +58,13 @@ class Settings(BaseSettings):
     max_body_bytes: int = 10 * 1024 * 1024
     upstream_connect_timeout: float = 10.0
     upstream_max_connections: int = 100
+    redis_key_prefix: str = "backsync"
+    """Prefix of Backsync's own Redis keys (shared upstream budgets); arq's are separate."""
+    upstream_budget_max_wait_seconds: float = 60.0
+    """Longest a run sleeps for its upstream host's budget (a hold, a queue of requests);
+    beyond it the attempt ends as retryable `upstream_held` and frees the worker."""
+    upstream_max_hold_seconds: float = 3600.0
+    """Cap on how long one `Retry-After` holds back every task on a host."""
 
     @field_validator("secret_keys", "allowed_targets", mode="before")
     @classmethod

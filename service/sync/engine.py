@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from service.sync.budget import HostBudget
 from service.sync.errors import PageLimitReached, PaginationLoop
 from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
 from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
@@ -28,22 +29,34 @@ class Page:
 
 
 async def iter_pages(
-    client: httpx.AsyncClient, source: Source, limits: Limits, start: PageRequest | None = None
+    client: httpx.AsyncClient,
+    source: Source,
+    limits: Limits,
+    start: PageRequest | None = None,
+    *,
+    budget: HostBudget | None = None,
 ) -> AsyncGenerator[Page, None]:
+    """Pages from `start` (or the first) to the last; `budget` shares each upstream host's
+    politeness with every other task (see `service.sync.budget`)."""
     request: PageRequest | None = start or first_request(source)
     while request is not None:
         if request.index >= limits.max_pages:
             raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
-        page = await fetch_one(client, source, limits, request)
+        page = await fetch_one(client, source, limits, request, budget=budget)
         yield page
         request = page.next
 
 
 async def fetch_one(
-    client: httpx.AsyncClient, source: Source, limits: Limits, request: PageRequest
+    client: httpx.AsyncClient,
+    source: Source,
+    limits: Limits,
+    request: PageRequest,
+    *,
+    budget: HostBudget | None = None,
 ) -> Page:
     """Fetch and interpret one page; also the dry run's whole job."""
-    fetched = await fetch_page(client, source, request, limits)
+    fetched = await fetch_page(client, source, request, limits, budget=budget)
     records = records_of(fetched.body, source.records_path)
     extracted = extract(records, source.primary_key)
     view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))

@@ -8,13 +8,25 @@ from typing import Any
 class SyncError(Exception):
     code = "sync_error"
     retryable = False
+    retry_after: float | None = None
+    """Seconds the upstream asked us to wait (its `Retry-After`); the runner's next
+    attempt waits at least that long."""
 
-    def __init__(self, message: str, *, http_status: int | None = None, code: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        code: str | None = None,
+        retry_after: float | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.http_status = http_status
         if code is not None:
             self.code = code
+        if retry_after is not None:
+            self.retry_after = retry_after
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -30,8 +42,11 @@ class UpstreamStatusError(SyncError):
 
     code = "upstream_status"
 
-    def __init__(self, status: int, reason: str):
-        super().__init__(f"upstream answered {status} {reason}".strip(), http_status=status)
+    def __init__(self, status: int, reason: str, *, retry_after: float | None = None):
+        message = f"upstream answered {status} {reason}".strip()
+        if retry_after is not None:
+            message += f" (Retry-After: {retry_after:g}s)"
+        super().__init__(message, http_status=status, retry_after=retry_after)
         self.retryable = status >= 500 or status in (408, 429)
 
 
@@ -53,6 +68,31 @@ class TooManyRedirects(SyncError):
     """A redirect loop or chain longer than the client follows: misconfigured, not busy."""
 
     code = "too_many_redirects"
+
+
+class BadRedirect(SyncError):
+    """A redirect without a usable `Location`: the upstream is broken, not busy."""
+
+    code = "bad_redirect"
+
+
+class TargetRefused(SyncError):
+    """The SSRF guard refused the URL or the address it resolves to (SPEC §2).
+
+    Never retryable: the same URL resolves the same way next time, and a run that keeps
+    knocking on an internal address is exactly what the guard is for.
+    """
+
+    code = "target_refused"
+
+
+class HostHeld(SyncError):
+    """The shared budget holds requests to this host back for longer than a worker
+    should sleep (a long `Retry-After`, or many tasks on one slow host): the next
+    attempt comes after `retry_after`, and the worker is free meanwhile."""
+
+    code = "upstream_held"
+    retryable = True
 
 
 class ResponseTooLarge(SyncError):

@@ -1,16 +1,22 @@
-"""One HTTP request for one page: auth applied, size capped while streaming, JSON decoded."""
+"""One HTTP request for one page: auth applied, redirects followed and checked hop by hop,
+the host's budget respected, size capped while streaming, JSON decoded."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 import orjson
 
+from service.sync.backoff import parse_retry_after
+from service.sync.budget import HostBudget, host_key
 from service.sync.errors import (
+    BadRedirect,
     InvalidBody,
     ResponseTooLarge,
     TooManyRedirects,
@@ -19,6 +25,11 @@ from service.sync.errors import (
 )
 from service.sync.paginators import PageRequest
 from service.sync.spec import BasicAuth, BearerAuth, HeaderAuth, Limits, QueryAuth, Source
+from service.sync.ssrf import check_url, default_port
+
+MAX_REDIRECTS = 5
+_HOLDING_STATUSES = (429, 503)
+"""Answers whose `Retry-After` holds back every task on the host, not just this run."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,46 +104,135 @@ def _with_params(url: str, params: dict[str, Any]) -> httpx.URL:
 
 
 async def fetch_page(
-    client: httpx.AsyncClient, source: Source, page: PageRequest, limits: Limits
+    client: httpx.AsyncClient,
+    source: Source,
+    page: PageRequest,
+    limits: Limits,
+    *,
+    budget: HostBudget | None = None,
 ) -> FetchedPage:
+    """One page, following up to `MAX_REDIRECTS` redirects by hand.
+
+    By hand, so each hop is a request like the first: its URL's shape checked, its
+    host's budget waited on, credentials kept only within the origin. (Addresses are
+    checked where the connection is made: `ssrf.GuardedBackend`.)
+    """
+    check_url(page.url)  # as written: httpx would read `file:/x` as a relative URL
     request = build_request(client, source, page, limits)
+    for _hop in range(MAX_REDIRECTS + 1):
+        check_url(request.url)
+        if budget is not None:
+            await budget.acquire(host_key(request.url), limits.requests_per_second)
+        response, raw = await _exchange(client, request, limits, budget)
+        if raw is not None:
+            return FetchedPage(
+                response.status_code,
+                _decode(raw, response.status_code),
+                response.headers,
+                without_query_auth(source, str(response.url)),
+                len(raw),
+            )
+        request = redirect_request(request, response, _secret_headers(source))
+    raise TooManyRedirects(f"upstream redirected more than {MAX_REDIRECTS} times")
+
+
+async def _exchange(
+    client: httpx.AsyncClient, request: httpx.Request, limits: Limits, budget: HostBudget | None
+) -> tuple[httpx.Response, bytes | None]:
+    """One hop: the final response and its body, or a redirect (body unread, None).
+
+    httpx's timeouts are per phase (connect, each read...): an upstream that trickles a
+    byte at a time never trips them, so a deadline bounds each hop as a whole. Budget
+    waits happen before it: they are ours, not the upstream's slowness.
+    """
     try:
-        # httpx's timeouts are per phase (connect, each read...): an upstream that
-        # trickles a byte at a time never trips them. The deadline bounds the whole.
-        async with asyncio.timeout(limits.timeout_seconds):
-            response, raw = await _send(client, request, limits.max_response_bytes)
+        with _translated(limits.timeout_seconds):
+            async with asyncio.timeout(limits.timeout_seconds):
+                return await _send(client, request, limits.max_response_bytes)
+    except UpstreamStatusError as exc:
+        if budget is not None and exc.retry_after and exc.http_status in _HOLDING_STATUSES:
+            await budget.hold(host_key(request.url), exc.retry_after)
+        raise
+
+
+@contextlib.contextmanager
+def _translated(timeout: float) -> Iterator[None]:
+    """httpx's failures in a run's terms."""
+    try:
+        yield
     except (httpx.TimeoutException, TimeoutError) as exc:
         raise UpstreamUnavailable(
-            f"upstream timed out after {limits.timeout_seconds:g}s ({type(exc).__name__})",
+            f"upstream timed out after {timeout:g}s ({type(exc).__name__})",
             code="upstream_timeout",
         ) from exc
     except httpx.RemoteProtocolError as exc:
+        if "location header" in str(exc):  # httpx parses a redirect's Location in send()
+            raise BadRedirect(f"upstream redirected to an invalid URL ({exc})") from exc
         raise InvalidBody("upstream closed the connection mid-response") from exc
     except httpx.TransportError as exc:
         raise UpstreamUnavailable(f"could not reach upstream ({type(exc).__name__})") from exc
     except httpx.DecodingError as exc:
         raise InvalidBody("upstream body does not match its Content-Encoding") from exc
-    except httpx.TooManyRedirects as exc:
-        raise TooManyRedirects("upstream redirected more times than allowed") from exc
-    return FetchedPage(
-        response.status_code,
-        _decode(raw, response.status_code),
-        response.headers,
-        without_query_auth(source, str(response.url)),
-        len(raw),
-    )
 
 
 async def _send(
     client: httpx.AsyncClient, request: httpx.Request, limit: int
-) -> tuple[httpx.Response, bytes]:
-    response = await client.send(request, stream=True)
+) -> tuple[httpx.Response, bytes | None]:
+    response = await client.send(request, stream=True, follow_redirects=False)
     try:
+        if response.has_redirect_location:
+            return response, None
         if not 200 <= response.status_code < 300:
-            raise UpstreamStatusError(response.status_code, response.reason_phrase)
+            raise UpstreamStatusError(
+                response.status_code,
+                response.reason_phrase,
+                retry_after=parse_retry_after(response.headers.get("retry-after")),
+            )
         return response, await _read_capped(response, limit)
     finally:
         await response.aclose()
+
+
+# ---- redirects ------------------------------------------------------------------------
+
+
+def redirect_request(
+    request: httpx.Request, response: httpx.Response, secret_headers: Iterable[str]
+) -> httpx.Request:
+    """The next hop: 307/308 keep method and body, 301/302/303 become a body-less GET."""
+    url = _redirect_url(request, response)
+    headers = httpx.Headers(request.headers)
+    headers["Host"] = url.netloc.decode("ascii")
+    headers.pop("Cookie", None)
+    if not _keeps_credentials(request.url, url):
+        for name in secret_headers:
+            headers.pop(name, None)
+    method = request.method
+    stream: httpx.AsyncByteStream | httpx.SyncByteStream | None = request.stream
+    if response.status_code in (301, 302, 303) and method != "HEAD":
+        method, stream = "GET", None
+        for name in ("Content-Length", "Content-Type", "Transfer-Encoding"):
+            headers.pop(name, None)
+    return httpx.Request(method, url, headers=headers, stream=stream, extensions=request.extensions)
+
+
+def _redirect_url(request: httpx.Request, response: httpx.Response) -> httpx.URL:
+    """Relative or absolute; httpx's `send` already refused an unparseable one (BadRedirect)."""
+    return request.url.join(response.headers["location"])
+
+
+def _keeps_credentials(old: httpx.URL, new: httpx.URL) -> bool:
+    """Same origin, or the same host upgraded from http to https (as httpx and browsers)."""
+    if old.host != new.host:
+        return False
+    before, after = (old.scheme, default_port(old)), (new.scheme, default_port(new))
+    return before == after or (before, after) == (("http", 80), ("https", 443))
+
+
+def _secret_headers(source: Source) -> tuple[str, ...]:
+    """Headers that must not follow a redirect to another origin: they carry credentials."""
+    auth_headers, _ = _auth_parts(source)
+    return ("Authorization", *auth_headers)
 
 
 def _decode(raw: bytes, status: int) -> Any:

@@ -11,6 +11,12 @@ from service.http_client import create_upstream_client
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    """The same outbound client the worker uses (redirects followed, no proxy from env)."""
-    async with create_upstream_client(Settings()) as client:
+    """The same outbound client the worker uses (SSRF guard on, no proxy from env), with
+    the loopback upstream allow-listed: every engine test goes through the guard."""
+    settings = Settings(
+        _env_file=None,
+        block_private_targets=True,
+        allowed_targets=["127.0.0.1/32"],
+    )
+    async with create_upstream_client(settings) as client:
         yield client

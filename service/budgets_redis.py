@@ -1,0 +1,88 @@
+"""The shared upstream budget in Redis: one bucket and one hold per host, for every
+worker process at once (SPEC §3 "Upstream politeness").
+
+One Lua script answers "may I send now?" atomically: it checks the host's hold, then
+takes a token from the host's bucket — possibly one not refilled yet, in which case it
+says how long to sleep. The clock is Redis's own (`TIME`), so workers on machines with
+skewed clocks still share one rate. Keys:
+
+- `<prefix>:bucket:<host:port>`: hash {tokens, ts}; expires once it would be full again;
+- `<prefix>:hold:<host:port>`: exists while the host is held; its PX expiry is the hold.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from redis.asyncio import Redis
+
+from service.sync.budget import DEFAULT_MAX_HOLD, held_back, over
+
+_HELD, _RESERVED, _OVER = 0, 1, 2
+
+ACQUIRE = """
+local held = redis.call('PTTL', KEYS[2])
+if held > 0 then return {0, held} end
+local rate = tonumber(ARGV[1])
+if rate <= 0 then return {1, 0} end
+local burst = math.max(1, rate)
+local max_wait = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + tonumber(t[2]) / 1000
+local state = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens, ts = tonumber(state[1]), tonumber(state[2])
+if tokens == nil or ts == nil then tokens, ts = burst, now end
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate / 1000)
+local wait = 0
+if tokens < 1 then wait = math.ceil((1 - tokens) * 1000 / rate) end
+if max_wait >= 0 and wait > max_wait then return {2, wait} end
+tokens = tokens - 1
+redis.call('HSET', KEYS[1], 'tokens', string.format('%.6f', tokens),
+           'ts', string.format('%.3f', now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((burst - tokens) * 1000 / rate) + 1000)
+return {1, wait}
+"""
+"""KEYS: bucket, hold. ARGV: rate (requests/s, 0 = unmetered), max wait in ms (-1 = any).
+Returns {status, ms}: 0 held for ms (nothing taken); 1 token taken, send after ms;
+2 the wait would be ms, over the max (nothing taken)."""
+
+
+class RedisBudget:
+    """`HostBudget` shared by every process that uses the same Redis and key prefix."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        max_wait: float | None = None,
+        max_hold: float = DEFAULT_MAX_HOLD,
+    ) -> None:
+        self._redis = redis
+        self._prefix = prefix
+        self.max_wait = max_wait
+        self.max_hold = max_hold
+        self._acquire = redis.register_script(ACQUIRE)
+
+    def _key(self, kind: str, host: str) -> str:
+        return f"{self._prefix}:{kind}:{host}"
+
+    async def acquire(self, host: str, requests_per_second: float | None) -> None:
+        max_wait_ms = -1 if self.max_wait is None else int(self.max_wait * 1000)
+        keys = [self._key("bucket", host), self._key("hold", host)]
+        while True:
+            status, wait_ms = await self._acquire(
+                keys=keys, args=[requests_per_second or 0, max_wait_ms]
+            )
+            status, wait = int(status), int(wait_ms) / 1000
+            if status == _OVER or (status == _HELD and over(wait, self.max_wait)):
+                raise held_back(host, wait, held=status == _HELD)
+            await asyncio.sleep(wait)
+            if status == _RESERVED:
+                return
+
+    async def hold(self, host: str, seconds: float) -> None:
+        """The upstream's latest word wins: a shorter `Retry-After` shortens the hold."""
+        ms = int(min(seconds, self.max_hold) * 1000)
+        if ms > 0:
+            await self._redis.set(self._key("hold", host), 1, px=ms)

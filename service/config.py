@@ -74,7 +74,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _async_driver(cls, value: str) -> str:
-        """Accept the URLs people paste (`postgresql://`, `sqlite:///`) and pick the async driver."""
+        """Accept the URLs people paste (`postgresql://`, `sqlite:///`); pick the async driver."""
         for plain, driver in (
             ("postgres://", "postgresql+asyncpg://"),
             ("postgresql://", "postgresql+asyncpg://"),

@@ -11,6 +11,7 @@ import secrets
 import socket
 from typing import Any
 
+from service.budgets_redis import RedisBudget
 from service.config import Settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
@@ -42,6 +43,12 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             queue=queue,
             owner=worker_identity(),
             lease_seconds=settings.lease_seconds,
+            budget=RedisBudget(
+                ctx["redis"],
+                settings.redis_key_prefix,
+                max_wait=settings.upstream_budget_max_wait_seconds,
+                max_hold=settings.upstream_max_hold_seconds,
+            ),
         )
         if not burst:
             ctx["reconciler"] = asyncio.create_task(

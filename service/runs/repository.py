@@ -167,14 +167,18 @@ async def schedule_retry(
     owner: str,
     next_attempt_at: datetime,
     error: dict[str, Any],
-    attempt_entry: dict[str, Any],
+    attempt_entry: dict[str, Any] | None,
+    *,
+    next_attempt: bool = True,
 ) -> Run | None:
+    """Park the run as `retrying` until `next_attempt_at`; `next_attempt=False` resumes
+    the same attempt later (a host hold is not the run's failure)."""
     result = await session.execute(
         update(Run)
         .where(_held(run_id, owner))
         .values(
             status="retrying",
-            attempt=col(Run.attempt) + 1,
+            attempt=col(Run.attempt) + (1 if next_attempt else 0),
             next_attempt_at=next_attempt_at,
             error=error,
             lease_owner=None,
@@ -185,7 +189,7 @@ async def schedule_retry(
     if result.scalar_one_or_none() is None:
         return None
     run = await get(session, run_id)
-    if run is not None:
+    if run is not None and attempt_entry is not None:
         run.attempts = [*run.attempts, attempt_entry]
     return run
 

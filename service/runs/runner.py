@@ -27,6 +27,7 @@ from service.records.service import store_page
 from service.runs import repository
 from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
 from service.sync.backoff import next_delay
+from service.sync.budget import HostBudget
 from service.sync.incremental import Watermark, later, page_watermark, start_params
 from service.sync.records import records_of
 from service.tasks import repository as tasks_repository
@@ -46,6 +47,8 @@ class RunnerDeps:
     owner: str
     """This worker's identity on the leases it holds."""
     lease_seconds: float = 30.0
+    budget: HostBudget | None = None
+    """Shared per-host request budget (rate limits, Retry-After holds) across workers."""
 
     def lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.lease_seconds)
@@ -174,7 +177,8 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
     if plan.done:
         return watermark
     incremental = plan.source.incremental
-    async for page in iter_pages(deps.http, plan.source, plan.limits, plan.start):
+    pages = iter_pages(deps.http, plan.source, plan.limits, plan.start, budget=deps.budget)
+    async for page in pages:
         if incremental is not None:
             records = records_of(page.fetched.body, plan.source.records_path)
             watermark = later(watermark, page_watermark(records, incremental.cursor_path))

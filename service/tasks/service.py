@@ -23,6 +23,8 @@ from service.models import Run, Task
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
 from service.runs.schemas import RunSummary
+from service.http_client import target_policy
+from service.sync import TargetRefused, check_target
 from service.sync.spec import SECRET_FIELDS, Source
 from service.tasks import repository
 from service.tasks.schemas import TaskIn, TaskOut, TaskPage, TaskPatch
@@ -152,6 +154,14 @@ def _check_storable(body: TaskIn | TaskPatch) -> None:
         raise InvalidInput.at(*found)
 
 
+async def _check_target(body: TaskIn, settings: Settings) -> None:
+    """Refuse at registration what the fetch-time SSRF guard would refuse anyway."""
+    try:
+        await check_target(str(body.source.url), target_policy(settings))
+    except TargetRefused as exc:
+        raise InvalidInput.at(["body", "source", "url"], exc.message) from exc
+
+
 def _check_policy(body: TaskIn, settings: Settings) -> None:
     """What the schema cannot say: storable values and the minimum interval."""
     _check_storable(body)
@@ -194,6 +204,7 @@ async def create_task(
 ) -> tuple[Task, bool]:
     """Register a task; returns it and whether it was newly created."""
     _check_policy(body, settings)
+    await _check_target(body, settings)
     existing = await repository.by_name(session, tenant_id, body.name)
     if existing is None:
         task = Task(
@@ -253,6 +264,8 @@ async def update_task(
     _keep_masked_secrets(current, patched)
     body = _validated(patched)
     _check_policy(body, settings)
+    if body.source.url != task.source.get("url"):
+        await _check_target(body, settings)
     if body.name != task.name and await repository.by_name(session, tenant_id, body.name):
         raise Conflict(f"a task named {body.name!r} exists")
     try:

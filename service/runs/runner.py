@@ -24,10 +24,11 @@ from service.db import SessionMaker, transaction
 from service.models.types import utcnow
 from service.queue import Queue
 from service.records.service import store_page
-from service.runs import repository
+from service.runs import page_validators, repository
 from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
 from service.sync.backoff import next_delay
 from service.sync.budget import HostBudget
+from service.sync.conditional import Validator, page_key
 from service.sync.incremental import Watermark, later, page_watermark, start_params
 from service.sync.records import records_of
 from service.tasks import repository as tasks_repository
@@ -177,9 +178,21 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
     if plan.done:
         return watermark
     incremental = plan.source.incremental
-    pages = iter_pages(deps.http, plan.source, plan.limits, plan.start, budget=deps.budget)
+
+    async def validators(url_key: str) -> Validator | None:
+        async with deps.sessionmaker() as session:
+            return await page_validators.find(session, plan.task_id, url_key)
+
+    pages = iter_pages(
+        deps.http,
+        plan.source,
+        plan.limits,
+        plan.start,
+        budget=deps.budget,
+        validators=validators,
+    )
     async for page in pages:
-        if incremental is not None:
+        if incremental is not None and not page.not_modified:
             records = records_of(page.fetched.body, plan.source.records_path)
             watermark = later(watermark, page_watermark(records, incremental.cursor_path))
         await _commit_page(deps, plan, page, watermark)
@@ -192,6 +205,7 @@ async def _commit_page(
     progress = {
         "pages": 1,
         "requests": 1,
+        "not_modified": int(page.not_modified),
         "records_seen": page.records.seen,
         "rejected": len(page.records.rejections),
         "bytes": page.fetched.nbytes,
@@ -206,6 +220,10 @@ async def _commit_page(
         counts = await store_page(session, plan.task_id, page.records.rows)
         if counts is None:
             raise _Stop
+        if page.validator is not None:
+            await page_validators.remember(
+                session, plan.task_id, page_key(page.request), page.validator
+            )
         await repository.add_counts(
             session,
             plan.run_id,

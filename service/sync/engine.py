@@ -13,7 +13,15 @@ from dataclasses import dataclass
 import httpx
 
 from service.sync.budget import HostBudget
-from service.sync.errors import PageLimitReached, PaginationLoop
+from service.sync.conditional import (
+    Validator,
+    ValidatorLookup,
+    conditional_headers,
+    page_key,
+    resumed,
+    validator_from,
+)
+from service.sync.errors import InvalidBody, PageLimitReached, PaginationLoop
 from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
 from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
 from service.sync.records import ExtractedPage, extract, records_of
@@ -26,6 +34,10 @@ class Page:
     fetched: FetchedPage
     records: ExtractedPage
     next: PageRequest | None
+    not_modified: bool = False
+    """A 304: nothing changed on this page since the validator was stored."""
+    validator: Validator | None = None
+    """What to remember for this page URL (conditional sources, 2xx answers with one)."""
 
 
 async def iter_pages(
@@ -35,14 +47,19 @@ async def iter_pages(
     start: PageRequest | None = None,
     *,
     budget: HostBudget | None = None,
+    validators: ValidatorLookup | None = None,
 ) -> AsyncGenerator[Page, None]:
     """Pages from `start` (or the first) to the last; `budget` shares each upstream host's
-    politeness with every other task (see `service.sync.budget`)."""
+    politeness with every other task (see `service.sync.budget`); `validators` finds
+    what a conditional source's pages said last time."""
     request: PageRequest | None = start or first_request(source)
     while request is not None:
         if request.index >= limits.max_pages:
             raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
-        page = await fetch_one(client, source, limits, request, budget=budget)
+        known = None
+        if source.conditional and validators is not None:
+            known = await validators(page_key(request))
+        page = await fetch_one(client, source, limits, request, budget=budget, validator=known)
         yield page
         request = page.next
 
@@ -54,13 +71,24 @@ async def fetch_one(
     request: PageRequest,
     *,
     budget: HostBudget | None = None,
+    validator: Validator | None = None,
 ) -> Page:
     """Fetch and interpret one page; also the dry run's whole job."""
-    fetched = await fetch_page(client, source, request, limits, budget=budget)
+    headers = conditional_headers(validator) if validator else None
+    fetched = await fetch_page(
+        client, source, request, limits, budget=budget, extra_headers=headers
+    )
+    if fetched.status == 304:
+        if validator is None:
+            raise InvalidBody("upstream answered 304 to an unconditional request", http_status=304)
+        return Page(
+            request, fetched, ExtractedPage(), resumed(validator, request), not_modified=True
+        )
     records = records_of(fetched.body, source.records_path)
     extracted = extract(records, source.primary_key)
     view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))
     following = strip_query_auth(source, next_request(source.pagination, request, view))
     if following is not None and (following.url, following.params) == (request.url, request.params):
         raise PaginationLoop("the upstream pointed to the same page again")
-    return Page(request, fetched, extracted, following)
+    remembered = validator_from(fetched.headers, following) if source.conditional else None
+    return Page(request, fetched, extracted, following, validator=remembered)

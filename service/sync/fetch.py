@@ -110,6 +110,7 @@ async def fetch_page(
     limits: Limits,
     *,
     budget: HostBudget | None = None,
+    extra_headers: dict[str, str] | None = None,
 ) -> FetchedPage:
     """One page, following up to `MAX_REDIRECTS` redirects by hand.
 
@@ -119,6 +120,8 @@ async def fetch_page(
     """
     check_url(page.url)  # as written: httpx would read `file:/x` as a relative URL
     request = build_request(client, source, page, limits)
+    if extra_headers:
+        request.headers.update(extra_headers)
     for _hop in range(MAX_REDIRECTS + 1):
         check_url(request.url)
         if budget is not None:
@@ -127,7 +130,7 @@ async def fetch_page(
         if raw is not None:
             return FetchedPage(
                 response.status_code,
-                _decode(raw, response.status_code),
+                None if response.status_code == 304 else _decode(raw, response.status_code),
                 response.headers,
                 without_query_auth(source, str(response.url)),
                 len(raw),
@@ -182,6 +185,8 @@ async def _send(
     try:
         if response.has_redirect_location:
             return response, None
+        if response.status_code == 304:  # only ever an answer to our conditional request
+            return response, b""
         if not 200 <= response.status_code < 300:
             raise UpstreamStatusError(
                 response.status_code,

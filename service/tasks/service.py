@@ -18,12 +18,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.config import Settings
 from service.crypto import SecretBox, mask
 from service.errors import Conflict, FieldError, InvalidInput, NotFound
+from service.http_client import target_policy
 from service.ids import new_id
 from service.models import Run, Task
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
 from service.runs.schemas import RunSummary
-from service.http_client import target_policy
 from service.sync import TargetRefused, check_target
 from service.sync.spec import SECRET_FIELDS, Source
 from service.tasks import repository

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -191,12 +192,37 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         budget=deps.budget,
         validators=validators,
     )
-    async for page in pages:
-        if incremental is not None and not page.not_modified:
-            records = records_of(page.fetched.body, plan.source.records_path)
-            watermark = later(watermark, page_watermark(records, incremental.cursor_path))
-        await _commit_page(deps, plan, page, watermark)
+    async with contextlib.aclosing(_read_ahead(pages)) as ahead:
+        async for page in ahead:
+            if incremental is not None and not page.not_modified:
+                records = records_of(page.fetched.body, plan.source.records_path)
+                watermark = later(watermark, page_watermark(records, incremental.cursor_path))
+            await _commit_page(deps, plan, page, watermark)
     return watermark
+
+
+async def _read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page, None]:
+    """Each page, while the next one is already being fetched.
+
+    One page ahead, no more: the upstream's latency and parsing overlap the previous
+    page's database write, and at most two pages are ever in memory. A page fetched
+    ahead is only ever stored after the one before it committed; if the run stops
+    first it is dropped (the checkpoint still points at it).
+    """
+    pending = asyncio.ensure_future(anext(pages))
+    try:
+        while True:
+            try:
+                page = await pending
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(pages))
+            yield page
+    finally:
+        pending.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await pending
+        await pages.aclose()
 
 
 async def _commit_page(

@@ -109,7 +109,8 @@ async def test_cancelling_a_running_run_stops_it_at_the_next_page(
     assert final["status"] == "cancelled"
     assert 1 <= final["stats"]["pages"] < 10
     assert final["stats"]["inserted"] == final["stats"]["pages"] * 5  # committed pages are kept
-    assert len(upstream.hits("/slow")) == final["stats"]["pages"]
+    # committed pages, plus at most the one fetched ahead while the last one committed
+    assert final["stats"]["pages"] <= len(upstream.hits("/slow")) <= final["stats"]["pages"] + 1
 
 
 async def test_an_upstream_4xx_fails_the_run_with_a_clear_error(

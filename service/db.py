@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import event
+from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -42,12 +43,26 @@ def _sqlite_pragmas(dbapi_connection: DBAPIConnection, _record: ConnectionPoolEn
     cursor.close()
 
 
+def _sqlite_savepoint_in_transaction(connection: Connection, _name: str) -> None:
+    """Open a real transaction before a SAVEPOINT that would otherwise start one.
+
+    The sqlite3 driver begins transactions only before INSERT/UPDATE/DELETE, so a
+    SAVEPOINT issued first starts SQLite's own transaction, and its RELEASE commits
+    everything at once: a later rollback of the session would not undo it. IMMEDIATE,
+    because a savepoint is only ever taken to write.
+    """
+    driver = connection.connection.driver_connection
+    if driver is not None and not getattr(driver, "in_transaction", True):
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 def create_engine(database_url: str, *, pool_size: int = 10) -> AsyncEngine:
     if database_url.startswith("sqlite"):
         engine = create_async_engine(
             database_url, json_serializer=_json_dumps, json_deserializer=_json_loads
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "savepoint", _sqlite_savepoint_in_transaction)
         return engine
     return create_async_engine(
         database_url,

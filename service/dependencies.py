@@ -29,23 +29,37 @@ class UnitOfWork:
     """The request's transaction; work registered with `after_commit` runs once it commits.
 
     That is how a run is enqueued: only after its row exists for the worker to read, and
-    never for a request that rolled back.
+    never for a request that rolled back. `after_rollback` is the other branch: work that
+    must not race the failed transaction (releasing an idempotency key, say) and that
+    runs once its locks are gone.
     """
 
     def __init__(self, session: AsyncSession):
         self.session = session
         self._after_commit: list[Callable[[], Awaitable[None]]] = []
+        self._after_rollback: list[Callable[[], Awaitable[None]]] = []
 
     def after_commit(self, action: Callable[[], Awaitable[None]]) -> None:
         self._after_commit.append(action)
 
+    def after_rollback(self, action: Callable[[], Awaitable[None]]) -> None:
+        self._after_rollback.append(action)
+
     async def run_after_commit(self) -> None:
-        for action in self._after_commit:
-            try:
-                await action()
-            except Exception:
-                # The database row is the truth; the worker's reconciler re-sends it.
-                log.warning("post-commit action failed", exc_info=True)
+        await _run_all(self._after_commit)
+
+    async def run_after_rollback(self) -> None:
+        await _run_all(self._after_rollback)
+
+
+async def _run_all(actions: list[Callable[[], Awaitable[None]]]) -> None:
+    for action in actions:
+        try:
+            await action()
+        except Exception:
+            # The database row is the truth; the worker's reconciler re-sends a lost
+            # enqueue, and an idempotency key left in flight lapses after its lease.
+            log.warning("post-transaction action failed", exc_info=True)
 
 
 async def unit_of_work(state: State) -> AsyncIterator[UnitOfWork]:
@@ -56,11 +70,16 @@ async def unit_of_work(state: State) -> AsyncIterator[UnitOfWork]:
             await session.commit()
         except BaseException:
             await session.rollback()
+            await uow.run_after_rollback()
             raise
     await uow.run_after_commit()
 
 
-Work = Annotated[UnitOfWork, Depends(unit_of_work)]
+# scope="function": commit (and run the after-commit work) before the response is sent.
+# FastAPI's default for a dependency with yield closes it only after the response went
+# out, so a client could be told 201 for a row that is not committed yet (or never is),
+# and a follow-up request could miss it.
+Work = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
 
 
 async def current_principal(request: Request, work: Work) -> Principal:

@@ -3,13 +3,15 @@
 Services raise these; the API turns them into `application/problem+json`. The tree::
 
     ServiceError (500, never raised on purpose)
-     ├── BadRequest          400  a request no route could make sense of (e.g. NUL in the URL)
-     ├── Unauthenticated     401  missing, malformed, unknown or revoked API key
-     ├── NotFound            404  also for another tenant's ids: existence is not leaked
-     ├── Conflict            409  e.g. a task name that is taken
-     ├── PayloadTooLarge     413
-     ├── InvalidInput        422  semantic validation; carries `errors: [{loc, msg}]`
-     └── RateLimited         429  carries `retry_after`
+     ├── BadRequest                 400  a request no route could make sense of (NUL in the URL)
+     ├── Unauthenticated            401  missing, malformed, unknown or revoked API key
+     ├── NotFound                   404  also for another tenant's ids: existence is not leaked
+     ├── Conflict                   409  e.g. a task name that is taken
+     │    └── IdempotencyKeyInUse   409  the key's first request is still running; `Retry-After`
+     ├── PayloadTooLarge            413
+     ├── InvalidInput               422  semantic validation; carries `errors: [{loc, msg}]`
+     ├── IdempotencyKeyMismatch     422  the key was first used with a different request
+     └── RateLimited                429  carries `retry_after`
 """
 
 from __future__ import annotations
@@ -100,6 +102,16 @@ class Conflict(ServiceError):
     title = "Conflict"
 
 
+class IdempotencyKeyInUse(Conflict):
+    """A retry that arrived while the key's first request is still being processed."""
+
+    slug = "idempotency-key-in-use"
+    title = "Idempotency Key In Use"
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": "1"}
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     slug = "payload-too-large"
@@ -116,6 +128,14 @@ class InvalidInput(ServiceError):
         return cls(msg, errors=[FieldError(loc=loc, msg=msg)])
 
 
+class IdempotencyKeyMismatch(ServiceError):
+    """The key was first used with another request (method, path, query or body)."""
+
+    status = 422
+    slug = "idempotency-key-mismatch"
+    title = "Idempotency Key Mismatch"
+
+
 class RateLimited(ServiceError):
     status = 429
     slug = "rate-limited"
@@ -130,9 +150,16 @@ class RateLimited(ServiceError):
 
 
 def problem_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, Any]]:
-    """`responses=` for a route: each error it may raise, documented as problem+json."""
+    """`responses=` for a route: each error it may raise, documented as problem+json.
+
+    Errors that share a status share the entry: their titles join in the description and
+    the first one listed gives the example.
+    """
     out: dict[int | str, dict[str, Any]] = {}
     for error in errors:
+        if error.status in out:
+            out[error.status]["description"] += f"; or {error.title}"
+            continue
         out[error.status] = {
             "model": Problem,
             "description": error.title,

@@ -6,7 +6,16 @@ from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import StreamingResponse
 
 from service.dependencies import Caller, JobQueue, State, Work
-from service.errors import Conflict, InvalidInput, NotFound, Unauthenticated, problem_responses
+from service.errors import (
+    Conflict,
+    IdempotencyKeyInUse,
+    IdempotencyKeyMismatch,
+    InvalidInput,
+    NotFound,
+    Unauthenticated,
+    problem_responses,
+)
+from service.idempotency.dependencies import Idempotent
 from service.runs import service
 from service.runs.events import run_events
 from service.runs.schemas import RunOut, RunPage, TriggerIn
@@ -24,25 +33,29 @@ _COMMON = (Unauthenticated, NotFound)
             "model": RunOut,
             "description": "A run of this task was already queued or running: that run",
         },
-        **problem_responses(*_COMMON, InvalidInput),
+        **problem_responses(*_COMMON, IdempotencyKeyInUse, InvalidInput, IdempotencyKeyMismatch),
     },
 )
 async def trigger_run(
     work: Work,
     caller: Caller,
     queue: JobQueue,
-    response: Response,
+    idempotency: Idempotent,
     task_id: str,
     body: Annotated[TriggerIn | None, Body()] = None,
-) -> RunOut:
+) -> Response:
     """Trigger a run now"""
+    if idempotency.replay is not None:
+        return idempotency.replay
     run, created = await service.trigger(work.session, caller.tenant_id, task_id, body)
     if created:
         run_id = run.id
         work.after_commit(lambda: queue.enqueue_run(run_id))
-    response.status_code = status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK
-    response.headers["Location"] = f"/v1/runs/{run.id}"
-    return service.to_out(run)
+    return idempotency.respond(
+        service.to_out(run),
+        status.HTTP_202_ACCEPTED if created else status.HTTP_200_OK,
+        location=f"/v1/runs/{run.id}",
+    )
 
 
 @router.get(

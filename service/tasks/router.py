@@ -7,12 +7,15 @@ from fastapi import APIRouter, Body, Query, Response, status
 from service.dependencies import AppSettings, Caller, Secrets, State, Work
 from service.errors import (
     Conflict,
+    IdempotencyKeyInUse,
+    IdempotencyKeyMismatch,
     InvalidInput,
     NotFound,
     PayloadTooLarge,
     Unauthenticated,
     problem_responses,
 )
+from service.idempotency.dependencies import Idempotent
 from service.tasks import service
 from service.tasks.dry_run import DryRun, dry_run
 from service.tasks.schemas import TASK_EXAMPLE, TaskIn, TaskOut, TaskPage, TaskPatch
@@ -31,7 +34,9 @@ TaskId = Annotated[str, "task id"]
             "model": TaskOut,
             "description": "The name existed; `on_conflict` kept, replaced or updated it",
         },
-        **problem_responses(*_COMMON, Conflict, PayloadTooLarge),
+        **problem_responses(
+            *_COMMON, Conflict, IdempotencyKeyInUse, IdempotencyKeyMismatch, PayloadTooLarge
+        ),
     },
 )
 async def create_task(
@@ -39,7 +44,7 @@ async def create_task(
     caller: Caller,
     secrets: Secrets,
     settings: AppSettings,
-    response: Response,
+    idempotency: Idempotent,
     body: Annotated[
         TaskIn, Body(openapi_examples={"cursor-paginated API": {"value": TASK_EXAMPLE}})
     ],
@@ -50,14 +55,18 @@ async def create_task(
             "409, return it, replace it, or merge into it"
         ),
     ] = "fail",
-) -> TaskOut:
+) -> Response:
     """Register a sync task"""
+    if idempotency.replay is not None:
+        return idempotency.replay
     task, created = await service.create_task(
         work.session, secrets, settings, caller.tenant_id, body, on_conflict
     )
-    response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    response.headers["Location"] = f"/v1/tasks/{task.id}"
-    return await service.describe(work.session, task)
+    return idempotency.respond(
+        await service.describe(work.session, task),
+        status.HTTP_201_CREATED if created else status.HTTP_200_OK,
+        location=f"/v1/tasks/{task.id}",
+    )
 
 
 @router.get("", response_model=TaskPage, responses=problem_responses(*_COMMON))

@@ -1,0 +1,1 @@
+"""`Idempotency-Key` for the POSTs that create things: tasks and runs."""

@@ -1,0 +1,1 @@
+"""Benchmarks for Backsync (`python -m bench.ingest`)."""

@@ -1,0 +1,921 @@
+"""End-to-end ingest benchmark: upstream pages -> real arq worker -> database.
+
+    .venv/bin/python -m bench.ingest [--records 100000] [--page-size 1000]
+        [--database-url postgresql://postgres@127.0.0.1:5432/test] [--redis-url redis://...]
+        [--profile]
+
+1. creates a fresh database `backsync_bench` on the PostgreSQL server of
+   `--database-url` (or, for any `sqlite://...` URL, a SQLite file in a temp directory),
+   and migrates it;
+2. starts `bench.upstream` in its own process: N records in pages of P, cursor
+   pagination, every page pre-rendered;
+3. starts a real worker (`python -m service worker`) as a subprocess and samples its RSS
+   every 50 ms;
+4. registers a task and triggers a run through the real API (in this process), polls
+   `GET /v1/runs/{id}` every 20 ms until the run is final;
+5. triggers a second, unchanged resync of the same task;
+6. prints the figures, checks the counts (exactly N inserted, then N unchanged; exit 1
+   otherwise) and writes `bench/results.json`;
+7. stops the processes and drops the database.
+
+Before each run it waits (`--quiet-wait`) for the machine to be idle, and it reports
+the CPU seconds used meanwhile by the worker, the upstream, this process (which serves
+the polls), PostgreSQL (when local) and everything else (`other`): a run during which
+other processes used more than a quarter of a core is flagged `disturbed`.
+
+`--profile` runs the worker under `bench.profile_worker` (per-stage timers) and prints
+where each run's time went, per page; `--what-if NAME` measures a change without making
+it (see `WHAT_IFS`); `--py-spy DIR` samples the worker with py-spy during each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+import psutil  # type: ignore[import-untyped, unused-ignore]
+from asgi_lifespan import LifespanManager
+from cryptography.fernet import Fernet
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from bench.upstream import PATH, token_of
+from service.app import create_app
+from service.cli import _create_key
+from service.config import Settings
+from service.db import create_engine
+from service.migrations import upgrade
+from service.sync.records import extract, records_of
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results.json"
+FINAL = {"succeeded", "failed", "cancelled"}
+BENCH_DB = "backsync_bench"
+
+
+class BenchError(Exception):
+    pass
+
+
+# ---- processes ----------------------------------------------------------------------
+
+
+class RssSampler(threading.Thread):
+    """Peak RSS of one process, sampled every `interval` seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.process = psutil.Process(pid)
+        self.interval = interval
+        self.peak = 0
+        self.current = 0
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self._stop_event.is_set():
+            try:
+                rss = self.process.memory_info().rss
+            except psutil.Error:
+                return
+            self.current = rss
+            self.peak = max(self.peak, rss)
+            self._stop_event.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop_event.set()
+        self.join(timeout=2)
+
+
+def cpu_seconds(processes: list[psutil.Process]) -> dict[int, float]:
+    times: dict[int, float] = {}
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            cpu = process.cpu_times()
+            times[process.pid] = cpu.user + cpu.system
+    return times
+
+
+def postgres_processes() -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] in ("postgres", "postmaster"):
+            found.append(process)
+    return found
+
+
+class CpuMeter:
+    """CPU seconds used by the worker, the upstream and (local) PostgreSQL during a span."""
+
+    def __init__(self, worker: int, upstream: int, local_pg: bool) -> None:
+        self.worker = psutil.Process(worker)
+        self.upstream = psutil.Process(upstream)
+        self.local_pg = local_pg
+
+    def snapshot(self) -> dict[str, dict[int, float]]:
+        snap = {
+            "worker": cpu_seconds([self.worker]),
+            "upstream": cpu_seconds([self.upstream]),
+            "bench": cpu_seconds([psutil.Process()]),
+        }
+        if self.local_pg:
+            snap["postgres"] = cpu_seconds(postgres_processes())
+        system = psutil.cpu_times()
+        snap["machine"] = {0: system.user + system.system + getattr(system, "softirq", 0.0)}
+        return snap
+
+    @staticmethod
+    def delta(
+        before: dict[str, dict[int, float]], after: dict[str, dict[int, float]]
+    ) -> dict[str, float]:
+        """Per group; a PostgreSQL backend that exited in between is not counted.
+
+        `other` is what the rest of the machine used meanwhile (other jobs disturb the
+        figures: keep it near zero)."""
+        spent = {
+            group: round(
+                sum(value - before.get(group, {}).get(pid, 0.0) for pid, value in pids.items()), 3
+            )
+            for group, pids in after.items()
+        }
+        machine = spent.pop("machine")
+        spent["other"] = round(max(0.0, machine - sum(spent.values())), 3)
+        return spent
+
+
+def wait_quiet(limit_seconds: float, busy_below: float = 20.0) -> float:
+    """Wait (up to `limit_seconds`) until the machine's CPU use over 0.5 s drops below
+    `busy_below` percent; returns the last reading. Other jobs skew every figure."""
+    deadline = time.monotonic() + limit_seconds
+    while True:
+        busy = float(psutil.cpu_percent(interval=0.5))
+        if busy < busy_below or time.monotonic() >= deadline:
+            return busy
+        print(f"  machine busy ({busy:.0f}% CPU), waiting ...", flush=True)
+
+
+def start_upstream(records: int, page_size: int) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bench.upstream",
+            "--records",
+            str(records),
+            "--page-size",
+            str(page_size),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()  # blocks until READY (or EOF if it died)
+    if not line.startswith("READY "):
+        process.kill()
+        raise BenchError(f"upstream did not start: {line!r}")
+    return process, f"http://127.0.0.1:{int(line.split()[1])}"
+
+
+WHAT_IFS: dict[str, dict[str, str]] = {
+    # worker-side, applied by bench.profile_worker (see its `experiments`)
+    "gc-freeze": {"BENCH_GC": "freeze"},
+    "gc-threshold": {"BENCH_GC": "100000,50,1000"},
+    "no-pre-ping": {"BENCH_PRE_PING": "0"},
+    "prefetch": {"BENCH_PREFETCH": "1"},
+    # database-side, applied here after the migrations (PostgreSQL only)
+    "drop-record-fk": {},
+}
+
+
+async def drop_record_fk(url: str) -> None:
+    """What-if: `record.task_id` without its foreign key (PostgreSQL checks it per row)."""
+    engine = create_engine(url)
+    try:
+        async with engine.begin() as connection:
+            names = (
+                await connection.execute(
+                    text(
+                        "SELECT conname FROM pg_constraint "
+                        "WHERE conrelid = 'record'::regclass AND contype = 'f'"
+                    )
+                )
+            ).scalars()
+            for name in list(names):
+                await connection.execute(text(f'ALTER TABLE record DROP CONSTRAINT "{name}"'))
+    finally:
+        await engine.dispose()
+
+
+def start_worker(
+    settings: Settings, log_path: Path, profile_out: Path | None, what_ifs: list[str]
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ,
+        "BACKSYNC_DATABASE_URL": settings.database_url,
+        "BACKSYNC_REDIS_URL": settings.redis_url or "",
+        "BACKSYNC_SECRET_KEYS": ",".join(settings.secret_keys),
+        "BACKSYNC_QUEUE_NAME": settings.queue_name,
+        "BACKSYNC_BLOCK_PRIVATE_TARGETS": "false",
+        "BACKSYNC_LOG_LEVEL": "WARNING",
+    }
+    module = "service"
+    for name in what_ifs:
+        env.update(WHAT_IFS[name])
+    if profile_out is not None:
+        env["BENCH_PROFILE_OUT"] = str(profile_out)
+        module = "bench.profile_worker"
+    argv = [sys.executable, "-m", module] + ([] if profile_out else ["worker"])
+    with log_path.open("wb") as log:
+        return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def stop_process(process: subprocess.Popen[Any] | None) -> None:
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=5)
+
+
+# ---- database -----------------------------------------------------------------------
+
+
+async def _admin(admin_url: str, *statements: str) -> None:
+    engine = create_engine(admin_url)
+    try:
+        async with engine.connect() as connection:
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            for statement in statements:
+                await connection.execute(text(statement))
+    finally:
+        await engine.dispose()
+
+
+async def server_version(url: str) -> str:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                version = (await connection.execute(text("SHOW server_version"))).scalar_one()
+                return f"PostgreSQL {version}"
+            version = (await connection.execute(text("select sqlite_version()"))).scalar_one()
+            return f"SQLite {version}"
+    finally:
+        await engine.dispose()
+
+
+async def count_records(url: str, task_id: str) -> int:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text("SELECT count(*) FROM record WHERE task_id = :t"), {"t": task_id}
+            )
+            return int(result.scalar_one())
+    finally:
+        await engine.dispose()
+
+
+# ---- measuring ----------------------------------------------------------------------
+
+
+@dataclass
+class RunResult:
+    name: str
+    run_id: str
+    status: str
+    wall_seconds: float
+    """From the trigger's response to the first poll that saw the final status."""
+    worker_seconds: float
+    """The run's `finished_at - started_at`."""
+    queue_seconds: float
+    """The run's `started_at - created_at` (enqueue and pick-up)."""
+    records_per_second: float
+    stats: dict[str, int]
+    cpu_seconds: dict[str, float]
+    error: Any = None
+    profile: dict[str, Any] | None = None
+    disturbed: bool = False
+    """Other processes used more than a quarter of a core meanwhile: the figure is suspect."""
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+async def run_once(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    task_id: str,
+    name: str,
+    records: int,
+    worker: subprocess.Popen[bytes],
+    meter: CpuMeter,
+    limit_seconds: float,
+) -> RunResult:
+    before = meter.snapshot()
+    start = time.perf_counter()
+    response = await client.post(f"/v1/tasks/{task_id}/runs", headers=auth)
+    if response.status_code not in (200, 202):
+        raise BenchError(f"trigger failed: {response.status_code} {response.text}")
+    run = response.json()
+    deadline = start + limit_seconds
+    while run["status"] not in FINAL:
+        if worker.poll() is not None:
+            raise BenchError(f"the worker exited (code {worker.returncode}) during the {name}")
+        if time.perf_counter() > deadline:
+            raise BenchError(
+                f"{name}: run {run['id']} still {run['status']} after {limit_seconds}s"
+            )
+        await asyncio.sleep(0.02)
+        response = await client.get(f"/v1/runs/{run['id']}", headers=auth)
+        if response.status_code != 200:
+            raise BenchError(f"poll failed: {response.status_code} {response.text}")
+        run = response.json()
+    wall = time.perf_counter() - start
+    cpu = CpuMeter.delta(before, meter.snapshot())
+    started, finished = run.get("started_at"), run.get("finished_at")
+    worker_seconds = (_ts(finished) - _ts(started)).total_seconds() if started and finished else 0.0
+    queue_seconds = (_ts(started) - _ts(run["created_at"])).total_seconds() if started else 0.0
+    return RunResult(
+        name=name,
+        run_id=run["id"],
+        status=run["status"],
+        wall_seconds=round(wall, 3),
+        worker_seconds=round(worker_seconds, 3),
+        queue_seconds=round(queue_seconds, 3),
+        records_per_second=round(records / wall, 1) if wall else 0.0,
+        stats=run["stats"],
+        cpu_seconds=cpu,
+        error=run.get("error"),
+        disturbed=cpu["other"] > 0.25 * wall,
+    )
+
+
+async def upstream_ceiling(base: str, pages: int) -> dict[str, float]:
+    """The upstream alone (every page fetched in turn, bodies kept) and, in this process,
+    decode + extract + hash alone (page by page, nothing kept: like the worker)."""
+    bodies: list[bytes] = []
+    async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
+        start = time.perf_counter()
+        for page in range(pages):
+            params = {"next_token": token_of(page)} if page else None
+            response = await client.get(PATH, params=params)
+            response.raise_for_status()
+            bodies.append(response.content)
+        fetch = time.perf_counter() - start
+    decode = extract_seconds = 0.0
+    for raw in bodies:
+        start = time.perf_counter()
+        body = orjson.loads(raw)
+        middle = time.perf_counter()
+        extract(records_of(body, "data"), "id")
+        decode += middle - start
+        extract_seconds += time.perf_counter() - middle
+        del body
+    return {
+        "fetch_seconds": round(fetch, 4),
+        "decode_seconds": round(decode, 4),
+        "extract_hash_seconds": round(extract_seconds, 4),
+        "bytes": sum(len(body) for body in bodies),
+    }
+
+
+async def wait_warmup(
+    client: httpx.AsyncClient, auth: dict[str, str], base: str, worker: subprocess.Popen[bytes]
+) -> None:
+    """A one-record task: proves the worker is up and warms its imports and pools."""
+    response = await client.post(
+        "/v1/tasks",
+        json={
+            "name": "bench-warmup",
+            "source": {"url": f"{base}/warmup", "records_path": "data", "primary_key": "id"},
+        },
+        headers=auth,
+    )
+    if response.status_code != 201:
+        raise BenchError(
+            f"could not register the warm-up task: {response.status_code} {response.text}"
+        )
+    task_id = response.json()["id"]
+    run = (await client.post(f"/v1/tasks/{task_id}/runs", headers=auth)).json()
+    deadline = time.perf_counter() + 60
+    while run["status"] not in FINAL:
+        if worker.poll() is not None:
+            raise BenchError(f"the worker exited (code {worker.returncode}) at startup")
+        if time.perf_counter() > deadline:
+            raise BenchError("the worker did not pick up the warm-up run within 60 s")
+        await asyncio.sleep(0.05)
+        run = (await client.get(f"/v1/runs/{run['id']}", headers=auth)).json()
+    if run["status"] != "succeeded":
+        raise BenchError(f"warm-up run {run['status']}: {run.get('error')}")
+
+
+def read_profile(path: Path, run_id: str) -> dict[str, Any] | None:
+    if not path.exists():
+        return None
+    for line in path.read_text().splitlines():
+        entry = json.loads(line)
+        if entry["run_id"] == run_id:
+            return dict(entry)
+    return None
+
+
+def start_py_spy(pid: int, directory: Path, name: str) -> subprocess.Popen[bytes]:
+    """`py-spy record` attached to the worker (needs ptrace rights; `pip install py-spy`)."""
+    binary = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    directory.mkdir(parents=True, exist_ok=True)
+    out = directory / f"{name.replace(' ', '-')}.txt"
+    argv = [binary, "record", "--pid", str(pid), "--rate", "500", "--nonblocking", "--idle"]
+    argv += ["--format", "raw"]
+    argv += ["--output", str(out)]
+    process = subprocess.Popen(
+        argv,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)  # let it attach before the run starts
+    return process
+
+
+def stop_py_spy(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _frame(frame: str) -> str:
+    """`fn (path/to/module.py:12)` -> `module.py:fn`, without the line number."""
+    name, _, where = frame.partition(" (")
+    path = where.rstrip(")").rsplit(":", 1)[0]
+    for marker in ("site-packages/", "/work/main/", "lib/python3"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+    return f"{path}:{name}"
+
+
+def print_py_spy(path: Path, name: str, top: int = 25) -> None:
+    """Top functions by inclusive and by self samples, from py-spy's raw (collapsed) output."""
+    if not path.exists():
+        print(f"\n  (no py-spy output for the {name}: {path})")
+        return
+    inclusive: dict[str, int] = {}
+    own: dict[str, int] = {}
+    total = idle = 0
+    for line in path.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [_frame(frame) for frame in stack.split(";") if "(" in frame]
+        if not frames:
+            continue
+        total += count
+        if frames[-1].startswith("selectors.py:"):
+            idle += count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+    if not total:
+        return
+    trunk = max(inclusive.values())
+    print(f"\n  py-spy, {name}: {total} samples ({100 * idle / total:.0f}% waiting in the loop)")
+    for title, table in (("inclusive", inclusive), ("self", own)):
+        print(f"  top {top} by {title}:")
+        ranked = [
+            (frame, count)
+            for frame, count in sorted(table.items(), key=lambda item: -item[1])
+            if count < trunk  # the trunk every busy sample shares (runpy, typer, asyncio.run)
+        ]
+        for frame, count in ranked[:top]:
+            print(f"    {100 * count / total:5.1f}%  {frame}")
+
+
+# ---- report -------------------------------------------------------------------------
+
+
+def _mib(value: int) -> float:
+    return round(value / 1024 / 1024, 1)
+
+
+def print_profile(result: RunResult) -> None:
+    profile = result.profile
+    if not profile:
+        return
+    stages: dict[str, list[float]] = profile["stages"]
+    pages = max(1, profile["pages"])
+
+    def ms(name: str) -> float:
+        return stages.get(name, [0.0, 0])[0] * 1000
+
+    derived = {
+        "fetch: send + headers": ms("fetch") - ms("fetch: body read") - ms("fetch: json decode"),
+        "diff (python)": ms("store_page")
+        - ms("SELECT hashes")
+        - ms("UPDATE task seq")
+        - ms("INSERT upsert"),
+        "other (loop, arq, pagination)": profile["wall"] * 1000
+        - ms("fetch")
+        - ms("records_of")
+        - ms("extract + hash")
+        - ms("commit_page"),
+    }
+    rows = [
+        ("fetch (total)", ms("fetch")),
+        ("  send + response headers", derived["fetch: send + headers"]),
+        ("  body read", ms("fetch: body read")),
+        ("  json decode", ms("fetch: json decode")),
+        ("extract + hash", ms("extract + hash") + ms("records_of")),
+        ("commit_page (total)", ms("commit_page")),
+        ("  UPDATE run progress", ms("UPDATE run progress")),
+        ("  SELECT existing hashes", ms("SELECT hashes")),
+        ("  diff (python)", derived["diff (python)"]),
+        ("  UPDATE task seq", ms("UPDATE task seq")),
+        ("  INSERT upsert", ms("INSERT upsert")),
+        ("  UPDATE run counts", ms("UPDATE run counts")),
+        ("  COMMIT", ms("COMMIT")),
+        ("other (loop, arq, generator)", derived["other (loop, arq, pagination)"]),
+        ("(of all the above: gc gen0)", ms("gc gen0")),
+        ("(of all the above: gc gen1)", ms("gc gen1")),
+        ("(of all the above: gc gen2)", ms("gc gen2")),
+    ]
+    wall = profile["wall"] * 1000
+    print(f"\n  profile of the {result.name}: {pages} pages, {wall:.0f} ms in execute_run")
+    print(f"  {'stage':<32}{'ms/page':>10}{'share':>9}")
+    for label, total in rows:
+        print(f"  {label:<32}{total / pages:>10.2f}{100 * total / wall:>8.1f}%")
+
+
+def _stats(run: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{name} {run['stats'][name]:,}" for name in ("inserted", "updated", "unchanged")
+    )
+
+
+def print_report(report: dict[str, Any]) -> None:
+    first, second = report["first_sync"], report["resync"]
+    records, pages = report["records"], report["pages"]
+    ceiling = report["upstream_ceiling"]
+    rows = [
+        ("database", report["database"]),
+        ("code", f"{report['code'].get('commit')} (+{report['code'].get('modified_files')} files)"),
+        ("what-if", ", ".join(report["what_if"]) or "-"),
+        ("records / pages", f"{records:,} / {pages:,} (page size {report['page_size']:,})"),
+        ("upstream alone (fetch)", f"{records / ceiling['fetch_seconds']:,.0f} records/s"),
+        (
+            "decode + extract alone",
+            f"{records / (ceiling['decode_seconds'] + ceiling['extract_hash_seconds']):,.0f}"
+            " records/s",
+        ),
+        ("", ""),
+        (
+            "first sync",
+            f"{first['wall_seconds']:.2f} s   {first['records_per_second']:,.0f} records/s",
+        ),
+        (
+            "  started -> finished",
+            f"{first['worker_seconds']:.2f} s   (queued {first['queue_seconds']:.3f} s)",
+        ),
+        (
+            "  stats",
+            _stats(first),
+        ),
+        ("  CPU s", "  ".join(f"{k} {v:.2f}" for k, v in first["cpu_seconds"].items())),
+        (
+            "unchanged resync",
+            f"{second['wall_seconds']:.2f} s   {second['records_per_second']:,.0f} records/s",
+        ),
+        (
+            "  started -> finished",
+            f"{second['worker_seconds']:.2f} s   (queued {second['queue_seconds']:.3f} s)",
+        ),
+        (
+            "  stats",
+            _stats(second),
+        ),
+        ("  CPU s", "  ".join(f"{k} {v:.2f}" for k, v in second["cpu_seconds"].items())),
+        ("resync / first sync speed", f"{report['resync_speedup']:.2f}x"),
+        (
+            "worker RSS idle / peak",
+            f"{report['worker_rss_idle_mib']} / {report['worker_rss_peak_mib']} MiB",
+        ),
+        ("records in table", f"{report['records_in_table']:,}"),
+    ]
+    print("\nBacksync ingest benchmark")
+    print("-" * 78)
+    for label, value in rows:
+        print(f"{label:<28}{value}")
+    print("-" * 78)
+
+
+# ---- main ---------------------------------------------------------------------------
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    requested = Settings(_env_file=None, database_url=args.database_url)
+    tmpdir = Path(tempfile.mkdtemp(prefix="backsync-bench-"))
+    admin_url: str | None = None
+    if requested.is_sqlite:
+        database_url = f"sqlite+aiosqlite:///{tmpdir / 'bench.db'}"
+    else:
+        url = make_url(requested.database_url)
+        admin_url = url.render_as_string(hide_password=False)
+        database_url = url.set(database=args.database_name).render_as_string(hide_password=False)
+    settings = Settings(
+        _env_file=None,
+        database_url=database_url,
+        redis_url=args.redis_url,
+        secret_keys=[Fernet.generate_key().decode()],
+        queue_name=f"backsync:bench:{secrets.token_hex(4)}",
+        block_private_targets=False,
+        log_level="WARNING",
+    )
+    local_pg = admin_url is not None and (make_url(admin_url).host or "localhost") in (
+        "127.0.0.1",
+        "localhost",
+        "::1",
+    )
+    pages = max(1, -(-args.records // args.page_size))
+    upstream: subprocess.Popen[str] | None = None
+    worker: subprocess.Popen[bytes] | None = None
+    sampler: RssSampler | None = None
+    profile_out = tmpdir / "profile.jsonl" if args.profile else None
+    worker_log = tmpdir / "worker.log"
+    try:
+        if admin_url is not None:
+            name = args.database_name
+            await _admin(
+                admin_url,
+                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                f'CREATE DATABASE "{name}"',
+            )
+        await upgrade(settings.database_url)
+        if "drop-record-fk" in args.what_if:
+            await drop_record_fk(settings.database_url)
+        version = await server_version(settings.database_url)
+
+        print(f"upstream: rendering {args.records:,} records in {pages:,} pages ...", flush=True)
+        upstream, base = start_upstream(args.records, args.page_size)
+        ceiling = await upstream_ceiling(base, pages)
+
+        worker = start_worker(settings, worker_log, profile_out, args.what_if)
+        sampler = RssSampler(worker.pid)
+        sampler.start()
+        meter = CpuMeter(worker.pid, upstream.pid, local_pg)
+
+        raw_key = await _create_key(settings, "bench", None)
+        auth = {"Authorization": f"Bearer {raw_key}"}
+        app = create_app(settings)
+        async with (
+            LifespanManager(app) as manager,
+            httpx.AsyncClient(
+                transport=httpx.ASGITransport(app=manager.app), base_url="http://backsync"
+            ) as client,
+        ):
+            await wait_warmup(client, auth, base, worker)
+            idle_rss = sampler.current
+            body = {
+                "name": "bench-ingest",
+                "source": {
+                    "url": f"{base}{PATH}",
+                    "records_path": "data",
+                    "primary_key": "id",
+                    "pagination": {
+                        "type": "cursor",
+                        "cursor_path": "next_token",
+                        "cursor_param": "next_token",
+                    },
+                },
+                "limits": {"max_pages": pages + 10, "timeout_seconds": 60},
+            }
+            response = await client.post("/v1/tasks", json=body, headers=auth)
+            if response.status_code != 201:
+                raise BenchError(
+                    f"could not register the task: {response.status_code} {response.text}"
+                )
+            task_id = response.json()["id"]
+            results = []
+            for name in ("first sync", "unchanged resync"):
+                if args.quiet_wait > 0:
+                    busy = wait_quiet(args.quiet_wait)
+                    if busy >= 20:
+                        print(f"  warning: machine still {busy:.0f}% busy", file=sys.stderr)
+                print(f"{name} (worker pid {worker.pid}, task {task_id}) ...", flush=True)
+                spy = start_py_spy(worker.pid, args.py_spy, name) if args.py_spy else None
+                try:
+                    results.append(
+                        await run_once(
+                            client, auth, task_id, name, args.records, worker, meter, args.timeout
+                        )
+                    )
+                finally:
+                    if spy is not None:
+                        stop_py_spy(spy)
+            first, second = results
+        in_table = await count_records(settings.database_url, task_id)
+        if profile_out is not None:
+            await asyncio.sleep(0.2)  # the line is written right after the run's final commit
+            first.profile = read_profile(profile_out, first.run_id)
+            second.profile = read_profile(profile_out, second.run_id)
+        peak_rss = sampler.peak
+
+        report: dict[str, Any] = {
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+            "records": args.records,
+            "page_size": args.page_size,
+            "pages": pages,
+            "database": version,
+            "machine": machine(),
+            "code": code_version(),
+            "upstream_ceiling": ceiling,
+            "first_sync": asdict(first),
+            "resync": asdict(second),
+            "resync_speedup": round(first.wall_seconds / second.wall_seconds, 2)
+            if second.wall_seconds
+            else 0,
+            "worker_rss_idle_mib": _mib(idle_rss),
+            "worker_rss_peak_mib": _mib(peak_rss),
+            "records_in_table": in_table,
+            "profiled": bool(args.profile),
+            "what_if": args.what_if,
+            "disturbed": first.disturbed or second.disturbed,
+        }
+        problems = check(report, args.records)
+        report["ok"] = not problems
+        report["problems"] = problems
+        print_report(report)
+        if report["disturbed"]:
+            print(
+                "warning: other processes used the CPU during a run (see `other`); "
+                "the figures are suspect",
+                file=sys.stderr,
+            )
+        print_profile(first)
+        print_profile(second)
+        if args.py_spy:
+            for name in ("first sync", "unchanged resync"):
+                print_py_spy(args.py_spy / f"{name.replace(' ', '-')}.txt", name)
+        return report
+    except BaseException:
+        if worker is not None and worker_log.exists():
+            tail = worker_log.read_text(errors="replace")[-4000:]
+            if tail.strip():
+                print(f"--- worker log (tail) ---\n{tail}", file=sys.stderr)
+        raise
+    finally:
+        if sampler is not None:
+            sampler.stop()
+        stop_process(worker)
+        stop_process(upstream)
+        if admin_url is not None:
+            with contextlib.suppress(Exception):
+                await _admin(
+                    admin_url, f'DROP DATABASE IF EXISTS "{args.database_name}" WITH (FORCE)'
+                )
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+def check(report: dict[str, Any], records: int) -> list[str]:
+    problems = []
+    first, second = report["first_sync"], report["resync"]
+    for run, field_name in ((first, "inserted"), (second, "unchanged")):
+        if run["status"] != "succeeded":
+            problems.append(f"{run['name']}: {run['status']} ({run['error']})")
+        expected = {"inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0, field_name: records}
+        got = {name: run["stats"][name] for name in expected}
+        if got != expected:
+            problems.append(f"{run['name']}: expected {expected}, got {got}")
+    if report["records_in_table"] != records:
+        problems.append(f"{report['records_in_table']} records stored, expected {records}")
+    return problems
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and how many files differed from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout
+    except OSError:
+        return {}
+    return {"commit": commit, "modified_files": len(status.splitlines())}
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model or platform.processor(),
+        "ram_gib": round(psutil.virtual_memory().total / 1024**3, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.ingest", description="End-to-end ingest benchmark for Backsync."
+    )
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BACKSYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="PostgreSQL server to create the bench database on (its database name is only "
+        "used to connect for CREATE DATABASE); any sqlite:// URL uses a temp SQLite file",
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("BACKSYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument("--database-name", default=BENCH_DB, help="dropped and re-created!")
+    parser.add_argument("--timeout", type=float, default=600, help="per run, seconds")
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60,
+        metavar="SECONDS",
+        help="before each run, wait up to this long for the machine to be idle (0: don't)",
+    )
+    parser.add_argument("--profile", action="store_true", help="per-stage timers in the worker")
+    parser.add_argument(
+        "--py-spy",
+        type=Path,
+        metavar="DIR",
+        help="sample the worker with py-spy during each run; raw stacks go to DIR",
+    )
+    parser.add_argument(
+        "--what-if",
+        action="append",
+        default=[],
+        choices=sorted(WHAT_IFS),
+        help="measure a change without making it (repeatable; implies --profile): "
+        "gc-freeze, gc-threshold (100000,50,1000), no-pre-ping, prefetch (next page "
+        "fetched while this one commits), drop-record-fk (PostgreSQL)",
+    )
+    parser.add_argument("--output", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    if args.records < 1 or args.page_size < 1:
+        parser.error("--records and --page-size must be positive")
+    if not args.database_name.startswith(BENCH_DB):
+        parser.error(f"--database-name must start with {BENCH_DB} (it is dropped)")
+    if args.what_if:
+        args.profile = True
+        if "drop-record-fk" in args.what_if and args.database_url.startswith("sqlite"):
+            parser.error("--what-if drop-record-fk needs PostgreSQL")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        report = asyncio.run(bench(args))
+    except BenchError as exc:
+        print(f"benchmark failed: {exc}", file=sys.stderr)
+        return 1
+    args.output.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"results written to {args.output}")
+    if report["problems"]:
+        for problem in report["problems"]:
+            print(f"FAILED: {problem}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

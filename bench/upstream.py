@@ -1,0 +1,135 @@
+"""A fast fake upstream for the ingest benchmark, run as its own process.
+
+Every page's JSON is rendered once at startup and served as pre-built bytes, so the
+upstream costs next to nothing per request and never becomes what is measured.
+
+    python -m bench.upstream --records 100000 --page-size 1000
+
+prints `READY <port>` on stdout once it accepts connections. Routes:
+
+- `GET /v2/daily_activity[?next_token=T]`: cursor pagination,
+  `{"data": [...], "next_token": T|null}`
+- `GET /warmup`: one page of one record (lets the benchmark check the worker is up)
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import socket
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+PATH = "/v2/daily_activity"
+WARMUP_PATH = "/warmup"
+_DEVICES = ("ring-gen3", "ring-gen4", "watch-s9", "band-7")
+_ACTIVITIES = ("walking", "running", "cycling", "rest", "swimming")
+_EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def make_record(index: int, rng: random.Random) -> dict[str, Any]:
+    """A wearable-style record of roughly 250 bytes."""
+    moment = _EPOCH + timedelta(seconds=index * 60)
+    return {
+        "id": f"act_{index:09d}",
+        "user_id": f"u_{index % 5000:05d}",
+        "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "activity": _ACTIVITIES[index % len(_ACTIVITIES)],
+        "steps": rng.randint(0, 2500),
+        "calories": round(rng.uniform(0, 400), 2),
+        "distance_m": round(rng.uniform(0, 2000), 1),
+        "heart_rate": {
+            "avg": rng.randint(55, 150),
+            "min": rng.randint(40, 60),
+            "max": rng.randint(120, 190),
+        },
+        "device": {"model": _DEVICES[index % len(_DEVICES)], "firmware": "2.9.1"},
+        "score": rng.randint(0, 100),
+    }
+
+
+def token_of(page: int) -> str:
+    return f"tok_{page:07d}"
+
+
+def render_pages(records: int, page_size: int, seed: int = 42) -> dict[str | None, bytes]:
+    """Page bodies keyed by the `next_token` that asks for them (None = first page)."""
+    rng = random.Random(seed)
+    pages: dict[str | None, bytes] = {}
+    count = max(1, -(-records // page_size))
+    for page in range(count):
+        start = page * page_size
+        data = [make_record(i, rng) for i in range(start, min(start + page_size, records))]
+        following = token_of(page + 1) if page + 1 < count else None
+        pages[None if page == 0 else token_of(page)] = orjson.dumps(
+            {"data": data, "next_token": following}
+        )
+    return pages
+
+
+def build_app(
+    pages: dict[str | None, bytes], on_ready: Callable[[], None] | None = None
+) -> Starlette:
+    warmup = orjson.dumps({"data": [make_record(0, random.Random(0))], "next_token": None})
+
+    async def activity(request: Request) -> Response:
+        body = pages.get(request.query_params.get("next_token"))
+        if body is None:
+            return Response(b'{"error":"unknown token"}', 400, media_type="application/json")
+        return Response(body, media_type="application/json")
+
+    async def warm(_request: Request) -> Response:
+        return Response(warmup, media_type="application/json")
+
+    @asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        if on_ready is not None:
+            on_ready()
+        yield
+
+    return Starlette(routes=[Route(PATH, activity), Route(WARMUP_PATH, warm)], lifespan=lifespan)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--records", type=int, default=100_000)
+    parser.add_argument("--page-size", type=int, default=1000)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    pages = render_pages(args.records, args.page_size)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+
+    def ready() -> None:
+        sys.stdout.write(f"READY {port}\n")
+        sys.stdout.flush()
+
+    config = uvicorn.Config(
+        build_app(pages, ready),
+        log_level="warning",
+        access_log=False,
+        http="httptools",
+        loop="uvloop",
+        lifespan="on",
+        server_header=False,
+        date_header=False,
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+if __name__ == "__main__":
+    main()

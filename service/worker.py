@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import secrets
@@ -26,6 +27,16 @@ log = logging.getLogger(__name__)
 
 def worker_identity() -> str:
     return f"{socket.gethostname()[:40]}:{os.getpid()}:{secrets.token_hex(4)}"
+
+
+def _calm_the_garbage_collector() -> None:
+    """Each page makes thousands of short-lived dicts; CPython's default thresholds then
+    run full collections over the whole (long-lived) heap several times a page. Freezing
+    what startup built and collecting young objects less often cut a page's CPU by ~15%
+    in bench/ingest.py."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Any:
@@ -59,6 +70,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                     settings.queued_grace_seconds,
                 )
             )
+        _calm_the_garbage_collector()
         log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:

@@ -14,11 +14,16 @@ class Record(SQLModel, table=True):
     `key` is the canonical JSON of the primary key (a scalar, or a list for compound
     keys), so `1` and `"1"` stay distinct. `data` holds the record's canonical JSON
     text as hashed: it is written once and never re-serialised.
+
+    No foreign key to `task`: PostgreSQL would check it row by row on every insert (a
+    third of the bulk upsert's cost). Orphans cannot appear: a page's records are
+    written only after its seq allocation row-locked the task, and deleting a task
+    deletes its records in the same transaction (`records.repository.delete_for_task`).
     """
 
     __table_args__ = (Index("uq_record_task_id_seq", "task_id", "seq", unique=True),)
 
-    task_id: str = Field(foreign_key="task.id", primary_key=True, max_length=40, ondelete="CASCADE")
+    task_id: str = Field(primary_key=True, max_length=40)
     key: str = Field(sa_column=Column(Text, primary_key=True))
     data: str = Field(sa_column=Column(Text, nullable=False))
     hash: str = Field(max_length=32)

@@ -12,19 +12,24 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, delete, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from service.models import Record, Task
 from service.models.types import UTCDateTime
 
-_PG_HASHES = text(
-    "SELECT key, hash FROM record WHERE task_id = :task_id AND key = ANY(CAST(:keys AS text[]))"
+# Which of a page's (key, hash) pairs differ from what is stored, and whether each is
+# new: an unchanged page answers with no rows at all.
+_PG_CHANGED = text(
+    "SELECT t.k, r.hash IS NULL FROM unnest(CAST(:keys AS text[]), CAST(:hashes AS text[])) "
+    "AS t(k, h) LEFT JOIN record r ON r.task_id = CAST(:task_id AS varchar) AND r.key = t.k "
+    "WHERE r.hash IS DISTINCT FROM t.h"
 )
-_SQLITE_HASHES = text(
-    "SELECT key, hash FROM record WHERE task_id = :task_id "
-    "AND key IN (SELECT value FROM json_each(:keys))"
+_SQLITE_CHANGED = text(
+    "SELECT j.value ->> 0, r.hash IS NULL FROM json_each(:pairs) AS j "
+    "LEFT JOIN record r ON r.task_id = :task_id AND r.key = j.value ->> 0 "
+    "WHERE r.hash IS NOT (j.value ->> 1)"
 )
 _SET_CHANGED = (
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
@@ -48,16 +53,29 @@ def _is_pg(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
 
-async def existing_hashes(session: AsyncSession, task_id: str, keys: list[str]) -> dict[str, str]:
-    if not keys:
+async def changed_keys(
+    session: AsyncSession, task_id: str, pairs: list[tuple[str, str]]
+) -> dict[str, bool]:
+    """For the (key, hash) pairs that differ from the stored records: key -> is it new."""
+    if not pairs:
         return {}
     if _is_pg(session):
-        result = await session.execute(_PG_HASHES, {"task_id": task_id, "keys": keys})
+        keys, hashes = (list(column) for column in zip(*pairs, strict=True))
+        result = await session.execute(
+            _PG_CHANGED, {"task_id": task_id, "keys": keys, "hashes": hashes}
+        )
     else:
         result = await session.execute(
-            _SQLITE_HASHES, {"task_id": task_id, "keys": orjson.dumps(keys).decode()}
+            _SQLITE_CHANGED, {"task_id": task_id, "pairs": orjson.dumps(pairs).decode()}
         )
-    return {row[0]: row[1] for row in result.all()}
+    return {row[0]: bool(row[1]) for row in result.all()}
+
+
+async def delete_for_task(session: AsyncSession, task_id: str) -> None:
+    """Records have no foreign key to their task (PostgreSQL would check it row by row on
+    every insert); a deleted task's records go with it here, after the task row is locked
+    by its own deletion, so no page transaction can add more."""
+    await session.execute(delete(Record).where(col(Record.task_id) == task_id))
 
 
 async def allocate_seqs(session: AsyncSession, task_id: str, count: int) -> int | None:

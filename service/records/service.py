@@ -24,23 +24,25 @@ class PageCounts:
 async def store_page(session: AsyncSession, task_id: str, rows: list[Row]) -> PageCounts | None:
     """Upsert a page by key; None when the task no longer exists.
 
-    Counting follows the page's order, as if each record were written in turn (a key
-    seen twice in one page: the first copy is inserted, a differing second one updates
-    it), but only the last copy of each key is written, once.
+    The database compares the page's hashes with what it holds and answers only with
+    what changed, so an unchanged page costs one cheap query and no write. A key that
+    occurs several times in one page is written once, with its last copy; the earlier
+    copies count `unchanged` if equal to it, else `updated`.
     """
+    final = {row.key: row for row in rows}  # the last copy of each key wins
     counts = PageCounts()
-    stored = await repository.existing_hashes(session, task_id, [row.key for row in rows])
-    final: dict[str, Row] = {}
-    for row in rows:
-        previous = final[row.key].hash if row.key in final else stored.get(row.key)
-        if previous is None:
-            counts.inserted += 1
-        elif previous == row.hash:
-            counts.unchanged += 1
-        else:
-            counts.updated += 1
-        final[row.key] = row
-    changed = [row for key, row in final.items() if stored.get(key) != row.hash]
+    if len(final) < len(rows):
+        for row in rows:
+            last = final[row.key]
+            if row is not last:
+                counts.unchanged += row.hash == last.hash
+                counts.updated += row.hash != last.hash
+    changed = await repository.changed_keys(
+        session, task_id, [(key, row.hash) for key, row in final.items()]
+    )
+    counts.inserted += sum(changed.values())
+    counts.updated += len(changed) - sum(changed.values())
+    counts.unchanged += len(final) - len(changed)
     if not changed:
         return counts
     last_seq = await repository.allocate_seqs(session, task_id, len(changed))
@@ -50,7 +52,7 @@ async def store_page(session: AsyncSession, task_id: str, rows: list[Row]) -> Pa
     await repository.upsert(
         session,
         task_id,
-        [(row.key, row.data, row.hash, first_seq + i) for i, row in enumerate(changed)],
+        [(key, final[key].data, final[key].hash, first_seq + i) for i, key in enumerate(changed)],
         utcnow(),
     )
     return counts

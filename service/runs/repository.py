@@ -103,15 +103,6 @@ async def add_page_progress(
     return None if row is None else bool(row[0])
 
 
-async def add_counts(session: AsyncSession, run_id: str, counts: dict[str, int]) -> None:
-    if any(counts.values()):
-        await session.execute(
-            update(Run)
-            .where(col(Run.id) == run_id)
-            .values({name: getattr(Run, name) + amount for name, amount in counts.items()})
-        )
-
-
 async def renew_lease(
     session: AsyncSession, run_id: str, owner: str, lease_until: datetime
 ) -> bool:

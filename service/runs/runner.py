@@ -228,21 +228,13 @@ async def _read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page,
 async def _commit_page(
     deps: RunnerDeps, plan: _Plan, page: Page, watermark: Watermark | None
 ) -> None:
-    progress = {
-        "pages": 1,
-        "requests": 1,
-        "not_modified": int(page.not_modified),
-        "records_seen": page.records.seen,
-        "rejected": len(page.records.rejections),
-        "bytes": page.fetched.nbytes,
-    }
+    """The page's records, validator, counters, checkpoint and lease: one transaction.
+
+    The run row is written last, fenced by the lease: if this worker lost the run
+    meanwhile, the whole page rolls back and nothing of it was ever visible.
+    """
     checkpoint = {**(page.next.to_json() if page.next else _DONE), "watermark": watermark}
     async with transaction(deps.sessionmaker) as session:
-        cancel = await repository.add_page_progress(
-            session, plan.run_id, deps.owner, progress, checkpoint, deps.lease_until()
-        )
-        if cancel is None:
-            raise _Stop
         counts = await store_page(session, plan.task_id, page.records.rows)
         if counts is None:
             raise _Stop
@@ -250,11 +242,22 @@ async def _commit_page(
             await page_validators.remember(
                 session, plan.task_id, page_key(page.request), page.validator
             )
-        await repository.add_counts(
-            session,
-            plan.run_id,
-            {"inserted": counts.inserted, "updated": counts.updated, "unchanged": counts.unchanged},
+        progress = {
+            "pages": 1,
+            "requests": 1,
+            "not_modified": int(page.not_modified),
+            "records_seen": page.records.seen,
+            "rejected": len(page.records.rejections),
+            "bytes": page.fetched.nbytes,
+            "inserted": counts.inserted,
+            "updated": counts.updated,
+            "unchanged": counts.unchanged,
+        }
+        cancel = await repository.add_page_progress(
+            session, plan.run_id, deps.owner, progress, checkpoint, deps.lease_until()
         )
+        if cancel is None:
+            raise _Stop
         if cancel:
             await repository.finish(session, plan.run_id, deps.owner, "cancelled", utcnow(), None)
     if cancel:

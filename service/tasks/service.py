@@ -26,6 +26,7 @@ from service.pagination import decode_cursor, page_cursor
 from service.runs.schemas import RunSummary
 from service.sync import TargetRefused, check_target
 from service.sync.spec import SECRET_FIELDS, Source
+from service.records import repository as records_repository
 from service.tasks import repository
 from service.tasks.schemas import TaskIn, TaskOut, TaskPage, TaskPatch
 
@@ -279,8 +280,9 @@ async def update_task(
 
 async def delete_task(session: AsyncSession, tenant_id: str, task_id: str) -> None:
     task = await get_task(session, tenant_id, task_id)
-    await session.delete(task)
+    await session.delete(task)  # runs, tags and validators go by ON DELETE CASCADE
     await session.flush()
+    await records_repository.delete_for_task(session, task.id)
 
 
 def to_out(task: Task, last_run: Run | None) -> TaskOut:

@@ -23,10 +23,10 @@ from service.ids import new_id
 from service.models import Run, Task
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
+from service.records import repository as records_repository
 from service.runs.schemas import RunSummary
 from service.sync import TargetRefused, check_target
 from service.sync.spec import SECRET_FIELDS, Source
-from service.records import repository as records_repository
 from service.tasks import repository
 from service.tasks.schemas import TaskIn, TaskOut, TaskPage, TaskPatch
 

@@ -101,6 +101,9 @@ def run_worker(settings: Settings) -> None:
         except asyncio.CancelledError:
             pass
         finally:
-            await worker.close()
+            # Runs cut short by the shutdown keep their lease until it expires; the
+            # reconciler of a live worker picks them up from their checkpoint.
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker.close()
 
     asyncio.run(main())

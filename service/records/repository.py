@@ -49,6 +49,32 @@ _SQLITE_UPSERT = text(
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
+# PostgreSQL does a whole page in one statement: compare with what is stored, reserve
+# seqs on the task row (its lock orders concurrent pages), write only what changed, and
+# count. One round trip and one plan per page.
+_PG_PAGE = text(
+    "WITH page AS ("  # noqa: S608
+    " SELECT t.k, t.d, t.h, t.n FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]),"
+    " CAST(:hashes AS text[])) WITH ORDINALITY AS t(k, d, h, n)"
+    "), changed AS ("
+    " SELECT p.k, p.d, p.h, r.hash IS NULL AS is_new, row_number() OVER (ORDER BY p.n) AS i"
+    " FROM page p LEFT JOIN record r ON r.task_id = CAST(:task_id AS varchar) AND r.key = p.k"
+    " WHERE r.hash IS DISTINCT FROM p.h"
+    "), seq AS ("
+    " UPDATE task SET record_seq = record_seq + (SELECT count(*) FROM changed)"
+    " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM changed)"
+    " RETURNING record_seq - (SELECT count(*) FROM changed) AS base"
+    "), written AS ("
+    " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+    " SELECT CAST(:task_id AS varchar), c.k, c.d, c.h, s.base + c.i,"
+    " CAST(:now AS timestamptz), CAST(:now AS timestamptz) FROM changed c CROSS JOIN seq s "
+    + _SET_CHANGED
+    + " RETURNING 1"
+    ") SELECT (SELECT count(*) FROM changed WHERE is_new), (SELECT count(*) FROM changed),"
+    " (SELECT count(*) FROM seq)"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
 def _is_pg(session: AsyncSession) -> bool:
     return session.get_bind().dialect.name == "postgresql"
 
@@ -69,6 +95,23 @@ async def changed_keys(
             _SQLITE_CHANGED, {"task_id": task_id, "pairs": orjson.dumps(pairs).decode()}
         )
     return {row[0]: bool(row[1]) for row in result.all()}
+
+
+def writes_pages_in_one_statement(session: AsyncSession) -> bool:
+    return _is_pg(session)
+
+
+async def write_page(
+    session: AsyncSession, task_id: str, rows: Sequence[tuple[str, str, str]], now: datetime
+) -> tuple[int, int] | None:
+    """(key, data, hash) rows with distinct keys -> (inserted, changed), or None when the
+    task is gone. PostgreSQL only (see `writes_pages_in_one_statement`)."""
+    keys, datas, hashes = (list(column) for column in zip(*rows, strict=True))
+    params = {"task_id": task_id, "now": now, "keys": keys, "datas": datas, "hashes": hashes}
+    inserted, changed, task_found = (await session.execute(_PG_PAGE, params)).one()
+    if changed and not task_found:
+        return None
+    return int(inserted), int(changed)
 
 
 async def delete_for_task(session: AsyncSession, task_id: str) -> None:

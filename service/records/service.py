@@ -37,6 +37,18 @@ async def store_page(session: AsyncSession, task_id: str, rows: list[Row]) -> Pa
             if row is not last:
                 counts.unchanged += row.hash == last.hash
                 counts.updated += row.hash != last.hash
+    if not final:
+        return counts
+    if repository.writes_pages_in_one_statement(session):
+        rows_out = [(key, row.data, row.hash) for key, row in final.items()]
+        written = await repository.write_page(session, task_id, rows_out, utcnow())
+        if written is None:
+            return None
+        inserted, changed_count = written
+        counts.inserted += inserted
+        counts.updated += changed_count - inserted
+        counts.unchanged += len(final) - changed_count
+        return counts
     changed = await repository.changed_keys(
         session, task_id, [(key, row.hash) for key, row in final.items()]
     )

@@ -21,13 +21,17 @@ class PageCounts:
     unchanged: int = 0
 
 
-async def store_page(session: AsyncSession, task_id: str, rows: list[Row]) -> PageCounts | None:
+async def store_page(
+    session: AsyncSession, task_id: str, rows: list[Row], *, likely_changed: bool = False
+) -> PageCounts | None:
     """Upsert a page by key; None when the task no longer exists.
 
-    The database compares the page's hashes with what it holds and answers only with
-    what changed, so an unchanged page costs one cheap query and no write. A key that
-    occurs several times in one page is written once, with its last copy; the earlier
-    copies count `unchanged` if equal to it, else `updated`.
+    Two ways, chosen by what the previous page of the run did (`likely_changed`): send
+    only keys and hashes, let the database answer with what changed, then write that —
+    an unchanged page costs one cheap query and no write; or, when pages are changing
+    (a first sync), send everything and let PostgreSQL compare and write in one
+    statement. A key that occurs several times in one page is written once, with its
+    last copy; the earlier copies count `unchanged` if equal to it, else `updated`.
     """
     final = {row.key: row for row in rows}  # the last copy of each key wins
     counts = PageCounts()
@@ -39,7 +43,7 @@ async def store_page(session: AsyncSession, task_id: str, rows: list[Row]) -> Pa
                 counts.updated += row.hash != last.hash
     if not final:
         return counts
-    if repository.writes_pages_in_one_statement(session):
+    if likely_changed and repository.writes_pages_in_one_statement(session):
         rows_out = [(key, row.data, row.hash) for key, row in final.items()]
         written = await repository.write_page(session, task_id, rows_out, utcnow())
         if written is None:

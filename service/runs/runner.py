@@ -192,12 +192,13 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         budget=deps.budget,
         validators=validators,
     )
+    changing = False  # did the last page change anything? (picks the write strategy)
     async with contextlib.aclosing(_read_ahead(pages)) as ahead:
         async for page in ahead:
             if incremental is not None and not page.not_modified:
                 records = records_of(page.fetched.body, plan.source.records_path)
                 watermark = later(watermark, page_watermark(records, incremental.cursor_path))
-            await _commit_page(deps, plan, page, watermark)
+            changing = await _commit_page(deps, plan, page, watermark, changing)
     return watermark
 
 
@@ -226,8 +227,8 @@ async def _read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page,
 
 
 async def _commit_page(
-    deps: RunnerDeps, plan: _Plan, page: Page, watermark: Watermark | None
-) -> None:
+    deps: RunnerDeps, plan: _Plan, page: Page, watermark: Watermark | None, changing: bool
+) -> bool:
     """The page's records, validator, counters, checkpoint and lease: one transaction.
 
     The run row is written last, fenced by the lease: if this worker lost the run
@@ -235,7 +236,7 @@ async def _commit_page(
     """
     checkpoint = {**(page.next.to_json() if page.next else _DONE), "watermark": watermark}
     async with transaction(deps.sessionmaker) as session:
-        counts = await store_page(session, plan.task_id, page.records.rows)
+        counts = await store_page(session, plan.task_id, page.records.rows, likely_changed=changing)
         if counts is None:
             raise _Stop
         if page.validator is not None:
@@ -262,6 +263,7 @@ async def _commit_page(
             await repository.finish(session, plan.run_id, deps.owner, "cancelled", utcnow(), None)
     if cancel:
         raise _Stop
+    return counts.inserted + counts.updated > 0
 
 
 async def _heartbeat(deps: RunnerDeps, run_id: str) -> None:

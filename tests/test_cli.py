@@ -15,59 +15,37 @@ import pytest
 from starlette.responses import JSONResponse
 
 from service.config import Settings
+from tests.fixtures.app import cli_env, run_cli
 from tests.fixtures.upstream import Upstream, free_port
 
 
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    return {
-        **os.environ,
-        "BACKSYNC_DATABASE_URL": settings.database_url,
-        "BACKSYNC_REDIS_URL": settings.redis_url or "",
-        "BACKSYNC_SECRET_KEYS": ",".join(settings.secret_keys),
-        **extra,
-    }
-
-
 async def test_keys_create_then_revoke(settings: Settings, client: httpx.AsyncClient) -> None:
-    created = _cli("keys", "create", "--tenant", "cli-tenant", env=_env(settings))
+    created = run_cli("keys", "create", "--tenant", "cli-tenant", env=cli_env(settings))
     assert created.returncode == 0, created.stderr
     key = created.stdout.strip()
     assert key.startswith("bks_")
     headers = {"Authorization": f"Bearer {key}"}
     assert (await client.get("/v1/tasks", headers=headers)).status_code == 200
 
-    revoked = _cli("keys", "revoke", key.split("_")[1], env=_env(settings))
+    revoked = run_cli("keys", "revoke", key.split("_")[1], env=cli_env(settings))
     assert revoked.returncode == 0, revoked.stderr
     assert (await client.get("/v1/tasks", headers=headers)).status_code == 401
-    missing = _cli("keys", "revoke", "nosuchprefix", env=_env(settings))
+    missing = run_cli("keys", "revoke", "nosuchprefix", env=cli_env(settings))
     assert missing.returncode == 2
     assert "no key" in missing.stderr
 
 
 def test_api_and_worker_refuse_to_start_without_redis_or_secret_keys(settings: Settings) -> None:
-    no_secret = _cli("api", env=_env(settings, BACKSYNC_SECRET_KEYS=""))
+    no_secret = run_cli("api", env=cli_env(settings, secret_keys=""))
     assert no_secret.returncode == 2
     assert "BACKSYNC_SECRET_KEYS" in no_secret.stderr
-    no_redis = _cli(
-        "worker", env={k: v for k, v in _env(settings).items() if k != "BACKSYNC_REDIS_URL"}
-    )
+    no_redis = run_cli("worker", env=cli_env(settings, redis_url=""))
     assert no_redis.returncode == 2
     assert "BACKSYNC_REDIS_URL" in no_redis.stderr
 
 
 def test_python_dash_m_service_is_the_same_cli(tmp_path: Path) -> None:
-    result = _cli("openapi", "--output", str(tmp_path / "o.json"), env=dict(os.environ))
+    result = run_cli("openapi", "--output", str(tmp_path / "o.json"), env=dict(os.environ))
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "o.json").read_text().startswith('{\n  "openapi"')
 

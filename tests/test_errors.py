@@ -8,10 +8,9 @@ from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from service.app import create_app
 from service.config import Settings
+from tests.fixtures.app import api_client
 from tests.helpers import create_task, http_task
 
 PROBLEM = "application/problem+json"
@@ -130,13 +129,7 @@ LIMIT = 2048
 
 @pytest.fixture
 async def small_client(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"max_body_bytes": LIMIT}))
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://backsync"
-        ) as http,
-    ):
+    async with api_client(settings.model_copy(update={"max_body_bytes": LIMIT})) as http:
         yield http
 
 

@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import subprocess
-import sys
 import threading
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 from cryptography.fernet import Fernet
 from sqlalchemy import text
 from starlette.responses import JSONResponse
 
-from service.app import create_app
 from service.config import Settings
 from service.crypto import SecretBox, SecretBoxError, generate_key
 from service.db import create_engine, create_sessionmaker
 from service.tasks.secrets import UnreadableCredentials, rotate_credentials
-from service.worker import make_worker
+from tests.fixtures.app import api_client, cli_env, run_cli, running_worker
 from tests.fixtures.upstream import Upstream
 from tests.helpers import create_task, http_task, sync
 
@@ -34,27 +28,6 @@ AUTHS: list[dict[str, Any]] = [
     {"type": "basic", "username": "alice", "password": "pwd-SECRET-basic-5g6h"},
     {"type": "bearer", "token": "tok-SECRET-second-7i8j"},
 ]
-
-
-def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "service", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def _env(settings: Settings, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
-    return env | {
-        "BACKSYNC_DATABASE_URL": settings.database_url,
-        "BACKSYNC_REDIS_URL": settings.redis_url or "",
-        "BACKSYNC_SECRET_KEYS": ",".join(settings.secret_keys),
-        **extra,
-    }
 
 
 async def _ciphertexts(settings: Settings) -> dict[str, str | None]:
@@ -73,31 +46,6 @@ async def _rotate(settings: Settings, keys: list[str], batch_size: int = 500) ->
         return await rotate_credentials(create_sessionmaker(engine), SecretBox(keys), batch_size)
     finally:
         await engine.dispose()
-
-
-@contextlib.asynccontextmanager
-async def _api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://backsync"
-        ) as http,
-    ):
-        yield http
-
-
-@contextlib.asynccontextmanager
-async def _worker(settings: Settings) -> AsyncIterator[None]:
-    arq_worker = make_worker(settings, handle_signals=False)
-    running = asyncio.create_task(arq_worker.async_run())
-    try:
-        yield
-    finally:
-        await arq_worker.close()
-        running.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await running
 
 
 async def test_rotate_moves_every_credential_to_the_first_key_and_the_service_runs_on_it(
@@ -130,7 +78,7 @@ async def test_rotate_moves_every_credential_to_the_first_key_and_the_service_ru
     assert await _ciphertexts(settings) == after
 
     new_only = settings.model_copy(update={"secret_keys": [new_key]})
-    async with _api(new_only) as api, _worker(new_only):
+    async with api_client(new_only) as api, running_worker(new_only):
         for task in tasks:
             shown = (await api.get(f"/v1/tasks/{task['id']}", headers=auth)).json()
             assert shown["source"]["auth"] == task["source"]["auth"]  # masked, unchanged
@@ -225,9 +173,7 @@ async def test_cli_rotate_then_the_old_key_can_go(
     old_key, new_key = settings.secret_keys[0], generate_key()
     task = await create_task(client, auth, http_task("https://a.example", auth=AUTHS[0]))
 
-    result = _cli(
-        "secrets", "rotate", env=_env(settings, BACKSYNC_SECRET_KEYS=f"{new_key},{old_key}")
-    )
+    result = run_cli("secrets", "rotate", env=cli_env(settings, secret_keys=f"{new_key},{old_key}"))
 
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("rotated 1 credential(s)")
@@ -255,7 +201,7 @@ async def test_cli_rotate_fails_clearly_with_keys_that_cannot_read(
     before = await _ciphertexts(settings)
     keys = generate_key() if keys is None else keys  # None: a valid key, but not the one
 
-    result = _cli("secrets", "rotate", env=_env(settings, BACKSYNC_SECRET_KEYS=keys))
+    result = run_cli("secrets", "rotate", env=cli_env(settings, secret_keys=keys))
 
     assert result.returncode == 2, result.stdout + result.stderr
     assert expected.format(task=task["id"]) in result.stderr
@@ -264,7 +210,7 @@ async def test_cli_rotate_fails_clearly_with_keys_that_cannot_read(
 
 
 def test_cli_generate_prints_a_fresh_fernet_key() -> None:
-    first, second = (_cli("secrets", "generate", env=dict(os.environ)) for _ in range(2))
+    first, second = (run_cli("secrets", "generate", env=dict(os.environ)) for _ in range(2))
     assert first.returncode == 0, first.stderr
     key = first.stdout.strip()
     assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"

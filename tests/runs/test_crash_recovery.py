@@ -9,12 +9,10 @@ import signal
 
 import httpx
 import redis.asyncio as aioredis
-from starlette.requests import Request
-from starlette.responses import Response
 
 from service.config import Settings
 from tests.fixtures.app import SpawnWorker
-from tests.fixtures.upstream import Upstream, cursor, make_records
+from tests.fixtures.upstream import Upstream, cursor, make_records, slowly
 from tests.helpers import create_task, feed, http_task, trigger, wait_run
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
@@ -37,11 +35,7 @@ async def test_a_worker_killed_mid_run_is_finished_by_another_without_loss_or_du
     records = make_records(300)
     pages = cursor(records, size=10)
 
-    async def slow(request: Request) -> Response:
-        await asyncio.sleep(0.05)
-        return pages(request)  # type: ignore[return-value]
-
-    url = upstream.route("/wearable", slow)
+    url = upstream.route("/wearable", slowly(pages, 0.05))
     task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
     doomed = spawn_worker(**FAST_RECOVERY)
     run = await trigger(client, auth, task["id"])
@@ -80,7 +74,7 @@ async def test_runs_lost_from_redis_are_resent_from_the_database(
     url = upstream.route("/lost", cursor(make_records(20), size=10))
     task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
     run = await trigger(client, auth, task["id"])
-    redis = aioredis.from_url(settings.redis_url or "")
+    redis = aioredis.Redis.from_url(settings.redis_url or "")
     try:
         assert await redis.exists(f"arq:job:run:{run['id']}") == 1
         await redis.delete(settings.queue_name, f"arq:job:run:{run['id']}")  # as a flush would

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
 import httpx
-from starlette.requests import Request
-from starlette.responses import Response
 
-from tests.fixtures.upstream import Upstream, cursor, make_records
+from tests.fixtures.upstream import Upstream, cursor, make_records, slowly
 from tests.helpers import create_task, http_task, trigger
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
@@ -31,11 +28,7 @@ async def test_events_stream_progress_per_page_and_end_with_the_final_status(
 ) -> None:
     pages = cursor(make_records(40), size=10)
 
-    async def slow(request: Request) -> Response:
-        await asyncio.sleep(0.3)
-        return pages(request)  # type: ignore[return-value]
-
-    url = upstream.route("/feed", slow)
+    url = upstream.route("/feed", slowly(pages, 0.3))
     task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
     run = await trigger(client, auth, task["id"])
 

@@ -6,10 +6,10 @@ import asyncio
 from typing import Any
 
 import httpx
-from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from tests.fixtures.upstream import Upstream, cursor, make_records
+from service.worker import make_worker
+from tests.fixtures.upstream import Upstream, cursor, make_records, slowly
 from tests.helpers import create_task, http_task, sync, trigger, wait_run
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
@@ -73,8 +73,6 @@ async def test_cancelling_a_queued_run_ends_it_and_the_worker_does_not_fetch(
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["finished_at"] is not None
 
-    from tests.fixtures.app import make_worker
-
     arq_worker = make_worker(settings, burst=True, handle_signals=False)
     await arq_worker.async_run()  # drains the queue, including the cancelled run's job
     await arq_worker.close()
@@ -90,11 +88,7 @@ async def test_cancelling_a_running_run_stops_it_at_the_next_page(
     records = make_records(50)
     pages = cursor(records, size=5)
 
-    async def slow(request: Request) -> Response:
-        await asyncio.sleep(0.1)
-        return pages(request)  # type: ignore[return-value]
-
-    url = upstream.route("/slow", slow)
+    url = upstream.route("/slow", slowly(pages, 0.1))
     task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
     run = await trigger(client, auth, task["id"])
     await wait_run(client, auth, run["id"], until={"running"})

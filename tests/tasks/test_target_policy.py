@@ -6,23 +6,16 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from asgi_lifespan import LifespanManager
 
-from service.app import create_app
 from service.config import Settings
+from tests.fixtures.app import api_client
 from tests.fixtures.upstream import Upstream
 from tests.helpers import create_task, http_task, sync
 
 
 @pytest.fixture
 async def guarded(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.model_copy(update={"block_private_targets": True}))
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://b"
-        ) as http,
-    ):
+    async with api_client(settings.model_copy(update={"block_private_targets": True})) as http:
         yield http
 
 
@@ -50,17 +43,10 @@ async def test_private_targets_are_refused_at_registration(
 async def test_allow_listed_targets_are_accepted(
     settings: Settings, auth: dict[str, str], upstream: Upstream
 ) -> None:
-    app = create_app(
-        settings.model_copy(
-            update={"block_private_targets": True, "allowed_targets": ["127.0.0.1/32"]}
-        )
+    allowing = settings.model_copy(
+        update={"block_private_targets": True, "allowed_targets": ["127.0.0.1/32"]}
     )
-    async with (
-        LifespanManager(app) as manager,
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=manager.app), base_url="http://b"
-        ) as http,
-    ):
+    async with api_client(allowing) as http:
         response = await http.post(
             "/v1/tasks", json=http_task(upstream.base_url + "/ok"), headers=auth
         )

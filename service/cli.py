@@ -10,7 +10,8 @@ import signal
 import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -204,11 +205,39 @@ def _state_value(path: Path, make: str) -> str:
 @app.command()
 def dev() -> None:
     """Everything on one machine: migrations, embedded Redis, API on :8000 and a worker."""
+    settings = get_settings()
+    with _dev_processes(settings) as (children, api_key, redis_url):
+        _banner(settings, api_key, redis_url)
+        _wait(children)
+
+
+@app.command()
+def demo() -> None:
+    """`dev` plus a built-in wearable-like upstream, a demo task, and its runs live."""
+    from service.demo.upstream import DemoUpstream
+    from service.demo.walkthrough import run_demo
+
+    settings = get_settings()
+    upstream = DemoUpstream()
+    upstream_url = upstream.start()
+    try:
+        with _dev_processes(settings) as (children, api_key, redis_url):
+            _banner(settings, api_key, redis_url)
+            typer.echo(f"  demo upstream  {upstream_url}")
+            run_demo(f"http://{settings.host}:{settings.port}", api_key, upstream_url, typer.echo)
+            _wait(children)
+    finally:
+        upstream.stop()
+
+
+@contextmanager
+def _dev_processes(settings: Settings) -> Iterator[tuple[list[subprocess.Popen[bytes]], str, str]]:
+    """Migrations, embedded Valkey (unless BACKSYNC_REDIS_URL), dev key, API and worker
+    processes; all stopped when the block exits."""
     from service.crypto import generate_key
     from service.embedded_redis import embedded_redis
     from service.migrations import upgrade
 
-    settings = get_settings()
     state = settings.state_dir
     secret_keys = ",".join(settings.secret_keys) or _state_value(
         state / "secret.key", generate_key()
@@ -233,8 +262,7 @@ def dev() -> None:
             for role in ("api", "worker")
         ]
         stack.callback(_stop_children, children)
-        _banner(settings, api_key, redis_url)
-        _wait(children)
+        yield children, api_key, redis_url
 
 
 def _banner(settings: Settings, api_key: str, redis_url: str) -> None:

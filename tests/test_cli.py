@@ -108,3 +108,38 @@ def test_dev_runs_everything_with_embedded_defaults_and_stops_cleanly(
         .split()[0]
     )
     assert not Path(socket).parent.exists()  # the embedded server was torn down
+
+
+@pytest.mark.timeout(120)
+def test_demo_syncs_the_builtin_wearable_api_and_shows_it_live(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
+    env |= {"BACKSYNC_PORT": str(free_port()), "BACKSYNC_STATE_DIR": str(tmp_path / "state")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service", "demo"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines: list[str] = []
+    try:
+        assert process.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line.rstrip())
+            if line.startswith("explore:"):
+                break
+    finally:
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=30)
+    output = "\n".join(lines)
+    assert output.count("-> succeeded") == 2, output
+    assert "retrying" in output  # the demo upstream's one 503 was retried
+    assert "inserted 120" in output
+    assert "not_modified 5" in output  # the resync was all 304s
+    assert "seq   1  da_2026-01-01" in output
+    assert "****4242" in output and "demo-wearable-token-4242" not in output

@@ -1,0 +1,1 @@
+"""`backsync demo`: a wearable-like upstream, a task against it, and its runs live."""

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.auth.service import Principal, authenticate
 from service.config import Settings
 from service.crypto import SecretBox
+from service.logs import bind_log_context
 from service.queue import Queue
 from service.state import AppState
 
@@ -85,6 +86,7 @@ Work = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
 async def current_principal(request: Request, work: Work) -> Principal:
     principal = await authenticate(work.session, request.headers.get("authorization"))
     request.state.tenant = principal.tenant_id
+    bind_log_context(tenant=principal.tenant_id)
     return principal
 
 

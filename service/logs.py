@@ -22,7 +22,17 @@ from typing import Any
 import orjson
 
 request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+log_context: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "log_context", default=None
+)
+"""`tenant`, `task_id`, `run_id` of the work in hand: set once (per request, per run),
+carried by every line logged while it lasts."""
 _CONTEXT_FIELDS = ("request_id", "tenant", "task_id", "run_id")
+
+
+def bind_log_context(**fields: str) -> None:
+    log_context.set({**(log_context.get() or {}), **fields})
+
 
 MASK = "****"
 CREDENTIAL_PARAMS = (
@@ -178,6 +188,7 @@ class JsonFormatter(logging.Formatter):
         }
         if (rid := request_id.get()) is not None:
             entry["request_id"] = rid
+        entry.update(log_context.get() or {})
         for name in _CONTEXT_FIELDS:
             if (value := getattr(record, name, None)) is not None:
                 entry[name] = value

@@ -7,7 +7,7 @@ import secrets
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.errors import PROBLEM_JSON, BadRequest, PayloadTooLarge, ServiceError
-from service.logs import request_id
+from service.logs import log_context, request_id
 
 
 class RequestId:
@@ -21,6 +21,7 @@ class RequestId:
         given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         rid = given if 0 < len(given) <= 128 and given.isprintable() else secrets.token_hex(8)
         token = request_id.set(rid)
+        context_token = log_context.set(None)  # keep-alive: nothing from the last request
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -31,6 +32,7 @@ class RequestId:
             await self.app(scope, receive, send_with_id)
         finally:
             request_id.reset(token)
+            log_context.reset(context_token)
 
 
 class BodyLimit:

@@ -14,7 +14,13 @@ import pytest
 from cryptography.fernet import Fernet
 from starlette.responses import JSONResponse
 
-from service.logs import RedactingFilter, configure_logging, install_redaction, redact
+from service.logs import (
+    JsonFormatter,
+    RedactingFilter,
+    configure_logging,
+    install_redaction,
+    redact,
+)
 from tests.fixtures.upstream import Upstream
 from tests.helpers import create_task, http_task, sync
 
@@ -190,3 +196,27 @@ async def test_a_failing_run_logs_no_credentials(
     assert TOKEN not in everything
     assert QUERY[0] not in everything
     assert "api_key=****" in everything  # httpx logged the request URL, redacted
+
+
+async def test_json_lines_of_a_run_carry_its_run_task_and_tenant(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    worker: object,
+) -> None:
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger("service").addHandler(handler)
+    logging.getLogger("service").setLevel(logging.INFO)
+    try:
+        url = upstream.route("/ctx", lambda _r: JSONResponse({}, status_code=404))
+        task = await create_task(client, auth, http_task(url))
+        run = await sync(client, auth, task["id"])
+    finally:
+        logging.getLogger("service").removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    about_run = [line for line in lines if line.get("run_id") == run["id"]]
+    assert about_run, lines
+    assert all(line["task_id"] == task["id"] for line in about_run)
+    assert all(line["tenant"].startswith("ten_") for line in about_run)

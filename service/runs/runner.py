@@ -22,6 +22,7 @@ import httpx
 
 from service.crypto import SecretBox, SecretBoxError
 from service.db import SessionMaker, transaction
+from service.logs import bind_log_context
 from service.models.types import utcnow
 from service.queue import Queue
 from service.records.service import store_page
@@ -129,6 +130,7 @@ async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
         task = await tasks_repository.get_by_id(session, run.task_id)
         if task is None:
             return None
+        bind_log_context(task_id=task.id, tenant=task.tenant_id)
         if run.cancel_requested:
             await repository.finish(session, run_id, deps.owner, "cancelled", now, None)
             return None

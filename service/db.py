@@ -56,7 +56,9 @@ def _sqlite_savepoint_in_transaction(connection: Connection, _name: str) -> None
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def create_engine(database_url: str, *, pool_size: int = 10, pre_ping: bool = True) -> AsyncEngine:
+def create_engine(
+    database_url: str, *, pool_size: int = 10, max_overflow: int = 10, pre_ping: bool = True
+) -> AsyncEngine:
     """`pre_ping=False` saves a round trip per checkout where a failed statement is
     retried anyway (the worker: a page on a dead connection fails, the attempt retries)."""
     if database_url.startswith("sqlite"):
@@ -69,7 +71,7 @@ def create_engine(database_url: str, *, pool_size: int = 10, pre_ping: bool = Tr
     return create_async_engine(
         database_url,
         pool_size=pool_size,
-        max_overflow=pool_size,
+        max_overflow=max_overflow,
         pool_pre_ping=pre_ping,
         json_serializer=_json_dumps,
         json_deserializer=_json_loads,

@@ -42,7 +42,12 @@ def _calm_the_garbage_collector() -> None:
 def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool = True) -> Any:
     async def startup(ctx: dict[str, Any]) -> None:
         engine = create_engine(
-            settings.database_url, pool_size=max(5, settings.worker_max_jobs // 2)
+            # One pooled connection per concurrent job (plus a few for heartbeats and the
+            # reconciler): overflow connections are opened and closed per use, and opening
+            # a PostgreSQL connection costs more than the page it would serve.
+            settings.database_url,
+            pool_size=max(5, settings.worker_max_jobs),
+            max_overflow=5,
         )
         sessionmaker = create_sessionmaker(engine)
         queue = Queue.from_pool(ctx["redis"], settings.queue_name)

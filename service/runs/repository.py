@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -51,28 +52,50 @@ def _claimable(now: datetime) -> Any:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What the worker needs of a run it just took: read back by the claim itself."""
+
+    task_id: str
+    attempt: int
+    cancel_requested: bool
+    checkpoint: dict[str, Any] | None
+    options: dict[str, Any]
+    attempts: list[dict[str, Any]]
+
+
 async def claim(
     session: AsyncSession, run_id: str, owner: str, now: datetime, lease_until: datetime
-) -> Run | None:
+) -> Claimed | None:
     """Take the run's lease and mark it running; None when it is not ours to run.
 
-    The first statement is a write, so on SQLite the transaction holds the write lock
-    from the start instead of failing to upgrade a read snapshot later.
+    One statement: a write first (on SQLite the transaction holds the write lock from the
+    start instead of failing to upgrade a read snapshot later), reading back what the
+    worker needs.
     """
     result = await session.execute(
         update(Run)
         .where(col(Run.id) == run_id, _claimable(now))
         .values(
-            status="running", lease_owner=owner, lease_expires_at=lease_until, next_attempt_at=None
+            status="running",
+            lease_owner=owner,
+            lease_expires_at=lease_until,
+            next_attempt_at=None,
+            started_at=func.coalesce(col(Run.started_at), now),
         )
-        .returning(col(Run.id))
+        .returning(
+            col(Run.task_id),
+            col(Run.attempt),
+            col(Run.cancel_requested),
+            col(Run.checkpoint),
+            col(Run.options),
+            col(Run.attempts),
+        )
     )
-    if result.scalar_one_or_none() is None:
+    row = result.one_or_none()
+    if row is None:
         return None
-    run = await get(session, run_id)
-    if run is not None and run.started_at is None:
-        run.started_at = now
-    return run
+    return Claimed(row[0], row[1], bool(row[2]), row[3], row[4] or {}, list(row[5] or []))
 
 
 def _held(run_id: str, owner: str) -> Any:
@@ -122,34 +145,31 @@ async def finish(
     status: str,
     now: datetime,
     error: dict[str, Any] | None,
-    attempt_entry: dict[str, Any] | None = None,
-) -> Run | None:
+    attempts: list[dict[str, Any]] | None = None,
+) -> str | None:
     """End the run (only the lease holder may, unless `owner` is None: a run that never
-    started). Returns the run, or None when someone else already ended it."""
+    started); `attempts`, when given, replaces the list. Returns the run's task id, or
+    None when someone else already ended it."""
     condition = (
         _held(run_id, owner)
         if owner
         else and_(col(Run.id) == run_id, col(Run.status).in_(ACTIVE_STATUSES))
     )
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": now,
+        "error": error,
+        "next_attempt_at": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if attempts is not None:
+        values["attempts"] = attempts
     result = await session.execute(
-        update(Run)
-        .where(condition)
-        .values(
-            status=status,
-            finished_at=now,
-            error=error,
-            next_attempt_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        .returning(col(Run.id))
+        update(Run).where(condition).values(**values).returning(col(Run.task_id))
     )
-    if result.scalar_one_or_none() is None:
-        return None
-    run = await get(session, run_id)
-    if run is not None and attempt_entry is not None:
-        run.attempts = [*run.attempts, attempt_entry]
-    return run
+    task_id: str | None = result.scalar_one_or_none()
+    return task_id
 
 
 async def schedule_retry(
@@ -158,31 +178,28 @@ async def schedule_retry(
     owner: str,
     next_attempt_at: datetime,
     error: dict[str, Any],
-    attempt_entry: dict[str, Any] | None,
+    attempts: list[dict[str, Any]] | None,
     *,
     next_attempt: bool = True,
-) -> Run | None:
+) -> int | None:
     """Park the run as `retrying` until `next_attempt_at`; `next_attempt=False` resumes
-    the same attempt later (a host hold is not the run's failure)."""
+    the same attempt later (a host hold is not the run's failure). Returns the attempt
+    number the run will resume with, or None when the lease is no longer ours."""
+    values: dict[str, Any] = {
+        "status": "retrying",
+        "attempt": col(Run.attempt) + (1 if next_attempt else 0),
+        "next_attempt_at": next_attempt_at,
+        "error": error,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if attempts is not None:
+        values["attempts"] = attempts
     result = await session.execute(
-        update(Run)
-        .where(_held(run_id, owner))
-        .values(
-            status="retrying",
-            attempt=col(Run.attempt) + (1 if next_attempt else 0),
-            next_attempt_at=next_attempt_at,
-            error=error,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
-        .returning(col(Run.id))
+        update(Run).where(_held(run_id, owner)).values(**values).returning(col(Run.attempt))
     )
-    if result.scalar_one_or_none() is None:
-        return None
-    run = await get(session, run_id)
-    if run is not None and attempt_entry is not None:
-        run.attempts = [*run.attempts, attempt_entry]
-    return run
+    attempt: int | None = result.scalar_one_or_none()
+    return attempt
 
 
 async def orphans(

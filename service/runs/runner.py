@@ -73,6 +73,10 @@ class _Plan:
     """The largest incremental cursor seen so far in this run (checkpointed per page)."""
     moves_watermark: bool
     """False for backfills: they fetch a window and leave the task's watermark alone."""
+    attempts: list[dict[str, Any]]
+    """The attempts recorded so far (only the lease holder writes them)."""
+    fresh_task: bool
+    """The task has never stored a record: its first pages will be all inserts."""
 
 
 class _Stop(Exception):
@@ -159,6 +163,8 @@ async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
             attempt_started_at=now,
             watermark=checkpoint.get("watermark"),
             moves_watermark=source.incremental is not None and "backfill" not in run.options,
+            attempts=run.attempts,
+            fresh_task=task.record_seq == 0,
         )
 
 
@@ -194,7 +200,7 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         budget=deps.budget,
         validators=validators,
     )
-    changing = False  # did the last page change anything? (picks the write strategy)
+    changing = plan.fresh_task  # did the last page change anything? (the write strategy)
     async with contextlib.aclosing(_read_ahead(pages)) as ahead:
         async for page in ahead:
             if incremental is not None and not page.not_modified:
@@ -282,13 +288,15 @@ async def _heartbeat(deps: RunnerDeps, run_id: str) -> None:
             log.warning("could not renew the lease of run %s", run_id, exc_info=True)
 
 
-def _attempt_entry(plan: _Plan, error: dict[str, Any] | None) -> dict[str, Any]:
-    return {
+def _with_attempt(plan: _Plan, error: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The run's attempts with this one appended."""
+    entry = {
         "attempt": plan.attempt,
         "started_at": plan.attempt_started_at.isoformat(),
         "finished_at": utcnow().isoformat(),
         "error": error,
     }
+    return [*plan.attempts, entry]
 
 
 async def _failed(
@@ -301,12 +309,12 @@ async def _failed(
     delay = next_delay(plan.retry, plan.attempt, retry_after)
     next_at = utcnow() + timedelta(seconds=delay)
     async with transaction(deps.sessionmaker) as session:
-        run = await repository.schedule_retry(
-            session, plan.run_id, deps.owner, next_at, error, _attempt_entry(plan, error)
+        attempt = await repository.schedule_retry(
+            session, plan.run_id, deps.owner, next_at, error, _with_attempt(plan, error)
         )
-    if run is not None:
+    if attempt is not None:
         await deps.queue.enqueue_run(
-            plan.run_id, job_suffix=f"attempt:{run.attempt}", not_before=next_at
+            plan.run_id, job_suffix=f"attempt:{attempt}", not_before=next_at
         )
 
 
@@ -321,10 +329,10 @@ async def _end(
     async with transaction(deps.sessionmaker) as session:
         now = utcnow()
         owner = deps.owner if plan is not None else None
-        entry = _attempt_entry(plan, error) if plan is not None else None
-        run = await repository.finish(session, run_id, owner, status, now, error, entry)
-        if run is None:
+        attempts = _with_attempt(plan, error) if plan is not None else None
+        task_id = await repository.finish(session, run_id, owner, status, now, error, attempts)
+        if task_id is None:
             return
-        await repository.record_outcome(session, run.task_id, status == "succeeded", now)
+        await repository.record_outcome(session, task_id, status == "succeeded", now)
         if watermark is not None:
-            await tasks_repository.advance_watermark(session, run.task_id, watermark)
+            await tasks_repository.advance_watermark(session, task_id, watermark)

@@ -2,21 +2,31 @@
 
     .venv/bin/python -m bench.ingest [--records 100000] [--page-size 1000]
         [--database-url postgresql://postgres@127.0.0.1:5432/test] [--redis-url redis://...]
-        [--profile]
+        [--with-dlt] [--profile]
 
 1. creates a fresh database `backsync_bench` on the PostgreSQL server of
    `--database-url` (or, for any `sqlite://...` URL, a SQLite file in a temp directory),
    and migrates it;
 2. starts `bench.upstream` in its own process: N records in pages of P, cursor
-   pagination, every page pre-rendered;
+   pagination, every page pre-rendered with a strong `ETag` (304 on `If-None-Match`);
 3. starts a real worker (`python -m service worker`) as a subprocess and samples its RSS
    every 50 ms;
 4. registers a task and triggers a run through the real API (in this process), polls
-   `GET /v1/runs/{id}` every 20 ms until the run is final;
-5. triggers a second, unchanged resync of the same task;
-6. prints the figures, checks the counts (exactly N inserted, then N unchanged; exit 1
-   otherwise) and writes `bench/results.json`;
-7. stops the processes and drops the database.
+   `GET /v1/runs/{id}` every 20 ms until the run is final (the **first sync**);
+5. triggers a second, **unchanged resync** of the same task;
+6. registers a second task on the same data with `"conditional": true`, runs it once
+   (it stores every page's validator) and then again: the **conditional resync**, where
+   every page answers 304;
+7. with `--with-dlt`: stops the worker, then runs dlt's `rest_api` source
+   (`bench/dlt_pipeline.py`, in its own venv `bench/.work/venv-dlt` made once from
+   `bench/requirements-dlt.txt`: dlt is no dependency of Backsync) against the same
+   upstream into database `backsync_bench_dlt` on the same server, twice (first load,
+   unchanged reload), and prints both tools side by side;
+8. prints the figures, checks the counts (exactly N inserted, then N unchanged; the
+   conditional resync all `not_modified` with nothing written; dlt's table exactly N
+   rows; exit 1 otherwise), compares with the targets (reported, not enforced) and
+   writes `bench/results.json`;
+9. stops the processes and drops the databases.
 
 Before each run it waits (`--quiet-wait`) for the machine to be idle, and it reports
 the CPU seconds used meanwhile by the worker, the upstream, this process (which serves
@@ -36,6 +46,7 @@ import contextlib
 import json
 import os
 import platform
+import resource
 import secrets
 import shutil
 import signal
@@ -121,22 +132,44 @@ def postgres_processes() -> list[psutil.Process]:
     return found
 
 
-class CpuMeter:
-    """CPU seconds used by the worker, the upstream and (local) PostgreSQL during a span."""
+def postgres_cpu_seconds() -> dict[int, float]:
+    """Every PostgreSQL process, plus (under the postmaster's negative pid) what its
+    exited children used: a client that connects and disconnects within the span, as
+    dlt does, leaves its backend's CPU there."""
+    processes = postgres_processes()
+    times = cpu_seconds(processes)
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            if process.ppid() not in times:  # the postmaster
+                cpu = process.cpu_times()
+                times[-process.pid] = cpu.children_user + cpu.children_system
+    return times
 
-    def __init__(self, worker: int, upstream: int, local_pg: bool) -> None:
-        self.worker = psutil.Process(worker)
+
+def children_cpu_seconds() -> float:
+    """CPU used by this process's waited-for children (and theirs)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+class CpuMeter:
+    """CPU seconds used by the worker, the upstream and (local) PostgreSQL during a span;
+    `children` counts subprocesses that ran to completion within it (the dlt runs)."""
+
+    def __init__(self, worker: int | None, upstream: int, local_pg: bool) -> None:
+        self.worker = psutil.Process(worker) if worker is not None else None
         self.upstream = psutil.Process(upstream)
         self.local_pg = local_pg
 
     def snapshot(self) -> dict[str, dict[int, float]]:
         snap = {
-            "worker": cpu_seconds([self.worker]),
+            "worker": cpu_seconds([self.worker]) if self.worker is not None else {},
             "upstream": cpu_seconds([self.upstream]),
             "bench": cpu_seconds([psutil.Process()]),
+            "children": {0: children_cpu_seconds()},
         }
         if self.local_pg:
-            snap["postgres"] = cpu_seconds(postgres_processes())
+            snap["postgres"] = postgres_cpu_seconds()
         system = psutil.cpu_times()
         snap["machine"] = {0: system.user + system.system + getattr(system, "softirq", 0.0)}
         return snap
@@ -196,32 +229,22 @@ def start_upstream(records: int, page_size: int) -> tuple[subprocess.Popen[str],
 
 WHAT_IFS: dict[str, dict[str, str]] = {
     # worker-side, applied by bench.profile_worker (see its `experiments`)
-    "gc-freeze": {"BENCH_GC": "freeze"},
     "gc-threshold": {"BENCH_GC": "100000,50,1000"},
+    "gc-default": {"BENCH_GC": "default"},
     "no-pre-ping": {"BENCH_PRE_PING": "0"},
-    "prefetch": {"BENCH_PREFETCH": "1"},
-    # database-side, applied here after the migrations (PostgreSQL only)
-    "drop-record-fk": {},
+    # database-side, applied here (PostgreSQL only)
+    "analyze": {},
 }
+"""`gc-freeze`, `prefetch` and `drop-record-fk` are gone: the product does them now (the
+worker freezes startup's heap and raises the GC thresholds, reads one page ahead, and
+`record` has no foreign key to `task`). `gc-threshold` is applied after the worker's own
+GC setup; `gc-default` undoes that setup (CPython's defaults, nothing frozen), to see
+what it is worth. `no-pre-ping` still means something: the worker's engine pre-pings.
+`analyze` runs `ANALYZE` on the bench database after each first sync, outside the timed
+runs: the resync then plans its comparison with statistics of the table as loaded,
+which autovacuum would have gathered before a real task's next scheduled run."""
 
-
-async def drop_record_fk(url: str) -> None:
-    """What-if: `record.task_id` without its foreign key (PostgreSQL checks it per row)."""
-    engine = create_engine(url)
-    try:
-        async with engine.begin() as connection:
-            names = (
-                await connection.execute(
-                    text(
-                        "SELECT conname FROM pg_constraint "
-                        "WHERE conrelid = 'record'::regclass AND contype = 'f'"
-                    )
-                )
-            ).scalars()
-            for name in list(names):
-                await connection.execute(text(f'ALTER TABLE record DROP CONSTRAINT "{name}"'))
-    finally:
-        await engine.dispose()
+TARGETS = {"first_sync_records_per_second": 70_000, "resync_speedup": 2, "conditional_speedup": 10}
 
 
 def start_worker(
@@ -245,6 +268,38 @@ def start_worker(
     argv = [sys.executable, "-m", module] + ([] if profile_out else ["worker"])
     with log_path.open("wb") as log:
         return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+# ---- dlt, for comparison (never a dependency of Backsync) ---------------------------
+
+DLT_REQUIREMENTS = Path(__file__).resolve().parent / "requirements-dlt.txt"
+DLT_VENV = Path(__file__).resolve().parent / ".work" / "venv-dlt"
+DLT_SCRIPT = Path(__file__).resolve().parent / "dlt_pipeline.py"
+
+
+def ensure_dlt_venv(venv: Path = DLT_VENV, requirements: Path = DLT_REQUIREMENTS) -> Path:
+    """The separate venv that has dlt: created and installed once, then reused while
+    `requirements` is unchanged (a copy of it is kept in the venv). Returns its python."""
+    python = venv / "bin" / "python"
+    stamp = venv / "requirements.installed"
+    wanted = requirements.read_text()
+    if python.exists() and stamp.exists() and stamp.read_text() == wanted:
+        return python
+    print(f"dlt: creating {venv} and installing {requirements.name} (once) ...", flush=True)
+    shutil.rmtree(venv, ignore_errors=True)
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    base = getattr(sys, "_base_executable", None) or sys.executable
+    try:
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "-r", str(requirements)],
+            check=True,
+        )
+    except subprocess.CalledProcessError as exc:
+        shutil.rmtree(venv, ignore_errors=True)
+        raise BenchError(f"could not create the dlt venv: {exc}") from exc
+    stamp.write_text(wanted)
+    return python
 
 
 def stop_process(process: subprocess.Popen[Any] | None) -> None:
@@ -281,6 +336,16 @@ async def server_version(url: str) -> str:
                 return f"PostgreSQL {version}"
             version = (await connection.execute(text("select sqlite_version()"))).scalar_one()
             return f"SQLite {version}"
+    finally:
+        await engine.dispose()
+
+
+async def analyze(url: str) -> None:
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            connection = await connection.execution_options(isolation_level="AUTOCOMMIT")
+            await connection.execute(text("ANALYZE"))
     finally:
         await engine.dispose()
 
@@ -522,6 +587,11 @@ def _mib(value: int) -> float:
 
 
 def print_profile(result: RunResult) -> None:
+    """Per page, where `execute_run`'s time went (see bench.profile_worker's docstring).
+
+    The worker reads one page ahead: fetch, decode, extract and the validator lookup run
+    in a task *while* the previous page commits, so they are shown apart and do not add
+    up with the rest; what the run loop itself waited for them is `wait for page`."""
     profile = result.profile
     if not profile:
         return
@@ -531,52 +601,79 @@ def print_profile(result: RunResult) -> None:
     def ms(name: str) -> float:
         return stages.get(name, [0.0, 0])[0] * 1000
 
-    derived = {
-        "fetch: send + headers": ms("fetch") - ms("fetch: body read") - ms("fetch: json decode"),
-        "diff (python)": ms("store_page")
-        - ms("SELECT hashes")
-        - ms("UPDATE task seq")
-        - ms("INSERT upsert"),
-        "other (loop, arq, pagination)": profile["wall"] * 1000
-        - ms("fetch")
-        - ms("records_of")
-        - ms("extract + hash")
-        - ms("commit_page"),
-    }
-    rows = [
-        ("fetch (total)", ms("fetch")),
-        ("  send + response headers", derived["fetch: send + headers"]),
-        ("  body read", ms("fetch: body read")),
-        ("  json decode", ms("fetch: json decode")),
-        ("extract + hash", ms("extract + hash") + ms("records_of")),
-        ("commit_page (total)", ms("commit_page")),
-        ("  UPDATE run progress", ms("UPDATE run progress")),
-        ("  SELECT existing hashes", ms("SELECT hashes")),
-        ("  diff (python)", derived["diff (python)"]),
-        ("  UPDATE task seq", ms("UPDATE task seq")),
-        ("  INSERT upsert", ms("INSERT upsert")),
-        ("  UPDATE run counts", ms("UPDATE run counts")),
-        ("  COMMIT", ms("COMMIT")),
-        ("other (loop, arq, generator)", derived["other (loop, arq, pagination)"]),
-        ("(of all the above: gc gen0)", ms("gc gen0")),
-        ("(of all the above: gc gen1)", ms("gc gen1")),
-        ("(of all the above: gc gen2)", ms("gc gen2")),
-    ]
+    store_sql = (
+        ms("write_page (one statement)")
+        + ms("SELECT changed keys")
+        + ms("UPDATE task seq")
+        + ms("INSERT upsert")
+    )
+    commit_parts = (
+        ms("store_page") + ms("remember validator") + ms("UPDATE run progress") + ms("COMMIT")
+    )
     wall = profile["wall"] * 1000
+    rows: list[tuple[str, float | None]] = [
+        ("wait for page (read-ahead)", ms("wait for page")),
+        ("commit_page (total)", ms("commit_page")),
+        ("  store_page", ms("store_page")),
+        ("    write_page (one statement)", ms("write_page (one statement)")),
+        ("    SELECT changed keys", ms("SELECT changed keys")),
+        ("    UPDATE task seq", ms("UPDATE task seq")),
+        ("    INSERT upsert", ms("INSERT upsert")),
+        ("    python (dedupe, counts)", ms("store_page") - store_sql),
+        ("  remember validator", ms("remember validator")),
+        ("  UPDATE run progress", ms("UPDATE run progress")),
+        ("  COMMIT", ms("COMMIT")),
+        ("  other (session, checkpoint)", ms("commit_page") - commit_parts),
+        ("other (loop, arq, start/finish)", wall - ms("wait for page") - ms("commit_page")),
+        ("read-ahead task (overlaps):", None),
+        ("  validator lookup", ms("validator lookup")),
+        ("  fetch (total)", ms("fetch")),
+        (
+            "    send + response headers",
+            ms("fetch") - ms("fetch: body read") - ms("fetch: json decode"),
+        ),
+        ("    body read", ms("fetch: body read")),
+        ("    json decode", ms("fetch: json decode")),
+        ("  extract + hash", ms("extract + hash") + ms("records_of")),
+        ("(anywhere: gc gen0)", ms("gc gen0")),
+        ("(anywhere: gc gen1)", ms("gc gen1")),
+        ("(anywhere: gc gen2)", ms("gc gen2")),
+    ]
     print(f"\n  profile of the {result.name}: {pages} pages, {wall:.0f} ms in execute_run")
-    print(f"  {'stage':<32}{'ms/page':>10}{'share':>9}")
+    print(f"  {'stage':<36}{'ms/page':>10}{'share':>9}")
     for label, total in rows:
-        print(f"  {label:<32}{total / pages:>10.2f}{100 * total / wall:>8.1f}%")
+        if total is None:
+            print(f"  {label}")
+        else:
+            print(f"  {label:<36}{total / pages:>10.2f}{100 * total / wall:>8.1f}%")
 
 
 def _stats(run: dict[str, Any]) -> str:
-    return "  ".join(
-        f"{name} {run['stats'][name]:,}" for name in ("inserted", "updated", "unchanged")
-    )
+    names = ("inserted", "updated", "unchanged", "not_modified")
+    return "  ".join(f"{name} {run['stats'][name]:,}" for name in names)
+
+
+def _cpu(run: dict[str, Any]) -> str:
+    return "  ".join(f"{k} {v:.2f}" for k, v in run["cpu_seconds"].items() if v or k == "other")
+
+
+def _run_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
+    flag = "   DISTURBED" if run["disturbed"] else ""
+    return [
+        (
+            run["name"],
+            f"{run['wall_seconds']:.3f} s   {run['records_per_second']:,.0f} records/s{flag}",
+        ),
+        (
+            "  started -> finished",
+            f"{run['worker_seconds']:.3f} s   (queued {run['queue_seconds']:.3f} s)",
+        ),
+        ("  stats", _stats(run)),
+        ("  CPU s", _cpu(run)),
+    ]
 
 
 def print_report(report: dict[str, Any]) -> None:
-    first, second = report["first_sync"], report["resync"]
     records, pages = report["records"], report["pages"]
     ceiling = report["upstream_ceiling"]
     rows = [
@@ -591,59 +688,249 @@ def print_report(report: dict[str, Any]) -> None:
             " records/s",
         ),
         ("", ""),
-        (
-            "first sync",
-            f"{first['wall_seconds']:.2f} s   {first['records_per_second']:,.0f} records/s",
-        ),
-        (
-            "  started -> finished",
-            f"{first['worker_seconds']:.2f} s   (queued {first['queue_seconds']:.3f} s)",
-        ),
-        (
-            "  stats",
-            _stats(first),
-        ),
-        ("  CPU s", "  ".join(f"{k} {v:.2f}" for k, v in first["cpu_seconds"].items())),
-        (
-            "unchanged resync",
-            f"{second['wall_seconds']:.2f} s   {second['records_per_second']:,.0f} records/s",
-        ),
-        (
-            "  started -> finished",
-            f"{second['worker_seconds']:.2f} s   (queued {second['queue_seconds']:.3f} s)",
-        ),
-        (
-            "  stats",
-            _stats(second),
-        ),
-        ("  CPU s", "  ".join(f"{k} {v:.2f}" for k, v in second["cpu_seconds"].items())),
-        ("resync / first sync speed", f"{report['resync_speedup']:.2f}x"),
+        *_run_rows(report["first_sync"]),
+        *_run_rows(report["resync"]),
+        *_run_rows(report["conditional_first_sync"]),
+        *_run_rows(report["conditional_resync"]),
+        ("", ""),
         (
             "worker RSS idle / peak",
             f"{report['worker_rss_idle_mib']} / {report['worker_rss_peak_mib']} MiB",
         ),
-        ("records in table", f"{report['records_in_table']:,}"),
+        (
+            "records in table",
+            f"{report['records_in_table']:,} (conditional task: "
+            f"{report['conditional_records_in_table']:,})",
+        ),
     ]
+    dlt = report.get("dlt")
+    if dlt:
+        rows.append(("", ""))
+        for run in dlt["runs"]:
+            flag = "   DISTURBED" if run["disturbed"] else ""
+            rows += [
+                (
+                    f"dlt {run['name']}",
+                    f"{run['process_seconds']:.3f} s   "
+                    f"{run['process_records_per_second']:,.0f} records/s (process){flag}",
+                ),
+                (
+                    "  pipeline.run()",
+                    f"{run['run_seconds']:.3f} s   {run['run_records_per_second']:,.0f} records/s"
+                    f"   (import {run['import_seconds']:.2f} s)",
+                ),
+                ("  steps s", "  ".join(f"{k} {v:.2f}" for k, v in run["steps"].items())),
+                ("  rows in table", f"{run['rows_in_table']:,} ({run['distinct_ids']:,} ids)"),
+                ("  CPU s", _cpu(run)),
+            ]
+    rows.append(("", ""))
+    for name, target in report["targets"].items():
+        verdict = "met" if target["met"] else "NOT met"
+        unit = " records/s" if name.endswith("per_second") else "x"
+        rows.append(
+            (
+                name.replace("_", " "),
+                f"{target['measured']:,.2f}{unit} vs >= {target['target']:,}{unit}: "
+                f"{100 * target['ratio']:.0f}% of target, {verdict}",
+            )
+        )
     print("\nBacksync ingest benchmark")
-    print("-" * 78)
+    print("-" * 86)
     for label, value in rows:
-        print(f"{label:<28}{value}")
-    print("-" * 78)
+        print(f"{label:<30}{value}")
+    print("-" * 86)
+    print_side_by_side(report)
+
+
+def side_by_side(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """Backsync's runs next to dlt's: first sync / first load, then the unchanged rerun."""
+    dlt_runs = report["dlt"]["runs"] if report.get("dlt") else []
+    cases = [
+        ("first sync / first load", report["first_sync"], dlt_runs[0] if dlt_runs else None),
+        (
+            "unchanged resync / reload",
+            report["resync"],
+            dlt_runs[1] if len(dlt_runs) > 1 else None,
+        ),
+        ("conditional resync (304s)", report["conditional_resync"], None),
+    ]
+    table = []
+    for case, ours, theirs in cases:
+        row: dict[str, Any] = {
+            "case": case,
+            "backsync_seconds": ours["wall_seconds"],
+            "backsync_records_per_second": ours["records_per_second"],
+        }
+        if theirs is not None:
+            row |= {
+                "dlt_process_seconds": theirs["process_seconds"],
+                "dlt_process_records_per_second": theirs["process_records_per_second"],
+                "dlt_run_seconds": theirs["run_seconds"],
+                "dlt_run_records_per_second": theirs["run_records_per_second"],
+            }
+        table.append(row)
+    return table
+
+
+def print_side_by_side(report: dict[str, Any]) -> None:
+    if not report.get("dlt"):
+        return
+    print(
+        f"\nside by side: {report['records']:,} records, {report['pages']:,} pages, "
+        f"{report['database']}, dlt {report['dlt']['version']} rest_api"
+    )
+    print(
+        f"  {'':<28}{'Backsync':>10}{'':>12}{'dlt (process)':>15}{'':>12}{'dlt run()':>12}{'':>12}"
+    )
+    print(f"  {'':<28}" + f"{'s':>10}{'records/s':>12}" * 3)
+
+    def cell(seconds: float | None, rate: float | None, width: int) -> str:
+        if seconds is None or rate is None:
+            return f"{'-':>{width}}{'-':>12}"
+        return f"{seconds:>{width}.3f}{rate:>12,.0f}"
+
+    for row in report["side_by_side"]:
+        print(
+            f"  {row['case']:<28}"
+            + cell(row["backsync_seconds"], row["backsync_records_per_second"], 10)
+            + cell(row.get("dlt_process_seconds"), row.get("dlt_process_records_per_second"), 15)
+            + cell(row.get("dlt_run_seconds"), row.get("dlt_run_records_per_second"), 12)
+        )
+    print(
+        "  Backsync: trigger -> the poll that saw the run final, warm worker. dlt (process): "
+        "interpreter start -> exit;\n  dlt run(): pipeline.run() alone (extract, normalize, "
+        "load), measured inside the script."
+    )
+
+
+# ---- dlt runs -----------------------------------------------------------------------
+
+
+def run_dlt(
+    python: Path,
+    name: str,
+    base: str,
+    credentials: str,
+    workdir: Path,
+    records: int,
+    meter: CpuMeter,
+    limit_seconds: float,
+) -> dict[str, Any]:
+    """One run of bench/dlt_pipeline.py in its own venv; the pipeline's state persists
+    in `workdir` between runs, as a scheduled dlt pipeline's would."""
+    env = {key: value for key, value in os.environ.items() if not key.startswith("BACKSYNC_")}
+    env |= {
+        "RUNTIME__DLTHUB_TELEMETRY": "false",
+        "RUNTIME__LOG_LEVEL": "WARNING",
+        "DLT_DATA_DIR": str(workdir / "data"),
+    }
+    argv = [str(python), str(DLT_SCRIPT), "--base-url", base, "--credentials", credentials]
+    argv += ["--pipelines-dir", str(workdir / "pipelines")]
+    workdir.mkdir(parents=True, exist_ok=True)
+    before = meter.snapshot()
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(
+            argv, cwd=workdir, env=env, capture_output=True, text=True, timeout=limit_seconds
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise BenchError(f"dlt {name}: still running after {limit_seconds}s") from exc
+    wall = time.perf_counter() - start
+    cpu = CpuMeter.delta(before, meter.snapshot())
+    cpu["dlt"] = cpu.pop("children")
+    if done.returncode != 0:
+        raise BenchError(f"dlt {name} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    try:
+        out = json.loads(done.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError) as exc:
+        raise BenchError(f"dlt {name}: no JSON on stdout: {done.stdout[-2000:]!r}") from exc
+    return {
+        "name": name,
+        "process_seconds": round(wall, 3),
+        "process_records_per_second": round(records / wall, 1),
+        "run_seconds": out["run_seconds"],
+        "run_records_per_second": round(records / out["run_seconds"], 1),
+        "import_seconds": out["import_seconds"],
+        "steps": out["steps"],
+        "rows_in_table": out["rows_in_table"],
+        "distinct_ids": out["distinct_ids"],
+        "normalized_rows": out["normalized_rows"],
+        "has_failed_jobs": out["has_failed_jobs"],
+        "loader_file_format": out["loader_file_format"],
+        "dlt_version": out["dlt_version"],
+        "cpu_seconds": cpu,
+        "disturbed": cpu["other"] > 0.25 * wall,
+    }
+
+
+async def count_dlt_rows(url: str) -> tuple[int, int]:
+    """Rows and distinct ids in dlt's table, counted here rather than trusting the script."""
+    engine = create_engine(url)
+    try:
+        async with engine.connect() as connection:
+            result = await connection.execute(
+                text("SELECT count(*), count(DISTINCT id) FROM bench.daily_activity")
+            )
+            rows, ids = result.one()
+            return int(rows), int(ids)
+    finally:
+        await engine.dispose()
 
 
 # ---- main ---------------------------------------------------------------------------
 
+BACKSYNC_RUNS = ("first sync", "unchanged resync", "conditional first sync", "conditional resync")
+
+
+def _quiet(args: argparse.Namespace) -> None:
+    if args.quiet_wait > 0:
+        busy = wait_quiet(args.quiet_wait)
+        if busy >= 20:
+            print(f"  warning: machine still {busy:.0f}% busy", file=sys.stderr)
+
+
+async def _register(
+    client: httpx.AsyncClient, auth: dict[str, str], name: str, source: dict[str, Any], pages: int
+) -> str:
+    body = {
+        "name": name,
+        "source": source,
+        "limits": {"max_pages": pages + 10, "timeout_seconds": 60},
+    }
+    response = await client.post("/v1/tasks", json=body, headers=auth)
+    if response.status_code != 201:
+        raise BenchError(f"could not register {name}: {response.status_code} {response.text}")
+    return str(response.json()["id"])
+
+
+def _ratio(numerator: float, denominator: float) -> float:
+    return round(numerator / denominator, 2) if denominator else 0.0
+
+
+def _target(measured: float, target: float) -> dict[str, Any]:
+    return {
+        "target": target,
+        "measured": measured,
+        "ratio": round(measured / target, 3),
+        "met": measured >= target,
+    }
+
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     requested = Settings(_env_file=None, database_url=args.database_url)
+    dlt_python = ensure_dlt_venv() if args.with_dlt else None
     tmpdir = Path(tempfile.mkdtemp(prefix="backsync-bench-"))
     admin_url: str | None = None
+    dlt_url: str | None = None
     if requested.is_sqlite:
         database_url = f"sqlite+aiosqlite:///{tmpdir / 'bench.db'}"
     else:
         url = make_url(requested.database_url)
         admin_url = url.render_as_string(hide_password=False)
         database_url = url.set(database=args.database_name).render_as_string(hide_password=False)
+        dlt_url = url.set(database=f"{args.database_name}_dlt").render_as_string(
+            hide_password=False
+        )
     settings = Settings(
         _env_file=None,
         database_url=database_url,
@@ -664,17 +951,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     sampler: RssSampler | None = None
     profile_out = tmpdir / "profile.jsonl" if args.profile else None
     worker_log = tmpdir / "worker.log"
+    databases = [args.database_name] + ([f"{args.database_name}_dlt"] if args.with_dlt else [])
     try:
         if admin_url is not None:
-            name = args.database_name
-            await _admin(
-                admin_url,
-                f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
-                f'CREATE DATABASE "{name}"',
-            )
+            for name in databases:
+                await _admin(
+                    admin_url,
+                    f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)',
+                    f'CREATE DATABASE "{name}"',
+                )
         await upgrade(settings.database_url)
-        if "drop-record-fk" in args.what_if:
-            await drop_record_fk(settings.database_url)
         version = await server_version(settings.database_url)
 
         print(f"upstream: rendering {args.records:,} records in {pages:,} pages ...", flush=True)
@@ -689,6 +975,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         raw_key = await _create_key(settings, "bench", None)
         auth = {"Authorization": f"Bearer {raw_key}"}
         app = create_app(settings)
+        source = {
+            "url": f"{base}{PATH}",
+            "records_path": "data",
+            "primary_key": "id",
+            "pagination": {
+                "type": "cursor",
+                "cursor_path": "next_token",
+                "cursor_param": "next_token",
+            },
+        }
         async with (
             LifespanManager(app) as manager,
             httpx.AsyncClient(
@@ -697,51 +993,63 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         ):
             await wait_warmup(client, auth, base, worker)
             idle_rss = sampler.current
-            body = {
-                "name": "bench-ingest",
-                "source": {
-                    "url": f"{base}{PATH}",
-                    "records_path": "data",
-                    "primary_key": "id",
-                    "pagination": {
-                        "type": "cursor",
-                        "cursor_path": "next_token",
-                        "cursor_param": "next_token",
-                    },
-                },
-                "limits": {"max_pages": pages + 10, "timeout_seconds": 60},
-            }
-            response = await client.post("/v1/tasks", json=body, headers=auth)
-            if response.status_code != 201:
-                raise BenchError(
-                    f"could not register the task: {response.status_code} {response.text}"
-                )
-            task_id = response.json()["id"]
-            results = []
-            for name in ("first sync", "unchanged resync"):
-                if args.quiet_wait > 0:
-                    busy = wait_quiet(args.quiet_wait)
-                    if busy >= 20:
-                        print(f"  warning: machine still {busy:.0f}% busy", file=sys.stderr)
-                print(f"{name} (worker pid {worker.pid}, task {task_id}) ...", flush=True)
+            task_id = await _register(client, auth, "bench-ingest", source, pages)
+            conditional_id = await _register(
+                client, auth, "bench-ingest-conditional", {**source, "conditional": True}, pages
+            )
+            results: dict[str, RunResult] = {}
+            for name in BACKSYNC_RUNS:
+                task = conditional_id if name.startswith("conditional") else task_id
+                _quiet(args)
+                print(f"{name} (worker pid {worker.pid}, task {task}) ...", flush=True)
                 spy = start_py_spy(worker.pid, args.py_spy, name) if args.py_spy else None
                 try:
-                    results.append(
-                        await run_once(
-                            client, auth, task_id, name, args.records, worker, meter, args.timeout
-                        )
+                    results[name] = await run_once(
+                        client, auth, task, name, args.records, worker, meter, args.timeout
                     )
                 finally:
                     if spy is not None:
                         stop_py_spy(spy)
-            first, second = results
+                if "analyze" in args.what_if and name.endswith("first sync"):
+                    await analyze(settings.database_url)
         in_table = await count_records(settings.database_url, task_id)
+        in_conditional = await count_records(settings.database_url, conditional_id)
         if profile_out is not None:
             await asyncio.sleep(0.2)  # the line is written right after the run's final commit
-            first.profile = read_profile(profile_out, first.run_id)
-            second.profile = read_profile(profile_out, second.run_id)
+            for result in results.values():
+                result.profile = read_profile(profile_out, result.run_id)
         peak_rss = sampler.peak
+        sampler.stop()
+        stop_process(worker)  # dlt gets the machine without an idle worker polling Redis
 
+        dlt: dict[str, Any] | None = None
+        if dlt_python is not None and dlt_url is not None:
+            dlt_meter = CpuMeter(None, upstream.pid, local_pg)
+            dlt_credentials = make_url(dlt_url).set(drivername="postgresql")
+            runs = []
+            for name in ("first load", "reload"):
+                _quiet(args)
+                print(f"dlt {name} ...", flush=True)
+                run = await asyncio.to_thread(
+                    run_dlt,
+                    dlt_python,
+                    name,
+                    base,
+                    dlt_credentials.render_as_string(hide_password=False),
+                    tmpdir / "dlt",
+                    args.records,
+                    dlt_meter,
+                    args.timeout,
+                )
+                run["counted_rows"], run["counted_ids"] = await count_dlt_rows(dlt_url)
+                runs.append(run)
+            dlt = {"version": runs[0]["dlt_version"], "runs": runs}
+
+        first, second = results["first sync"], results["unchanged resync"]
+        conditional_first = results["conditional first sync"]
+        conditional = results["conditional resync"]
+        resync_speedup = _ratio(first.wall_seconds, second.wall_seconds)
+        conditional_speedup = _ratio(first.wall_seconds, conditional.wall_seconds)
         report: dict[str, Any] = {
             "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
             "records": args.records,
@@ -753,16 +1061,31 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "upstream_ceiling": ceiling,
             "first_sync": asdict(first),
             "resync": asdict(second),
-            "resync_speedup": round(first.wall_seconds / second.wall_seconds, 2)
-            if second.wall_seconds
-            else 0,
+            "resync_speedup": resync_speedup,
+            "conditional_first_sync": asdict(conditional_first),
+            "conditional_resync": asdict(conditional),
+            "conditional_speedup": conditional_speedup,
+            "conditional_speedup_vs_own_first_sync": _ratio(
+                conditional_first.wall_seconds, conditional.wall_seconds
+            ),
             "worker_rss_idle_mib": _mib(idle_rss),
             "worker_rss_peak_mib": _mib(peak_rss),
             "records_in_table": in_table,
+            "conditional_records_in_table": in_conditional,
             "profiled": bool(args.profile),
             "what_if": args.what_if,
-            "disturbed": first.disturbed or second.disturbed,
+            "dlt": dlt,
+            "targets": {
+                "first_sync_records_per_second": _target(
+                    first.records_per_second, TARGETS["first_sync_records_per_second"]
+                ),
+                "resync_speedup": _target(resync_speedup, TARGETS["resync_speedup"]),
+                "conditional_speedup": _target(conditional_speedup, TARGETS["conditional_speedup"]),
+            },
+            "disturbed": any(result.disturbed for result in results.values())
+            or any(run["disturbed"] for run in (dlt or {}).get("runs", [])),
         }
+        report["side_by_side"] = side_by_side(report)
         problems = check(report, args.records)
         report["ok"] = not problems
         report["problems"] = problems
@@ -773,10 +1096,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "the figures are suspect",
                 file=sys.stderr,
             )
-        print_profile(first)
-        print_profile(second)
+        for result in results.values():
+            print_profile(result)
         if args.py_spy:
-            for name in ("first sync", "unchanged resync"):
+            for name in BACKSYNC_RUNS:
                 print_py_spy(args.py_spy / f"{name.replace(' ', '-')}.txt", name)
         return report
     except BaseException:
@@ -791,25 +1114,48 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         stop_process(worker)
         stop_process(upstream)
         if admin_url is not None:
-            with contextlib.suppress(Exception):
-                await _admin(
-                    admin_url, f'DROP DATABASE IF EXISTS "{args.database_name}" WITH (FORCE)'
-                )
+            for name in databases:
+                with contextlib.suppress(Exception):
+                    await _admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def check(report: dict[str, Any], records: int) -> list[str]:
+    """Correctness only: the speed targets are reported, not enforced."""
     problems = []
-    first, second = report["first_sync"], report["resync"]
-    for run, field_name in ((first, "inserted"), (second, "unchanged")):
+    expectations = (
+        (report["first_sync"], "inserted"),
+        (report["resync"], "unchanged"),
+        (report["conditional_first_sync"], "inserted"),
+    )
+    for run, field_name in expectations:
         if run["status"] != "succeeded":
             problems.append(f"{run['name']}: {run['status']} ({run['error']})")
         expected = {"inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0, field_name: records}
         got = {name: run["stats"][name] for name in expected}
         if got != expected:
             problems.append(f"{run['name']}: expected {expected}, got {got}")
-    if report["records_in_table"] != records:
-        problems.append(f"{report['records_in_table']} records stored, expected {records}")
+    conditional = report["conditional_resync"]
+    if conditional["status"] != "succeeded":
+        problems.append(f"conditional resync: {conditional['status']} ({conditional['error']})")
+    stats = conditional["stats"]
+    expected = {"pages": report["pages"], "not_modified": report["pages"], "inserted": 0}
+    expected["updated"] = 0
+    got = {name: stats[name] for name in expected}
+    if got != expected:
+        problems.append(f"conditional resync: expected {expected}, got {got}")
+    for field_name in ("records_in_table", "conditional_records_in_table"):
+        if report[field_name] != records:
+            problems.append(f"{field_name}: {report[field_name]} records, expected {records}")
+    for run in (report.get("dlt") or {}).get("runs", []):
+        counted = (run["counted_rows"], run["counted_ids"], run["rows_in_table"])
+        if counted != (records, records, records):
+            problems.append(
+                f"dlt {run['name']}: {run['counted_rows']} rows / {run['counted_ids']} ids "
+                f"in the table (script saw {run['rows_in_table']}), expected {records}"
+            )
+        if run["has_failed_jobs"]:
+            problems.append(f"dlt {run['name']}: failed load jobs")
     return problems
 
 
@@ -885,8 +1231,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=[],
         choices=sorted(WHAT_IFS),
         help="measure a change without making it (repeatable; implies --profile): "
-        "gc-freeze, gc-threshold (100000,50,1000), no-pre-ping, prefetch (next page "
-        "fetched while this one commits), drop-record-fk (PostgreSQL)",
+        "gc-threshold (100000,50,1000 after the worker's own GC setup), gc-default (CPython's "
+        "GC defaults, nothing frozen), no-pre-ping, analyze (ANALYZE after each first sync, "
+        "untimed; PostgreSQL). (gc-freeze, prefetch and drop-record-fk "
+        "are what the product does now: no longer options)",
+    )
+    parser.add_argument(
+        "--with-dlt",
+        action="store_true",
+        help="also run dlt's rest_api source (own venv bench/.work/venv-dlt, made once from "
+        "bench/requirements-dlt.txt) on the same upstream and server; PostgreSQL only",
     )
     parser.add_argument("--output", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
@@ -896,8 +1250,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--database-name must start with {BENCH_DB} (it is dropped)")
     if args.what_if:
         args.profile = True
-        if "drop-record-fk" in args.what_if and args.database_url.startswith("sqlite"):
-            parser.error("--what-if drop-record-fk needs PostgreSQL")
+        if "analyze" in args.what_if and args.database_url.startswith("sqlite"):
+            parser.error("--what-if analyze needs PostgreSQL")
+    if args.with_dlt and args.database_url.startswith("sqlite"):
+        parser.error("--with-dlt needs PostgreSQL")
     return args
 
 

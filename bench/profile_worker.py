@@ -7,17 +7,27 @@ each run, appends one JSON line to `$BENCH_PROFILE_OUT`:
 
     {"run_id": ..., "wall": seconds, "pages": n, "stages": {name: [seconds, calls]}}
 
-Stages nest: `fetch` = `http` (send + headers) + `body read` + `json decode`;
-`commit_page` = `UPDATE run progress` + `store_page` + `UPDATE run counts` + `COMMIT`;
-`store_page` = `SELECT hashes` + `diff (python)` + `UPDATE task seq` + `INSERT upsert`.
-The DB stages are the await of one statement: driver encoding, round trip and server time.
+Stages nest:
+
+- the run loop: `wait for page` (what it waited for the read-ahead task to hand over the
+  next page) + `commit_page` + a little bookkeeping;
+- `commit_page` = `store_page` + `remember validator` (conditional tasks, 2xx pages) +
+  `UPDATE run progress` (counters, checkpoint and lease, fenced) + `COMMIT`;
+- `store_page` = either `write_page (one statement)` (PostgreSQL, while pages change:
+  compare, reserve seqs, upsert and count in one statement) or `SELECT changed keys` +
+  `UPDATE task seq` + `INSERT upsert` (while pages are unchanged, and on SQLite; an
+  unchanged page stops after the SELECT), plus a little Python;
+- in the read-ahead task, overlapping the above: `validator lookup` (conditional tasks)
+  and `fetch` = send + headers + `fetch: body read` + `fetch: json decode`, then
+  `records_of` and `extract + hash`.
+
+The DB stages are the await of one statement: driver encoding, round trip and server time
+(the session's first statement also pays the pool checkout, pre-ping and BEGIN).
 `gc genN` is the cyclic garbage collector, which runs inside whichever stage allocated.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import contextvars
 import functools
 import gc
@@ -25,7 +35,7 @@ import json
 import os
 import time
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any, ParamSpec, TypeVar
 
@@ -57,6 +67,24 @@ def timed(name: str, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
     return wrapper
 
 
+_scope: contextvars.ContextVar[str] = contextvars.ContextVar("bench_scope", default="")
+
+
+def scoped(name: str, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
+    """`timed`, and the stages awaited inside it know they are (see `commit`)."""
+    inner = timed(name, fn)
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+        token = _scope.set(name)
+        try:
+            return await inner(*args, **kwargs)
+        finally:
+            _scope.reset(token)
+
+    return wrapper
+
+
 def timed_sync(name: str, fn: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -65,6 +93,30 @@ def timed_sync(name: str, fn: Callable[P, T]) -> Callable[P, T]:
             return fn(*args, **kwargs)
         finally:
             _add(name, time.perf_counter() - start)
+
+    return wrapper
+
+
+def timed_handover(
+    name: str, fn: Callable[P, AsyncGenerator[T, None]]
+) -> Callable[P, AsyncGenerator[T, None]]:
+    """An async generator whose consumer's wait for each item is timed."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> AsyncGenerator[T, None]:
+        inner = fn(*args, **kwargs)
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    item = await anext(inner)
+                except StopAsyncIteration:
+                    return
+                finally:
+                    _add(name, time.perf_counter() - start)
+                yield item
+        finally:
+            await inner.aclose()
 
     return wrapper
 
@@ -80,6 +132,7 @@ def install(out_path: str) -> None:
 
     import service.records.repository as records_repo
     import service.runs.jobs as jobs
+    import service.runs.page_validators as page_validators
     import service.runs.repository as runs_repo
     import service.runs.runner as runner
     import service.sync.engine as engine
@@ -94,13 +147,24 @@ def install(out_path: str) -> None:
     engine.records_of = timed_sync("records_of", engine.records_of)
     engine.extract = timed_sync("extract + hash", engine.extract)
 
-    runner._commit_page = timed("commit_page", runner._commit_page)
+    runner._read_ahead = timed_handover("wait for page", runner._read_ahead)
+    runner._commit_page = scoped("commit_page", runner._commit_page)
     runner.store_page = timed("store_page", runner.store_page)
+    page_validators.find = timed("validator lookup", page_validators.find)
+    page_validators.remember = timed("remember validator", page_validators.remember)
     runs_repo.add_page_progress = timed("UPDATE run progress", runs_repo.add_page_progress)
+    records_repo.write_page = timed("write_page (one statement)", records_repo.write_page)
     records_repo.changed_keys = timed("SELECT changed keys", records_repo.changed_keys)
     records_repo.allocate_seqs = timed("UPDATE task seq", records_repo.allocate_seqs)
     records_repo.upsert = timed("INSERT upsert", records_repo.upsert)
-    AsyncSession.commit = timed("COMMIT", AsyncSession.commit)
+    commit = AsyncSession.commit
+    page_commit = timed("COMMIT", commit)
+    other_commit = timed("COMMIT (claim, finish)", commit)
+
+    async def timed_commit(self: AsyncSession) -> None:
+        await (page_commit if _scope.get() == "commit_page" else other_commit)(self)
+
+    AsyncSession.commit = timed_commit
 
     gc_started: list[float] = [0.0]
 
@@ -137,23 +201,32 @@ def install(out_path: str) -> None:
 def experiments() -> None:
     """What-ifs, switched on by environment variables (for measuring, not for production):
 
-    BENCH_GC=freeze          gc.freeze() once the worker has imported everything
-    BENCH_GC=off             gc.disable()
-    BENCH_GC=a,b,c           gc.set_threshold(a, b, c)
+    BENCH_GC=a,b,c           gc.set_threshold(a, b, c) after the worker's own GC setup
+    BENCH_GC=off             gc.disable() after it
+    BENCH_GC=default         skip the worker's GC setup (CPython's thresholds, no freeze)
     BENCH_PRE_PING=0         the worker's engine without pool_pre_ping
-    BENCH_PREFETCH=1         fetch + decode + extract page n+1 while page n commits
+
+    Gone because the product does them now: BENCH_GC=freeze (the worker freezes its
+    startup heap and raises the thresholds), BENCH_PREFETCH (the runner reads one page
+    ahead), and dropping `record`'s foreign key (a migration did).
     """
     import service.db as db
     import service.worker as worker
 
     mode = os.environ.get("BENCH_GC", "")
-    if mode == "off":
-        gc.disable()
-    elif mode == "freeze":
-        gc.collect()
-        gc.freeze()
-    elif mode:
-        gc.set_threshold(*(int(part) for part in mode.split(",")))
+    if mode:
+        calm = worker._calm_the_garbage_collector
+
+        def garbage_collector() -> None:
+            if mode == "default":
+                return
+            calm()
+            if mode == "off":
+                gc.disable()
+            else:
+                gc.set_threshold(*(int(part) for part in mode.split(",")))
+
+        worker._calm_the_garbage_collector = garbage_collector
     if os.environ.get("BENCH_PRE_PING") == "0":
         original = db.create_engine
 
@@ -163,41 +236,6 @@ def experiments() -> None:
             return engine
 
         worker.create_engine = create_engine
-    if os.environ.get("BENCH_PREFETCH") == "1":
-        import service.runs.runner as runner
-
-        runner.iter_pages = prefetching(runner.iter_pages)
-
-
-def prefetching(iter_pages: Callable[..., AsyncIterator[Any]]) -> Callable[..., AsyncIterator[Any]]:
-    """The engine's own page iterator, run one page ahead in a task: page n+1 is fetched,
-    decoded and extracted while the caller commits page n (commits stay in page order,
-    and an error on page n+1 surfaces only after page n was committed)."""
-
-    async def prefetching_iter_pages(*args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        pages = iter_pages(*args, **kwargs)
-
-        async def step() -> Any:
-            return await anext(pages)
-
-        pending = asyncio.ensure_future(step())
-        try:
-            while True:
-                try:
-                    page = await pending
-                except StopAsyncIteration:
-                    return
-                pending = asyncio.ensure_future(step())
-                yield page
-        finally:
-            pending.cancel()
-            with contextlib.suppress(BaseException):
-                await pending
-            aclose = getattr(pages, "aclose", None)
-            if aclose is not None:
-                await aclose()
-
-    return prefetching_iter_pages
 
 
 def main() -> None:

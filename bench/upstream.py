@@ -8,13 +8,15 @@ upstream costs next to nothing per request and never becomes what is measured.
 prints `READY <port>` on stdout once it accepts connections. Routes:
 
 - `GET /v2/daily_activity[?next_token=T]`: cursor pagination,
-  `{"data": [...], "next_token": T|null}`
+  `{"data": [...], "next_token": T|null}`; every page carries a strong `ETag` (a hash of
+  its bytes) and a request whose `If-None-Match` matches it gets `304` with no body
 - `GET /warmup`: one page of one record (lets the benchmark check the worker is up)
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import random
 import socket
 import sys
@@ -77,16 +79,37 @@ def render_pages(records: int, page_size: int, seed: int = 42) -> dict[str | Non
     return pages
 
 
+def etag_of(body: bytes) -> str:
+    """A strong entity tag: the same bytes, the same tag."""
+    return '"' + hashlib.blake2b(body, digest_size=16).hexdigest() + '"'
+
+
+def matches(if_none_match: str | None, etag: str) -> bool:
+    """RFC 9110 §13.1.2: `*` or any listed tag, compared weakly (`W/` ignored)."""
+    if not if_none_match:
+        return False
+    if if_none_match.strip() == "*":
+        return True
+    return any(
+        candidate.strip().removeprefix("W/") == etag for candidate in if_none_match.split(",")
+    )
+
+
 def build_app(
     pages: dict[str | None, bytes], on_ready: Callable[[], None] | None = None
 ) -> Starlette:
     warmup = orjson.dumps({"data": [make_record(0, random.Random(0))], "next_token": None})
+    etags = {token: etag_of(body) for token, body in pages.items()}
 
     async def activity(request: Request) -> Response:
-        body = pages.get(request.query_params.get("next_token"))
+        token = request.query_params.get("next_token")
+        body = pages.get(token)
         if body is None:
             return Response(b'{"error":"unknown token"}', 400, media_type="application/json")
-        return Response(body, media_type="application/json")
+        etag = etags[token]
+        if matches(request.headers.get("if-none-match"), etag):
+            return Response(status_code=304, headers={"ETag": etag})
+        return Response(body, media_type="application/json", headers={"ETag": etag})
 
     async def warm(_request: Request) -> Response:
         return Response(warmup, media_type="application/json")

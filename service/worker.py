@@ -48,6 +48,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             settings.database_url,
             pool_size=max(5, settings.worker_max_jobs),
             max_overflow=5,
+            pre_ping=False,
         )
         sessionmaker = create_sessionmaker(engine)
         queue = Queue.from_pool(ctx["redis"], settings.queue_name)

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.crypto import SecretBox, SecretBoxError
 from service.db import SessionMaker, transaction
@@ -269,9 +270,26 @@ async def _commit_page(
             raise _Stop
         if cancel:
             await repository.finish(session, plan.run_id, deps.owner, "cancelled", utcnow(), None)
-    if cancel:
+        elif page.next is None:  # the last page: the run succeeds in the same transaction
+            await _succeed(session, deps, plan, watermark)
+    if cancel or page.next is None:
         raise _Stop
     return counts.inserted + counts.updated > 0
+
+
+async def _succeed(
+    session: AsyncSession, deps: RunnerDeps, plan: _Plan, watermark: Watermark | None
+) -> None:
+    now = utcnow()
+    attempts = _with_attempt(plan, None)
+    task_id = await repository.finish(
+        session, plan.run_id, deps.owner, "succeeded", now, None, attempts
+    )
+    if task_id is None:
+        return
+    await repository.record_outcome(session, task_id, True, now)
+    if watermark is not None and plan.moves_watermark:
+        await tasks_repository.advance_watermark(session, task_id, watermark)
 
 
 async def _heartbeat(deps: RunnerDeps, run_id: str) -> None:
@@ -327,12 +345,12 @@ async def _end(
     watermark: Watermark | None = None,
 ) -> None:
     async with transaction(deps.sessionmaker) as session:
+        if status == "succeeded" and plan is not None:
+            await _succeed(session, deps, plan, watermark)
+            return
         now = utcnow()
         owner = deps.owner if plan is not None else None
         attempts = _with_attempt(plan, error) if plan is not None else None
         task_id = await repository.finish(session, run_id, owner, status, now, error, attempts)
-        if task_id is None:
-            return
-        await repository.record_outcome(session, task_id, status == "succeeded", now)
-        if watermark is not None:
-            await tasks_repository.advance_watermark(session, task_id, watermark)
+        if task_id is not None:
+            await repository.record_outcome(session, task_id, False, now)

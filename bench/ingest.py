@@ -231,15 +231,14 @@ WHAT_IFS: dict[str, dict[str, str]] = {
     # worker-side, applied by bench.profile_worker (see its `experiments`)
     "gc-threshold": {"BENCH_GC": "100000,50,1000"},
     "gc-default": {"BENCH_GC": "default"},
-    "no-pre-ping": {"BENCH_PRE_PING": "0"},
     # database-side, applied here (PostgreSQL only)
     "analyze": {},
 }
-"""`gc-freeze`, `prefetch` and `drop-record-fk` are gone: the product does them now (the
-worker freezes startup's heap and raises the GC thresholds, reads one page ahead, and
-`record` has no foreign key to `task`). `gc-threshold` is applied after the worker's own
-GC setup; `gc-default` undoes that setup (CPython's defaults, nothing frozen), to see
-what it is worth. `no-pre-ping` still means something: the worker's engine pre-pings.
+"""`gc-freeze`, `no-pre-ping`, `prefetch` and `drop-record-fk` are gone: the product does
+them now (the worker freezes startup's heap and raises the GC thresholds, its engine does
+not pre-ping, the runner reads one page ahead, and `record` has no foreign key to
+`task`). `gc-threshold` is applied after the worker's own GC setup; `gc-default` undoes
+that setup (CPython's defaults, nothing frozen), to see what it is worth.
 `analyze` runs `ANALYZE` on the bench database after each first sync, outside the timed
 runs: the resync then plans its comparison with statistics of the table as loaded,
 which autovacuum would have gathered before a real task's next scheduled run."""
@@ -1232,9 +1231,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=sorted(WHAT_IFS),
         help="measure a change without making it (repeatable; implies --profile): "
         "gc-threshold (100000,50,1000 after the worker's own GC setup), gc-default (CPython's "
-        "GC defaults, nothing frozen), no-pre-ping, analyze (ANALYZE after each first sync, "
-        "untimed; PostgreSQL). (gc-freeze, prefetch and drop-record-fk "
-        "are what the product does now: no longer options)",
+        "GC defaults, nothing frozen), analyze (ANALYZE after each first sync, untimed; "
+        "PostgreSQL). (gc-freeze, no-pre-ping, prefetch and drop-record-fk are what the "
+        "product does now: no longer options)",
     )
     parser.add_argument(
         "--with-dlt",

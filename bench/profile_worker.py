@@ -22,7 +22,7 @@ Stages nest:
   `records_of` and `extract + hash`.
 
 The DB stages are the await of one statement: driver encoding, round trip and server time
-(the session's first statement also pays the pool checkout, pre-ping and BEGIN).
+(the session's first statement also pays the pool checkout and BEGIN).
 `gc genN` is the cyclic garbage collector, which runs inside whichever stage allocated.
 """
 
@@ -204,13 +204,12 @@ def experiments() -> None:
     BENCH_GC=a,b,c           gc.set_threshold(a, b, c) after the worker's own GC setup
     BENCH_GC=off             gc.disable() after it
     BENCH_GC=default         skip the worker's GC setup (CPython's thresholds, no freeze)
-    BENCH_PRE_PING=0         the worker's engine without pool_pre_ping
 
     Gone because the product does them now: BENCH_GC=freeze (the worker freezes its
-    startup heap and raises the thresholds), BENCH_PREFETCH (the runner reads one page
-    ahead), and dropping `record`'s foreign key (a migration did).
+    startup heap and raises the thresholds), BENCH_PRE_PING=0 (the worker's engine does
+    not pre-ping), BENCH_PREFETCH (the runner reads one page ahead), and dropping
+    `record`'s foreign key (a migration did).
     """
-    import service.db as db
     import service.worker as worker
 
     mode = os.environ.get("BENCH_GC", "")
@@ -227,15 +226,6 @@ def experiments() -> None:
                 gc.set_threshold(*(int(part) for part in mode.split(",")))
 
         worker._calm_the_garbage_collector = garbage_collector
-    if os.environ.get("BENCH_PRE_PING") == "0":
-        original = db.create_engine
-
-        def create_engine(database_url: str, **options: Any) -> Any:
-            engine = original(database_url, **options)
-            engine.pool._pre_ping = False
-            return engine
-
-        worker.create_engine = create_engine
 
 
 def main() -> None:

@@ -21,10 +21,16 @@ from service.models.types import UTCDateTime
 
 # Which of a page's (key, hash) pairs differ from what is stored, and whether each is
 # new: an unchanged page answers with no rows at all.
+# The stored hash is looked up per key (LATERAL): an index probe each, whatever the
+# planner's statistics say. Right after a large first load the table is not analyzed
+# yet, and a plain join was planned as a hash join over every record of the task.
+_PG_STORED = (
+    "LEFT JOIN LATERAL (SELECT r.hash FROM record r WHERE r.task_id = CAST(:task_id AS varchar)"
+    " AND r.key = {key}) AS r ON true"
+)
 _PG_CHANGED = text(
-    "SELECT t.k, r.hash IS NULL FROM unnest(CAST(:keys AS text[]), CAST(:hashes AS text[])) "
-    "AS t(k, h) LEFT JOIN record r ON r.task_id = CAST(:task_id AS varchar) AND r.key = t.k "
-    "WHERE r.hash IS DISTINCT FROM t.h"
+    "SELECT t.k, r.hash IS NULL FROM unnest(CAST(:keys AS text[]), CAST(:hashes AS text[])) "  # noqa: S608
+    "AS t(k, h) " + _PG_STORED.format(key="t.k") + " WHERE r.hash IS DISTINCT FROM t.h"
 )
 _SQLITE_CHANGED = text(
     "SELECT j.value ->> 0, r.hash IS NULL FROM json_each(:pairs) AS j "
@@ -58,8 +64,7 @@ _PG_PAGE = text(
     " CAST(:hashes AS text[])) WITH ORDINALITY AS t(k, d, h, n)"
     "), changed AS ("
     " SELECT p.k, p.d, p.h, r.hash IS NULL AS is_new, row_number() OVER (ORDER BY p.n) AS i"
-    " FROM page p LEFT JOIN record r ON r.task_id = CAST(:task_id AS varchar) AND r.key = p.k"
-    " WHERE r.hash IS DISTINCT FROM p.h"
+    " FROM page p " + _PG_STORED.format(key="p.k") + " WHERE r.hash IS DISTINCT FROM p.h"
     "), seq AS ("
     " UPDATE task SET record_seq = record_seq + (SELECT count(*) FROM changed)"
     " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM changed)"

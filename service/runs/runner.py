@@ -189,9 +189,13 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         return watermark
     incremental = plan.source.incremental
 
-    async def validators(url_key: str) -> Validator | None:
+    known: dict[str, Validator] = {}
+    if plan.source.conditional:
         async with deps.sessionmaker() as session:
-            return await page_validators.find(session, plan.task_id, url_key)
+            known = await page_validators.all_for_task(session, plan.task_id)
+
+    async def validators(url_key: str) -> Validator | None:
+        return known.get(url_key)
 
     pages = iter_pages(
         deps.http,

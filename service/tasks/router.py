@@ -22,7 +22,6 @@ from service.tasks.schemas import TASK_EXAMPLE, TaskIn, TaskOut, TaskPage, TaskP
 
 router = APIRouter(prefix="/v1/tasks", tags=["tasks"])
 _COMMON = (Unauthenticated, InvalidInput)
-TaskId = Annotated[str, "task id"]
 
 
 @router.post(

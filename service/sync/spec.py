@@ -6,12 +6,16 @@ so what the API accepts is exactly what the engine can run.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Name = Annotated[str, Field(min_length=1, max_length=200)]
 DottedPath = Annotated[str, Field(max_length=500, pattern=r"^[^.\s]+(\.[^.\s]+)*$")]
+
+
+_HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]{1,200}")
 
 
 class _Strict(BaseModel):
@@ -177,6 +181,11 @@ class Source(_Strict):
     def _no_auth_header(cls, headers: dict[str, str]) -> dict[str, str]:
         if any(name.lower() in ("authorization", "proxy-authorization") for name in headers):
             raise ValueError("put credentials in `auth` (type bearer/header/basic), not in headers")
+        for name, value in headers.items():
+            if not _HEADER_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a valid header name")
+            if any(ch in value for ch in "\r\n\x00"):
+                raise ValueError(f"the value of header {name!r} contains a line break or NUL")
         return headers
 
     @model_validator(mode="after")

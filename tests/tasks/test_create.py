@@ -501,3 +501,16 @@ async def test_the_largest_64_bit_values_are_fine(
     task = (await client.get(response.headers["location"], headers=auth)).json()
     assert task["source"]["params"]["p"] == 2**63 - 1
     assert task["health_mapping"]["h"] == -(2**63)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"X Bad": "v"}, {"X-Inject": "a\r\nX-Other: 1"}, {"X-Nul": "a\x00b"}, {"": "v"}],
+)
+async def test_header_names_and_values_that_could_split_a_request_are_refused(
+    client: httpx.AsyncClient, auth: dict[str, str], headers: dict[str, str]
+) -> None:
+    body = http_task("https://api.example.com/x", headers=headers)
+    response = await client.post("/v1/tasks", json=body, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"][:3] == ["body", "source", "headers"]

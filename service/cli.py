@@ -175,7 +175,7 @@ def secrets_rotate(
 async def _rotate_secrets(settings: Settings, batch_size: int) -> int:
     from service.crypto import SecretBox
     from service.db import create_engine, create_sessionmaker
-    from service.tasks.secrets import rotate_credentials
+    from service.tasks.credential_rotation import rotate_credentials
 
     secrets_box = SecretBox(settings.secret_keys)
     engine = create_engine(settings.database_url)

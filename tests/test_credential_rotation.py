@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 from service.config import Settings
 from service.crypto import SecretBox, SecretBoxError, generate_key
 from service.db import create_engine, create_sessionmaker
-from service.tasks.secrets import UnreadableCredentials, rotate_credentials
+from service.tasks.credential_rotation import UnreadableCredentials, rotate_credentials
 from tests.fixtures.app import api_client, cli_env, run_cli, running_worker
 from tests.fixtures.upstream import Upstream
 from tests.helpers import create_task, http_task, sync

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -26,7 +27,13 @@ from service.db import SessionMaker, transaction
 from service.logs import bind_log_context
 from service.models.types import utcnow
 from service.queue import Queue
-from service.records.service import store_page
+from service.records.service import (
+    PageComparison,
+    PageCounts,
+    compare_page,
+    store_page,
+    write_changes,
+)
 from service.runs import page_validators, repository
 from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
 from service.sync.backoff import next_delay
@@ -187,7 +194,6 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
     watermark = plan.watermark
     if plan.done:
         return watermark
-    incremental = plan.source.incremental
 
     known: dict[str, Validator] = {}
     if plan.source.conditional:
@@ -206,13 +212,106 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         validators=validators,
     )
     changing = plan.fresh_task  # did the last page change anything? (the write strategy)
-    async with contextlib.aclosing(_read_ahead(pages)) as ahead:
-        async for page in ahead:
-            if incremental is not None and not page.not_modified:
-                records = records_of(page.fetched.body, plan.source.records_path)
-                watermark = later(watermark, page_watermark(records, incremental.cursor_path))
-            changing = await _commit_page(deps, plan, page, watermark, changing)
+    quiet = _Quiet()
+    try:
+        async with contextlib.aclosing(_read_ahead(pages)) as ahead:
+            async for page in ahead:
+                changing, watermark = await _take_page(deps, plan, page, quiet, watermark, changing)
+    except SyncError:
+        if quiet.pages:  # keep what the good pages before the failure established
+            await _flush(deps, plan, quiet, watermark, last=False)
+        raise
     return watermark
+
+
+async def _take_page(
+    deps: RunnerDeps,
+    plan: _Plan,
+    page: Page,
+    quiet: _Quiet,
+    watermark: Watermark | None,
+    changing: bool,
+) -> tuple[bool, Watermark | None]:
+    """Store one page, or note it among the quiet ones; returns (changed anything,
+    watermark)."""
+    incremental = plan.source.incremental
+    if incremental is not None and not page.not_modified:
+        records = records_of(page.fetched.body, plan.source.records_path)
+        watermark = later(watermark, page_watermark(records, incremental.cursor_path))
+    checkpoint = {**(page.next.to_json() if page.next else _DONE), "watermark": watermark}
+    comparison = None
+    if not page.not_modified and not changing:
+        comparison = await _compare(deps, plan, page)
+    if page.not_modified or (
+        comparison is not None and not comparison.changed and page.validator is None
+    ):
+        counts = comparison.counts if comparison is not None else PageCounts()
+        quiet.add(_progress(page, counts), checkpoint)
+        if page.next is None or quiet.due():
+            await _flush(deps, plan, quiet, watermark, last=page.next is None)
+        return False, watermark
+    changed = await _commit_page(deps, plan, page, checkpoint, comparison, quiet, watermark)
+    return changed, watermark
+
+
+class _Quiet:
+    """Progress of pages that wrote nothing (304s, unchanged pages), not yet committed.
+
+    Such pages are safe to fetch again, so their counters and checkpoint are committed
+    in batches (with the next page that writes, or every 50 pages / half a second),
+    not one transaction each: that is most of what an unchanged or conditional resync
+    would otherwise spend.
+    """
+
+    MAX_PAGES = 50
+    MAX_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        self.progress: dict[str, int] = {}
+        self.checkpoint: dict[str, Any] | None = None
+        self.pages = 0
+        self.since = 0.0
+
+    def clear(self) -> None:
+        self.progress, self.checkpoint, self.pages = {}, None, 0
+
+    def add(self, progress: dict[str, int], checkpoint: dict[str, Any]) -> None:
+        if not self.pages:
+            self.since = time.monotonic()
+        for name, amount in progress.items():
+            self.progress[name] = self.progress.get(name, 0) + amount
+        self.checkpoint = checkpoint
+        self.pages += 1
+
+    def due(self) -> bool:
+        return self.pages >= self.MAX_PAGES or time.monotonic() - self.since >= self.MAX_SECONDS
+
+    def merged(self, progress: dict[str, int]) -> dict[str, int]:
+        return {
+            name: self.progress.get(name, 0) + progress.get(name, 0)
+            for name in {*self.progress, *progress}
+        }
+
+
+def _progress(page: Page, counts: PageCounts) -> dict[str, int]:
+    return {
+        "pages": 1,
+        "requests": 1,
+        "not_modified": int(page.not_modified),
+        "records_seen": page.records.seen,
+        "rejected": len(page.records.rejections),
+        "bytes": page.fetched.nbytes,
+        "inserted": counts.inserted,
+        "updated": counts.updated,
+        "unchanged": counts.unchanged,
+    }
+
+
+async def _compare(deps: RunnerDeps, plan: _Plan, page: Page) -> PageComparison:
+    """Read-only, outside any transaction (autocommit): most resync pages stop here."""
+    async with deps.sessionmaker() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        return await compare_page(session, plan.task_id, page.records.rows)
 
 
 async def _read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page, None]:
@@ -240,45 +339,79 @@ async def _read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page,
 
 
 async def _commit_page(
-    deps: RunnerDeps, plan: _Plan, page: Page, watermark: Watermark | None, changing: bool
+    deps: RunnerDeps,
+    plan: _Plan,
+    page: Page,
+    checkpoint: dict[str, Any],
+    comparison: PageComparison | None,
+    quiet: _Quiet,
+    watermark: Watermark | None,
 ) -> bool:
-    """The page's records, validator, counters, checkpoint and lease: one transaction.
+    """The page's records, validator, counters, checkpoint and lease: one transaction
+    (with the progress of the quiet pages before it). Returns whether it changed
+    anything.
 
     The run row is written last, fenced by the lease: if this worker lost the run
     meanwhile, the whole page rolls back and nothing of it was ever visible.
     """
-    checkpoint = {**(page.next.to_json() if page.next else _DONE), "watermark": watermark}
     async with transaction(deps.sessionmaker) as session:
-        counts = await store_page(session, plan.task_id, page.records.rows, likely_changed=changing)
+        if comparison is None:
+            counts = await store_page(session, plan.task_id, page.records.rows)
+        elif await write_changes(session, plan.task_id, comparison):
+            counts = comparison.counts
+        else:
+            counts = None
         if counts is None:
             raise _Stop
         if page.validator is not None:
             await page_validators.remember(
                 session, plan.task_id, page_key(page.request), page.validator
             )
-        progress = {
-            "pages": 1,
-            "requests": 1,
-            "not_modified": int(page.not_modified),
-            "records_seen": page.records.seen,
-            "rejected": len(page.records.rejections),
-            "bytes": page.fetched.nbytes,
-            "inserted": counts.inserted,
-            "updated": counts.updated,
-            "unchanged": counts.unchanged,
-        }
-        cancel = await repository.add_page_progress(
-            session, plan.run_id, deps.owner, progress, checkpoint, deps.lease_until()
+        progress = quiet.merged(_progress(page, counts))
+        await _record_progress(
+            session, deps, plan, progress, checkpoint, watermark, page.next is None
         )
-        if cancel is None:
-            raise _Stop
-        if cancel:
-            await repository.finish(session, plan.run_id, deps.owner, "cancelled", utcnow(), None)
-        elif page.next is None:  # the last page: the run succeeds in the same transaction
-            await _succeed(session, deps, plan, watermark)
-    if cancel or page.next is None:
+    quiet.clear()
+    if page.next is None:
         raise _Stop
     return counts.inserted + counts.updated > 0
+
+
+async def _flush(
+    deps: RunnerDeps, plan: _Plan, quiet: _Quiet, watermark: Watermark | None, *, last: bool
+) -> None:
+    assert quiet.checkpoint is not None
+    async with transaction(deps.sessionmaker) as session:
+        await _record_progress(
+            session, deps, plan, quiet.progress, quiet.checkpoint, watermark, last
+        )
+    quiet.clear()
+    if last:
+        raise _Stop
+
+
+async def _record_progress(
+    session: AsyncSession,
+    deps: RunnerDeps,
+    plan: _Plan,
+    progress: dict[str, int],
+    checkpoint: dict[str, Any],
+    watermark: Watermark | None,
+    last: bool,
+) -> None:
+    """Counters, checkpoint and lease (fenced); a cancel or the last page ends the run
+    in the same transaction. Raises `_Stop` once the run is no longer running here."""
+    cancel = await repository.add_page_progress(
+        session, plan.run_id, deps.owner, progress, checkpoint, deps.lease_until()
+    )
+    if cancel is None:
+        raise _Stop
+    if cancel:
+        await repository.finish(session, plan.run_id, deps.owner, "cancelled", utcnow(), None)
+        await session.commit()
+        raise _Stop
+    if last:  # the run succeeds in the same transaction as its last page
+        await _succeed(session, deps, plan, watermark)
 
 
 async def _succeed(

@@ -119,3 +119,27 @@ async def test_cancelling_a_retrying_run_ends_it_at_once(
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["next_attempt_at"] is None
     assert len(upstream.hits("/503")) == 1
+
+
+async def test_a_retry_after_unchanged_pages_resumes_after_them(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
+) -> None:
+    """Pages that write nothing commit their progress in batches; a failure still keeps
+    what the pages before it established, so the retry does not fetch them again."""
+    records = make_records(100)
+    failures: dict[str, int] = {}
+    url = upstream.route("/quiet", failing_first(cursor(records, size=10), failures))
+    body = {**http_task(url, records_path="data", pagination=CURSOR), "retry": FAST_RETRY}
+    task = await create_task(client, auth, body)
+    await sync(client, auth, task["id"])
+    failures["80"] = 1
+    before = len(upstream.hits("/quiet"))
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "succeeded"
+    assert run["attempt"] == 2
+    assert run["stats"]["unchanged"] == 100
+    assert run["stats"]["pages"] == 10
+    asked = [seen.query.get("next_token", "") for seen in upstream.hits("/quiet")[before:]]
+    assert asked == ["", "10", "20", "30", "40", "50", "60", "70", "80", "80", "90"]

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,6 +33,7 @@ from service.records.service import (
     write_changes,
 )
 from service.runs import page_validators, repository
+from service.runs.page_loop import QuietPages, page_progress, read_ahead
 from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
 from service.sync.backoff import next_delay
 from service.sync.budget import HostBudget
@@ -212,9 +211,9 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         validators=validators,
     )
     changing = plan.fresh_task  # did the last page change anything? (the write strategy)
-    quiet = _Quiet()
+    quiet = QuietPages()
     try:
-        async with contextlib.aclosing(_read_ahead(pages)) as ahead:
+        async with contextlib.aclosing(read_ahead(pages)) as ahead:
             async for page in ahead:
                 changing, watermark = await _take_page(deps, plan, page, quiet, watermark, changing)
     except SyncError:
@@ -228,7 +227,7 @@ async def _take_page(
     deps: RunnerDeps,
     plan: _Plan,
     page: Page,
-    quiet: _Quiet,
+    quiet: QuietPages,
     watermark: Watermark | None,
     changing: bool,
 ) -> tuple[bool, Watermark | None]:
@@ -246,65 +245,12 @@ async def _take_page(
         comparison is not None and not comparison.changed and page.validator is None
     ):
         counts = comparison.counts if comparison is not None else PageCounts()
-        quiet.add(_progress(page, counts), checkpoint)
+        quiet.add(page_progress(page, counts), checkpoint)
         if page.next is None or quiet.due():
             await _flush(deps, plan, quiet, watermark, last=page.next is None)
         return False, watermark
     changed = await _commit_page(deps, plan, page, checkpoint, comparison, quiet, watermark)
     return changed, watermark
-
-
-class _Quiet:
-    """Progress of pages that wrote nothing (304s, unchanged pages), not yet committed.
-
-    Such pages are safe to fetch again, so their counters and checkpoint are committed
-    in batches (with the next page that writes, or every 50 pages / half a second),
-    not one transaction each: that is most of what an unchanged or conditional resync
-    would otherwise spend.
-    """
-
-    MAX_PAGES = 50
-    MAX_SECONDS = 0.5
-
-    def __init__(self) -> None:
-        self.progress: dict[str, int] = {}
-        self.checkpoint: dict[str, Any] | None = None
-        self.pages = 0
-        self.since = 0.0
-
-    def clear(self) -> None:
-        self.progress, self.checkpoint, self.pages = {}, None, 0
-
-    def add(self, progress: dict[str, int], checkpoint: dict[str, Any]) -> None:
-        if not self.pages:
-            self.since = time.monotonic()
-        for name, amount in progress.items():
-            self.progress[name] = self.progress.get(name, 0) + amount
-        self.checkpoint = checkpoint
-        self.pages += 1
-
-    def due(self) -> bool:
-        return self.pages >= self.MAX_PAGES or time.monotonic() - self.since >= self.MAX_SECONDS
-
-    def merged(self, progress: dict[str, int]) -> dict[str, int]:
-        return {
-            name: self.progress.get(name, 0) + progress.get(name, 0)
-            for name in {*self.progress, *progress}
-        }
-
-
-def _progress(page: Page, counts: PageCounts) -> dict[str, int]:
-    return {
-        "pages": 1,
-        "requests": 1,
-        "not_modified": int(page.not_modified),
-        "records_seen": page.records.seen,
-        "rejected": len(page.records.rejections),
-        "bytes": page.fetched.nbytes,
-        "inserted": counts.inserted,
-        "updated": counts.updated,
-        "unchanged": counts.unchanged,
-    }
 
 
 async def _compare(deps: RunnerDeps, plan: _Plan, page: Page) -> PageComparison:
@@ -314,37 +260,13 @@ async def _compare(deps: RunnerDeps, plan: _Plan, page: Page) -> PageComparison:
         return await compare_page(session, plan.task_id, page.records.rows)
 
 
-async def _read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page, None]:
-    """Each page, while the next one is already being fetched.
-
-    One page ahead, no more: the upstream's latency and parsing overlap the previous
-    page's database write, and at most two pages are ever in memory. A page fetched
-    ahead is only ever stored after the one before it committed; if the run stops
-    first it is dropped (the checkpoint still points at it).
-    """
-    pending = asyncio.ensure_future(anext(pages))
-    try:
-        while True:
-            try:
-                page = await pending
-            except StopAsyncIteration:
-                return
-            pending = asyncio.ensure_future(anext(pages))
-            yield page
-    finally:
-        pending.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await pending
-        await pages.aclose()
-
-
 async def _commit_page(
     deps: RunnerDeps,
     plan: _Plan,
     page: Page,
     checkpoint: dict[str, Any],
     comparison: PageComparison | None,
-    quiet: _Quiet,
+    quiet: QuietPages,
     watermark: Watermark | None,
 ) -> bool:
     """The page's records, validator, counters, checkpoint and lease: one transaction
@@ -367,7 +289,7 @@ async def _commit_page(
             await page_validators.remember(
                 session, plan.task_id, page_key(page.request), page.validator
             )
-        progress = quiet.merged(_progress(page, counts))
+        progress = quiet.merged(page_progress(page, counts))
         await _record_progress(
             session, deps, plan, progress, checkpoint, watermark, page.next is None
         )
@@ -378,7 +300,7 @@ async def _commit_page(
 
 
 async def _flush(
-    deps: RunnerDeps, plan: _Plan, quiet: _Quiet, watermark: Watermark | None, *, last: bool
+    deps: RunnerDeps, plan: _Plan, quiet: QuietPages, watermark: Watermark | None, *, last: bool
 ) -> None:
     assert quiet.checkpoint is not None
     async with transaction(deps.sessionmaker) as session:

@@ -1,0 +1,90 @@
+"""The page loop's helpers: reading one page ahead, and batching the progress of pages
+that wrote nothing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from service.records.service import PageCounts
+from service.sync import Page
+
+
+class QuietPages:
+    """Progress of pages that wrote nothing (304s, unchanged pages), not yet committed.
+
+    Such pages are safe to fetch again, so their counters and checkpoint are committed
+    in batches (with the next page that writes, or every 50 pages / half a second),
+    not one transaction each: that is most of what an unchanged or conditional resync
+    would otherwise spend.
+    """
+
+    MAX_PAGES = 50
+    MAX_SECONDS = 0.5
+
+    def __init__(self) -> None:
+        self.progress: dict[str, int] = {}
+        self.checkpoint: dict[str, Any] | None = None
+        self.pages = 0
+        self.since = 0.0
+
+    def clear(self) -> None:
+        self.progress, self.checkpoint, self.pages = {}, None, 0
+
+    def add(self, progress: dict[str, int], checkpoint: dict[str, Any]) -> None:
+        if not self.pages:
+            self.since = time.monotonic()
+        for name, amount in progress.items():
+            self.progress[name] = self.progress.get(name, 0) + amount
+        self.checkpoint = checkpoint
+        self.pages += 1
+
+    def due(self) -> bool:
+        return self.pages >= self.MAX_PAGES or time.monotonic() - self.since >= self.MAX_SECONDS
+
+    def merged(self, progress: dict[str, int]) -> dict[str, int]:
+        return {
+            name: self.progress.get(name, 0) + progress.get(name, 0)
+            for name in {*self.progress, *progress}
+        }
+
+
+def page_progress(page: Page, counts: PageCounts) -> dict[str, int]:
+    return {
+        "pages": 1,
+        "requests": 1,
+        "not_modified": int(page.not_modified),
+        "records_seen": page.records.seen,
+        "rejected": len(page.records.rejections),
+        "bytes": page.fetched.nbytes,
+        "inserted": counts.inserted,
+        "updated": counts.updated,
+        "unchanged": counts.unchanged,
+    }
+
+
+async def read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page, None]:
+    """Each page, while the next one is already being fetched.
+
+    One page ahead, no more: the upstream's latency and parsing overlap the previous
+    page's database write, and at most two pages are ever in memory. A page fetched
+    ahead is only ever stored after the one before it committed; if the run stops
+    first it is dropped (the checkpoint still points at it).
+    """
+    pending = asyncio.ensure_future(anext(pages))
+    try:
+        while True:
+            try:
+                page = await pending
+            except StopAsyncIteration:
+                return
+            pending = asyncio.ensure_future(anext(pages))
+            yield page
+    finally:
+        pending.cancel()
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await pending
+        await pages.aclose()

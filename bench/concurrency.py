@@ -73,6 +73,7 @@ from bench.ingest import (
     code_version,
     machine,
     print_py_spy,
+    run_and_write,
     server_version,
     stop_process,
     stop_py_spy,
@@ -759,15 +760,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        report = asyncio.run(bench(args))
-    except BenchError as exc:
-        print(f"benchmark failed: {exc}", file=sys.stderr)
+    report = run_and_write(args, bench)
+    if report is None:
         return 1
-    args.output.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"results written to {args.output}")
-    for problem in report["problems"]:
-        print(f"FAILED: {problem}", file=sys.stderr)
     if not report["within_target"]:
         print(f"ratio {report['ratio']} is over the target {TARGET_RATIO}", file=sys.stderr)
     over = args.fail_over_target and not report["within_target"]

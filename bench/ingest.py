@@ -55,6 +55,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -1256,20 +1257,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def run_and_write(
+    args: argparse.Namespace,
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, dict[str, Any]]],
+) -> dict[str, Any] | None:
+    """Run a benchmark, write its report to `args.output` and print its problems;
+    None when it could not run at all."""
     try:
-        report = asyncio.run(bench(args))
+        report: dict[str, Any] = asyncio.run(run(args))
     except BenchError as exc:
         print(f"benchmark failed: {exc}", file=sys.stderr)
-        return 1
+        return None
     args.output.write_text(json.dumps(report, indent=2) + "\n")
     print(f"results written to {args.output}")
-    if report["problems"]:
-        for problem in report["problems"]:
-            print(f"FAILED: {problem}", file=sys.stderr)
-        return 1
-    return 0
+    for problem in report["problems"]:
+        print(f"FAILED: {problem}", file=sys.stderr)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    report = run_and_write(parse_args(argv), bench)
+    return 1 if report is None or report["problems"] else 0
 
 
 if __name__ == "__main__":

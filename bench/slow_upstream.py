@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import random
-import socket
-import sys
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -30,13 +28,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import orjson
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.upstream import WARMUP_PATH, make_record, render_pages
+from bench.upstream import WARMUP_PATH, make_record, render_pages, serve
 
 TASK_PATH = "/t/{task}/items"
 STATS_PATH = "/_stats"
@@ -131,29 +128,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     pages = render_pages(args.pages * args.page_size, args.page_size)
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    sock.listen(2048)
-    port = sock.getsockname()[1]
-
-    def ready() -> None:
-        sys.stdout.write(f"READY {port}\n")
-        sys.stdout.flush()
-
-    config = uvicorn.Config(
-        build_app(pages, args.latency, ready),
-        log_level="warning",
-        access_log=False,
-        http="httptools",
-        loop="uvloop",
-        lifespan="on",
-        server_header=False,
-        date_header=False,
+    serve(
+        lambda ready: build_app(pages, args.latency, ready),
+        args.port,
         backlog=2048,
         timeout_keep_alive=60,
     )
-    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -131,18 +131,24 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     pages = render_pages(args.records, args.page_size)
+    serve(lambda ready: build_app(pages, ready), args.port, backlog=128)
+
+
+def serve(build: Callable[[Callable[[], None]], Any], port: int, **options: Any) -> None:
+    """Run the app `build(ready)` makes on 127.0.0.1:`port` (0 = any); `ready()` prints
+    `READY <port>` for the parent process once the app is up."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", args.port))
-    sock.listen(128)
-    port = sock.getsockname()[1]
+    sock.bind(("127.0.0.1", port))
+    sock.listen(options.get("backlog", 128))
+    bound = sock.getsockname()[1]
 
     def ready() -> None:
-        sys.stdout.write(f"READY {port}\n")
+        sys.stdout.write(f"READY {bound}\n")
         sys.stdout.flush()
 
     config = uvicorn.Config(
-        build_app(pages, ready),
+        build(ready),
         log_level="warning",
         access_log=False,
         http="httptools",
@@ -150,6 +156,7 @@ def main(argv: list[str] | None = None) -> None:
         lifespan="on",
         server_header=False,
         date_header=False,
+        **options,
     )
     uvicorn.Server(config).run(sockets=[sock])
 

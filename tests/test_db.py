@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy import text
 
 from service.db import create_engine, create_sessionmaker
 from service.ids import new_id
 
 
-async def test_a_savepoint_is_undone_when_its_transaction_rolls_back(clean_db: str) -> None:
-    """On SQLite a SAVEPOINT as the first write used to commit on RELEASE."""
+@pytest.mark.parametrize(("ends_with", "rows_left"), [("rollback", 0), ("commit", 1)])
+async def test_a_savepoint_shares_the_fate_of_its_transaction(
+    clean_db: str, ends_with: str, rows_left: int
+) -> None:
+    """On SQLite a SAVEPOINT as the first write used to commit on RELEASE, whatever the
+    transaction around it did afterwards."""
     engine = create_engine(clean_db)
     tenant = new_id("ten")
     try:
@@ -18,37 +23,16 @@ async def test_a_savepoint_is_undone_when_its_transaction_rolls_back(clean_db: s
             async with session.begin_nested():
                 await session.execute(
                     text(
-                        "INSERT INTO tenant (id, name, created_at) VALUES (:id, :id, CURRENT_TIMESTAMP)"
+                        "INSERT INTO tenant (id, name, created_at) "
+                        "VALUES (:id, :id, CURRENT_TIMESTAMP)"
                     ),
                     {"id": tenant},
                 )
-            await session.rollback()
+            await getattr(session, ends_with)()
         async with engine.connect() as connection:
             found = await connection.execute(
                 text("SELECT count(*) FROM tenant WHERE id = :id"), {"id": tenant}
             )
-            assert found.scalar_one() == 0
-    finally:
-        await engine.dispose()
-
-
-async def test_a_savepoint_commits_with_its_transaction(clean_db: str) -> None:
-    engine = create_engine(clean_db)
-    tenant = new_id("ten")
-    try:
-        async with create_sessionmaker(engine)() as session:
-            async with session.begin_nested():
-                await session.execute(
-                    text(
-                        "INSERT INTO tenant (id, name, created_at) VALUES (:id, :id, CURRENT_TIMESTAMP)"
-                    ),
-                    {"id": tenant},
-                )
-            await session.commit()
-        async with engine.connect() as connection:
-            found = await connection.execute(
-                text("SELECT count(*) FROM tenant WHERE id = :id"), {"id": tenant}
-            )
-            assert found.scalar_one() == 1
+            assert found.scalar_one() == rows_left
     finally:
         await engine.dispose()

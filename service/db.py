@@ -82,6 +82,12 @@ def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
+def dialect_of(sessionmaker: SessionMaker) -> str:
+    bind = sessionmaker.kw["bind"]
+    assert isinstance(bind, AsyncEngine)
+    return bind.dialect.name
+
+
 @asynccontextmanager
 async def transaction(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
     """The unit of work for jobs and the CLI: commit on success, roll back on error."""
@@ -92,3 +98,12 @@ async def transaction(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]
         except BaseException:
             await session.rollback()
             raise
+
+
+@asynccontextmanager
+async def autocommit(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """A session whose statements each commit on their own: for work that is one
+    statement (atomic by itself), it saves the BEGIN and COMMIT round trips."""
+    async with sessionmaker() as session:
+        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+        yield session

@@ -37,21 +37,29 @@ _SQLITE_CHANGED = text(
     "LEFT JOIN record r ON r.task_id = :task_id AND r.key = j.value ->> 0 "
     "WHERE r.hash IS NOT (j.value ->> 1)"
 )
-_SET_CHANGED = (
+ON_CONFLICT_CHANGED = (
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
     "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
+)
+# The rows of a CTE `page(k, d, h, n)` that differ from what is stored, numbered in page
+# order, and whether each is new.
+PG_CHANGED_ROWS = (
+    " SELECT p.k, p.d, p.h, r.hash IS NULL AS is_new,"  # noqa: S608
+    " row_number() OVER (ORDER BY p.n) AS i FROM page p "
+    + _PG_STORED.format(key="p.k")
+    + " WHERE r.hash IS DISTINCT FROM p.h"
 )
 # Constant SQL (S608 is a false positive): every value is a bound parameter.
 _PG_UPSERT = text(
     "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "  # noqa: S608
     "SELECT CAST(:task_id AS varchar), k, d, h, s, CAST(:now AS timestamptz), "
     "CAST(:now AS timestamptz) FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]), "
-    "CAST(:hashes AS text[]), CAST(:seqs AS bigint[])) AS t(k, d, h, s) " + _SET_CHANGED
+    "CAST(:hashes AS text[]), CAST(:seqs AS bigint[])) AS t(k, d, h, s) " + ON_CONFLICT_CHANGED
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _SQLITE_UPSERT = text(
     "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "
     "SELECT :task_id, j.value ->> 0, j.value ->> 1, j.value ->> 2, j.value ->> 3, :now, :now "
-    "FROM json_each(:rows) AS j WHERE true " + _SET_CHANGED
+    "FROM json_each(:rows) AS j WHERE true " + ON_CONFLICT_CHANGED
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 
 
@@ -62,10 +70,7 @@ _PG_PAGE = text(
     "WITH page AS ("  # noqa: S608
     " SELECT t.k, t.d, t.h, t.n FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]),"
     " CAST(:hashes AS text[])) WITH ORDINALITY AS t(k, d, h, n)"
-    "), changed AS ("
-    " SELECT p.k, p.d, p.h, r.hash IS NULL AS is_new, row_number() OVER (ORDER BY p.n) AS i"
-    " FROM page p " + _PG_STORED.format(key="p.k") + " WHERE r.hash IS DISTINCT FROM p.h"
-    "), seq AS ("
+    "), changed AS (" + PG_CHANGED_ROWS + "), seq AS ("
     " UPDATE task SET record_seq = record_seq + (SELECT count(*) FROM changed)"
     " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM changed)"
     " RETURNING record_seq - (SELECT count(*) FROM changed) AS base"
@@ -73,7 +78,7 @@ _PG_PAGE = text(
     " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
     " SELECT CAST(:task_id AS varchar), c.k, c.d, c.h, s.base + c.i,"
     " CAST(:now AS timestamptz), CAST(:now AS timestamptz) FROM changed c CROSS JOIN seq s "
-    + _SET_CHANGED
+    + ON_CONFLICT_CHANGED
     + " RETURNING 1"
     ") SELECT (SELECT count(*) FROM changed WHERE is_new), (SELECT count(*) FROM changed),"
     " (SELECT count(*) FROM seq)"

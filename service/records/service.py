@@ -31,7 +31,7 @@ class PageComparison:
     counts: PageCounts
 
 
-def _last_copies(rows: list[Row]) -> tuple[dict[str, Row], PageCounts]:
+def last_copies(rows: list[Row]) -> tuple[dict[str, Row], PageCounts]:
     """The last copy of each key, and the counts of the earlier copies it supersedes
     (`unchanged` if equal to the last copy, else `updated`)."""
     final = {row.key: row for row in rows}
@@ -47,7 +47,7 @@ def _last_copies(rows: list[Row]) -> tuple[dict[str, Row], PageCounts]:
 
 async def compare_page(session: AsyncSession, task_id: str, rows: list[Row]) -> PageComparison:
     """Read-only: send keys and hashes, let the database answer with what changed."""
-    final, counts = _last_copies(rows)
+    final, counts = last_copies(rows)
     changed = await repository.changed_keys(
         session, task_id, [(key, row.hash) for key, row in final.items()]
     )
@@ -90,7 +90,7 @@ async def store_page(session: AsyncSession, task_id: str, rows: list[Row]) -> Pa
     if not repository.writes_pages_in_one_statement(session):
         page = await compare_page(session, task_id, rows)
         return page.counts if await write_changes(session, task_id, page) else None
-    final, counts = _last_copies(rows)
+    final, counts = last_copies(rows)
     if not final:
         return counts
     rows_out = [(key, row.data, row.hash) for key, row in final.items()]

@@ -21,7 +21,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.crypto import SecretBox, SecretBoxError
-from service.db import SessionMaker, transaction
+from service.db import SessionMaker, autocommit, dialect_of, transaction
 from service.logs import bind_log_context
 from service.models.types import utcnow
 from service.queue import Queue
@@ -29,17 +29,18 @@ from service.records.service import (
     PageComparison,
     PageCounts,
     compare_page,
+    last_copies,
     store_page,
     write_changes,
 )
-from service.runs import page_validators, repository
+from service.runs import page_statement, page_validators, repository
 from service.runs.page_loop import QuietPages, page_progress, read_ahead
 from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
 from service.sync.backoff import next_delay
 from service.sync.budget import HostBudget
 from service.sync.conditional import Validator, page_key
 from service.sync.incremental import Watermark, later, page_watermark, start_params
-from service.sync.records import records_of
+from service.sync.records import Row, records_of
 from service.tasks import repository as tasks_repository
 from service.tasks.service import source_of
 
@@ -59,6 +60,11 @@ class RunnerDeps:
     lease_seconds: float = 30.0
     budget: HostBudget | None = None
     """Shared per-host request budget (rate limits, Retry-After holds) across workers."""
+
+    @property
+    def one_statement_pages(self) -> bool:
+        """Write a page with its progress in one statement (see `page_statement`)."""
+        return dialect_of(self.sessionmaker) == "postgresql"
 
     def lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.lease_seconds)
@@ -134,7 +140,7 @@ class _Unreadable(Exception):
 
 async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
     now = utcnow()
-    async with transaction(deps.sessionmaker) as session:
+    async with autocommit(deps.sessionmaker) as session:  # the claim is one statement
         run = await repository.claim(session, run_id, deps.owner, now, deps.lease_until())
         if run is None:
             return None
@@ -276,6 +282,14 @@ async def _commit_page(
     The run row is written last, fenced by the lease: if this worker lost the run
     meanwhile, the whole page rolls back and nothing of it was ever visible.
     """
+    last = page.next is None
+    if _at_once(deps, plan, watermark, last):
+        final, earlier = last_copies(page.records.rows)
+        validator = (page_key(page.request), page.validator) if page.validator else None
+        progress = quiet.merged(page_progress(page, earlier))
+        return await _write_at_once(
+            deps, plan, list(final.values()), progress, checkpoint, validator, last, quiet
+        )
     async with transaction(deps.sessionmaker) as session:
         if comparison is None:
             counts = await store_page(session, plan.task_id, page.records.rows)
@@ -299,10 +313,75 @@ async def _commit_page(
     return counts.inserted + counts.updated > 0
 
 
+def _at_once(deps: RunnerDeps, plan: _Plan, watermark: Watermark | None, last: bool) -> bool:
+    """Can this commit be one statement (`page_statement`)? On PostgreSQL, except for the
+    end of a run that moves the task's watermark (compared in Python, `later`)."""
+    return deps.one_statement_pages and not (last and plan.moves_watermark and watermark)
+
+
+async def _write_at_once(
+    deps: RunnerDeps,
+    plan: _Plan,
+    rows: list[Row],
+    progress: dict[str, int],
+    checkpoint: dict[str, Any],
+    validator: tuple[str, Validator] | None,
+    last: bool,
+    quiet: QuietPages,
+) -> bool:
+    """`_commit_page` or `_flush` as one statement; returns whether it changed anything."""
+    write = page_statement.PageWrite(
+        run_id=plan.run_id,
+        task_id=plan.task_id,
+        owner=deps.owner,
+        rows=rows,
+        progress=progress,
+        checkpoint=checkpoint,
+        lease_until=deps.lease_until(),
+        now=utcnow(),
+        validator=validator,
+        succeed=_with_attempt(plan, None) if last else None,
+    )
+    async with autocommit(deps.sessionmaker) as session:
+        written = await page_statement.write(session, write)
+    quiet.clear()
+    await _stop_if_cancelled(deps, plan, written.cancel_requested)
+    if last:
+        raise _Stop
+    return written.changed > 0
+
+
+async def _stop_if_cancelled(deps: RunnerDeps, plan: _Plan, cancel: bool | None) -> None:
+    """After progress committed on its own: `_Stop` once the run is no longer running
+    here, ending it first if a cancel was asked for."""
+    if cancel is None:
+        raise _Stop
+    if cancel:
+        async with autocommit(deps.sessionmaker) as session:
+            await repository.finish(session, plan.run_id, deps.owner, "cancelled", utcnow(), None)
+        raise _Stop
+
+
 async def _flush(
     deps: RunnerDeps, plan: _Plan, quiet: QuietPages, watermark: Watermark | None, *, last: bool
 ) -> None:
     assert quiet.checkpoint is not None
+    if _at_once(deps, plan, watermark, last):
+        await _write_at_once(deps, plan, [], quiet.progress, quiet.checkpoint, None, last, quiet)
+        return
+    if not last:  # counters, checkpoint and lease: one statement
+        async with autocommit(deps.sessionmaker) as session:
+            cancel = await repository.add_page_progress(
+                session,
+                plan.run_id,
+                deps.owner,
+                quiet.progress,
+                quiet.checkpoint,
+                deps.lease_until(),
+            )
+        quiet.clear()
+        await _stop_if_cancelled(deps, plan, cancel)
+        return
     async with transaction(deps.sessionmaker) as session:
         await _record_progress(
             session, deps, plan, quiet.progress, quiet.checkpoint, watermark, last
@@ -356,7 +435,7 @@ async def _heartbeat(deps: RunnerDeps, run_id: str) -> None:
     while True:
         await asyncio.sleep(deps.lease_seconds / 3)
         try:
-            async with transaction(deps.sessionmaker) as session:
+            async with autocommit(deps.sessionmaker) as session:
                 if not await repository.renew_lease(
                     session, run_id, deps.owner, deps.lease_until()
                 ):
@@ -385,7 +464,7 @@ async def _failed(
         return
     delay = next_delay(plan.retry, plan.attempt, retry_after)
     next_at = utcnow() + timedelta(seconds=delay)
-    async with transaction(deps.sessionmaker) as session:
+    async with autocommit(deps.sessionmaker) as session:
         attempt = await repository.schedule_retry(
             session, plan.run_id, deps.owner, next_at, error, _with_attempt(plan, error)
         )

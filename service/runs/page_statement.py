@@ -1,0 +1,162 @@
+"""PostgreSQL: a page's records, its validator and its run's progress in one statement.
+
+A page that writes is the worker's most frequent transaction. As one statement, sent
+outside any explicit transaction, it is one round trip instead of five or more (BEGIN,
+records, validator, progress, the run's end on its last page, COMMIT), and still all or
+nothing. On a 2-core machine each round trip costs the worker more CPU than the SQL
+it carries (bench/concurrency.py).
+
+The lease fences the page inside the statement: the records and the validator are only
+written through the rows of `held`, the run's own update, which finds nothing once the
+lease is no longer this worker's. The task row is locked before the run row, the order a
+task's deletion takes them in.
+
+The last page of a run (`PageWrite.succeed`) also ends it, unless a cancel was asked
+for meanwhile: then the page still commits, and the caller ends the run as cancelled.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, BindParameter, TextClause, bindparam, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models.types import UTCDateTime
+from service.records.repository import ON_CONFLICT_CHANGED, PG_CHANGED_ROWS
+from service.sync.conditional import Validator
+from service.sync.records import Row
+
+_COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
+_COUNTED = ("inserted", "updated", "unchanged")
+"""Added to what the statement itself counts (earlier copies of a key in the page, and
+the quiet pages before it)."""
+
+_ENDS_RUN = (
+    ", status = CASE WHEN run.cancel_requested THEN run.status ELSE 'succeeded' END"
+    ", finished_at = CASE WHEN run.cancel_requested THEN run.finished_at ELSE :now END"
+    ", attempts = CASE WHEN run.cancel_requested THEN run.attempts ELSE :attempts END"
+    ", error = NULL, next_attempt_at = NULL"
+    ", lease_owner = CASE WHEN run.cancel_requested THEN run.lease_owner END"
+    ", lease_expires_at = CASE WHEN run.cancel_requested THEN :lease_until END"
+)
+_RECORDS_OUTCOME = (
+    ", last_success_at = CASE WHEN (SELECT cancel_requested FROM held) THEN last_success_at"
+    " ELSE :now END, consecutive_failures = CASE WHEN (SELECT cancel_requested FROM held)"
+    " THEN consecutive_failures ELSE 0 END"
+)
+_VALIDATOR = (
+    ", validated AS ("
+    " INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, updated_at)"
+    " SELECT CAST(:task_id AS varchar), :url_key, :etag, :last_modified, :next_page, :now"
+    " FROM held ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
+    " last_modified = excluded.last_modified, next_page = excluded.next_page,"
+    " updated_at = excluded.updated_at RETURNING 1)"
+)
+
+
+@functools.cache
+def _statement(*, validator: bool, succeed: bool) -> TextClause:
+    sql = (
+        "WITH page AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
+        " SELECT t.k, t.d, t.h, t.n FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]),"
+        " CAST(:hashes AS text[])) WITH ORDINALITY AS t(k, d, h, n)"
+        "), changed AS (" + PG_CHANGED_ROWS + "), counts AS ("
+        " SELECT count(*) FILTER (WHERE is_new) AS n_new, count(*) AS n_changed FROM changed"
+        "), locked_task AS ("
+        " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
+        "), held AS ("
+        " UPDATE run SET "
+        + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
+        + ", inserted = inserted + :inserted + c.n_new,"
+        " updated = updated + :updated + c.n_changed - c.n_new,"
+        " unchanged = unchanged + :unchanged + :distinct - c.n_changed,"
+        " checkpoint = :checkpoint"
+        + (_ENDS_RUN if succeed else ", lease_expires_at = :lease_until")
+        + " FROM counts c WHERE run.id = :run_id AND run.status = 'running'"
+        " AND run.lease_owner = :owner AND EXISTS (SELECT 1 FROM locked_task)"
+        " RETURNING run.cancel_requested"
+        "), seq AS ("
+        " UPDATE task SET record_seq = record_seq + (SELECT n_changed FROM counts)"
+        + (_RECORDS_OUTCOME if succeed else "")
+        + " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
+        + ("" if succeed else " AND EXISTS (SELECT 1 FROM changed)")
+        + " RETURNING record_seq - (SELECT n_changed FROM counts) AS base"
+        "), written AS ("
+        " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+        " SELECT CAST(:task_id AS varchar), c.k, c.d, c.h, s.base + c.i,"
+        " CAST(:now AS timestamptz), CAST(:now AS timestamptz) FROM changed c CROSS JOIN seq s "
+        + ON_CONFLICT_CHANGED
+        + " RETURNING 1)"
+        + (_VALIDATOR if validator else "")
+        + " SELECT (SELECT n_new FROM counts), (SELECT n_changed FROM counts),"
+        " (SELECT cancel_requested FROM held)"
+    )
+    binds: list[BindParameter[Any]] = [
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("lease_until", type_=UTCDateTime()),
+        bindparam("checkpoint", type_=JSON()),
+    ]
+    if validator:
+        binds.append(bindparam("next_page", type_=JSON()))
+    if succeed:
+        binds.append(bindparam("attempts", type_=JSON()))
+    return text(sql).bindparams(*binds)
+
+
+@dataclass(frozen=True, slots=True)
+class PageWritten:
+    inserted: int
+    changed: int
+    cancel_requested: bool | None
+    """None: the lease was not this worker's any more, and nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageWrite:
+    run_id: str
+    task_id: str
+    owner: str
+    rows: list[Row]
+    """Distinct keys (the last copy of each)."""
+    progress: dict[str, int]
+    """Counters to add besides this page's own inserted/updated/unchanged."""
+    checkpoint: dict[str, Any]
+    lease_until: datetime
+    now: datetime
+    validator: tuple[str, Validator] | None = None
+    """(page key, validator) to remember."""
+    succeed: list[dict[str, Any]] | None = None
+    """The run's attempts, this one included: the run succeeds with this page."""
+
+
+async def write(session: AsyncSession, page: PageWrite) -> PageWritten:
+    params: dict[str, Any] = {
+        "run_id": page.run_id,
+        "task_id": page.task_id,
+        "owner": page.owner,
+        "keys": [row.key for row in page.rows],
+        "datas": [row.data for row in page.rows],
+        "hashes": [row.hash for row in page.rows],
+        "distinct": len(page.rows),
+        "checkpoint": page.checkpoint,
+        "lease_until": page.lease_until,
+        "now": page.now,
+        **{name: page.progress.get(name, 0) for name in (*_COUNTERS, *_COUNTED)},
+    }
+    if page.validator is not None:
+        url_key, validator = page.validator
+        params.update(
+            url_key=url_key,
+            etag=validator.etag,
+            last_modified=validator.last_modified,
+            next_page=validator.next_page,
+        )
+    if page.succeed is not None:
+        params["attempts"] = page.succeed
+    statement = _statement(validator=page.validator is not None, succeed=page.succeed is not None)
+    inserted, changed, cancel = (await session.execute(statement, params)).one()
+    return PageWritten(int(inserted), int(changed), None if cancel is None else bool(cancel))

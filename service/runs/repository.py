@@ -5,11 +5,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from service.models import ACTIVE_STATUSES, Run, Task
+from service.models import ACTIVE_STATUSES, Run, metadata
 
 
 async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> Run | None:
@@ -40,21 +40,30 @@ async def page_for_task(
     return result.scalars().all()
 
 
+# The worker's statements are Core, not ORM: they run several times per run, and the ORM's
+# bulk-update bookkeeping (session synchronisation, entity evaluation) cost more CPU than
+# the statements themselves (bench/concurrency.py).
+_RUN: Table = metadata.tables["run"]
+_TASK: Table = metadata.tables["task"]
+
+
 def _claimable(now: datetime) -> Any:
     """Queued; retrying and due; or running under a lease that has expired."""
+    c = _RUN.c
     return or_(
-        col(Run.status) == "queued",
-        and_(col(Run.status) == "retrying", col(Run.next_attempt_at) <= now),
+        c.status == "queued",
+        and_(c.status == "retrying", c.next_attempt_at <= now),
         and_(
-            col(Run.status) == "running",
-            or_(col(Run.lease_expires_at).is_(None), col(Run.lease_expires_at) < now),
+            c.status == "running",
+            or_(c.lease_expires_at.is_(None), c.lease_expires_at < now),
         ),
     )
 
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """What the worker needs of a run it just took: read back by the claim itself."""
+    """What the worker needs of a run it just took, and of its task: read back by the
+    claim itself."""
 
     task_id: str
     attempt: int
@@ -62,6 +71,25 @@ class Claimed:
     checkpoint: dict[str, Any] | None
     options: dict[str, Any]
     attempts: list[dict[str, Any]]
+    tenant_id: str
+    source: dict[str, Any]
+    auth_ciphertext: str | None
+    limits: dict[str, Any]
+    retry: dict[str, Any]
+    watermark: Any
+    record_seq: int
+
+
+_CLAIMED_RUN = ("task_id", "attempt", "cancel_requested", "checkpoint", "options", "attempts")
+_CLAIMED_TASK = (
+    "tenant_id",
+    "source",
+    "auth_ciphertext",
+    "limits",
+    "retry",
+    "watermark",
+    "record_seq",
+)
 
 
 async def claim(
@@ -69,37 +97,47 @@ async def claim(
 ) -> Claimed | None:
     """Take the run's lease and mark it running; None when it is not ours to run.
 
-    One statement: a write first (on SQLite the transaction holds the write lock from the
-    start instead of failing to upgrade a read snapshot later), reading back what the
-    worker needs.
+    A write first (on SQLite the transaction holds the write lock from the start instead
+    of failing to upgrade a read snapshot later), reading back what the worker needs;
+    PostgreSQL reads the task in the same statement.
     """
-    result = await session.execute(
-        update(Run)
-        .where(col(Run.id) == run_id, _claimable(now))
+    claimed = (
+        update(_RUN)
+        .where(_RUN.c.id == run_id, _claimable(now))
         .values(
             status="running",
             lease_owner=owner,
             lease_expires_at=lease_until,
             next_attempt_at=None,
-            started_at=func.coalesce(col(Run.started_at), now),
+            started_at=func.coalesce(_RUN.c.started_at, now),
         )
-        .returning(
-            col(Run.task_id),
-            col(Run.attempt),
-            col(Run.cancel_requested),
-            col(Run.checkpoint),
-            col(Run.options),
-            col(Run.attempts),
-        )
+        .returning(*(_RUN.c[name] for name in _CLAIMED_RUN))
     )
-    row = result.one_or_none()
+    task_columns = [_TASK.c[name] for name in _CLAIMED_TASK]
+    row: Sequence[Any] | None
+    if session.get_bind().dialect.name == "postgresql":
+        run = claimed.cte("claimed")
+        query = select(run, *task_columns).join_from(run, _TASK, _TASK.c.id == run.c.task_id)
+        row = (await session.execute(query)).one_or_none()
+    else:  # SQLite's RETURNING cannot see other tables, nor can its CTEs write
+        run_row = (await session.execute(claimed)).one_or_none()
+        if run_row is None:
+            return None
+        task = select(*task_columns).where(_TASK.c.id == run_row.task_id)
+        task_row = (await session.execute(task)).one_or_none()
+        row = None if task_row is None else (*run_row, *task_row)
     if row is None:
         return None
-    return Claimed(row[0], row[1], bool(row[2]), row[3], row[4] or {}, list(row[5] or []))
+    values = dict(zip((*_CLAIMED_RUN, *_CLAIMED_TASK), row, strict=True))
+    values["cancel_requested"] = bool(values["cancel_requested"])
+    values["options"] = values["options"] or {}
+    values["attempts"] = list(values["attempts"] or [])
+    return Claimed(**values)
 
 
 def _held(run_id: str, owner: str) -> Any:
-    return and_(col(Run.id) == run_id, col(Run.status) == "running", col(Run.lease_owner) == owner)
+    c = _RUN.c
+    return and_(c.id == run_id, c.status == "running", c.lease_owner == owner)
 
 
 async def add_page_progress(
@@ -113,14 +151,12 @@ async def add_page_progress(
     """Add a page's counters, move the checkpoint and renew the lease; returns
     `cancel_requested`, or None when the lease is no longer ours (taken over, finished,
     cancelled while queued, or deleted): then nothing of this page may be written."""
-    values: dict[str, Any] = {
-        name: getattr(Run, name) + amount for name, amount in progress.items()
-    }
+    values: dict[str, Any] = {name: _RUN.c[name] + amount for name, amount in progress.items()}
     result = await session.execute(
-        update(Run)
+        update(_RUN)
         .where(_held(run_id, owner))
         .values(**values, checkpoint=checkpoint, lease_expires_at=lease_until)
-        .returning(col(Run.cancel_requested))
+        .returning(_RUN.c.cancel_requested)
     )
     row = result.first()
     return None if row is None else bool(row[0])
@@ -130,10 +166,10 @@ async def renew_lease(
     session: AsyncSession, run_id: str, owner: str, lease_until: datetime
 ) -> bool:
     result = await session.execute(
-        update(Run)
+        update(_RUN)
         .where(_held(run_id, owner))
         .values(lease_expires_at=lease_until)
-        .returning(col(Run.id))
+        .returning(_RUN.c.id)
     )
     return result.scalar_one_or_none() is not None
 
@@ -153,7 +189,7 @@ async def finish(
     condition = (
         _held(run_id, owner)
         if owner
-        else and_(col(Run.id) == run_id, col(Run.status).in_(ACTIVE_STATUSES))
+        else and_(_RUN.c.id == run_id, _RUN.c.status.in_(ACTIVE_STATUSES))
     )
     values: dict[str, Any] = {
         "status": status,
@@ -166,7 +202,7 @@ async def finish(
     if attempts is not None:
         values["attempts"] = attempts
     result = await session.execute(
-        update(Run).where(condition).values(**values).returning(col(Run.task_id))
+        update(_RUN).where(condition).values(**values).returning(_RUN.c.task_id)
     )
     task_id: str | None = result.scalar_one_or_none()
     return task_id
@@ -187,7 +223,7 @@ async def schedule_retry(
     number the run will resume with, or None when the lease is no longer ours."""
     values: dict[str, Any] = {
         "status": "retrying",
-        "attempt": col(Run.attempt) + (1 if next_attempt else 0),
+        "attempt": _RUN.c.attempt + (1 if next_attempt else 0),
         "next_attempt_at": next_attempt_at,
         "error": error,
         "lease_owner": None,
@@ -196,7 +232,7 @@ async def schedule_retry(
     if attempts is not None:
         values["attempts"] = attempts
     result = await session.execute(
-        update(Run).where(_held(run_id, owner)).values(**values).returning(col(Run.attempt))
+        update(_RUN).where(_held(run_id, owner)).values(**values).returning(_RUN.c.attempt)
     )
     attempt: int | None = result.scalar_one_or_none()
     return attempt
@@ -231,6 +267,6 @@ async def record_outcome(
     values: dict[str, Any] = (
         {"last_success_at": now, "consecutive_failures": 0}
         if succeeded
-        else {"consecutive_failures": col(Task.consecutive_failures) + 1}
+        else {"consecutive_failures": _TASK.c.consecutive_failures + 1}
     )
-    await session.execute(update(Task).where(col(Task.id) == task_id).values(**values))
+    await session.execute(update(_TASK).where(_TASK.c.id == task_id).values(**values))

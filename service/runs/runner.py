@@ -42,7 +42,7 @@ from service.sync.conditional import Validator, page_key
 from service.sync.incremental import Watermark, later, page_watermark, start_params
 from service.sync.records import Row, records_of
 from service.tasks import repository as tasks_repository
-from service.tasks.service import source_of
+from service.tasks.service import unsealed_source
 
 log = logging.getLogger(__name__)
 
@@ -144,41 +144,38 @@ async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
         run = await repository.claim(session, run_id, deps.owner, now, deps.lease_until())
         if run is None:
             return None
-        task = await tasks_repository.get_by_id(session, run.task_id)
-        if task is None:
-            return None
-        bind_log_context(task_id=task.id, tenant=task.tenant_id)
+        bind_log_context(task_id=run.task_id, tenant=run.tenant_id)
         if run.cancel_requested:
             await repository.finish(session, run_id, deps.owner, "cancelled", now, None)
             return None
-        try:
-            source = source_of(task, deps.secrets)
-        except SecretBoxError as exc:
-            error = {
-                "code": "credentials_unreadable",
-                "message": str(exc),
-                "http_status": None,
-                "retryable": False,
-            }
-            raise _Unreadable(error) from exc
-        checkpoint = run.checkpoint or {}
-        if source.incremental is not None and "url" not in checkpoint:
-            source = _bounded(source, task.watermark, run.options)
-        return _Plan(
-            run_id=run_id,
-            task_id=task.id,
-            attempt=run.attempt,
-            source=source,
-            limits=Limits.model_validate(task.limits),
-            retry=Retry.model_validate(task.retry),
-            start=PageRequest.from_json(checkpoint) if "url" in checkpoint else None,
-            done=bool(checkpoint.get("done")),
-            attempt_started_at=now,
-            watermark=checkpoint.get("watermark"),
-            moves_watermark=source.incremental is not None and "backfill" not in run.options,
-            attempts=run.attempts,
-            fresh_task=task.record_seq == 0,
-        )
+    try:
+        source = unsealed_source(run.source, run.auth_ciphertext, deps.secrets)
+    except SecretBoxError as exc:
+        error = {
+            "code": "credentials_unreadable",
+            "message": str(exc),
+            "http_status": None,
+            "retryable": False,
+        }
+        raise _Unreadable(error) from exc
+    checkpoint = run.checkpoint or {}
+    if source.incremental is not None and "url" not in checkpoint:
+        source = _bounded(source, run.watermark, run.options)
+    return _Plan(
+        run_id=run_id,
+        task_id=run.task_id,
+        attempt=run.attempt,
+        source=source,
+        limits=Limits.model_validate(run.limits),
+        retry=Retry.model_validate(run.retry),
+        start=PageRequest.from_json(checkpoint) if "url" in checkpoint else None,
+        done=bool(checkpoint.get("done")),
+        attempt_started_at=now,
+        watermark=checkpoint.get("watermark"),
+        moves_watermark=source.incremental is not None and "backfill" not in run.options,
+        attempts=run.attempts,
+        fresh_task=run.record_seq == 0,
+    )
 
 
 def _bounded(source: Source, watermark: Watermark | None, options: dict[str, Any]) -> Source:

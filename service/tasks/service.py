@@ -35,9 +35,16 @@ OnConflict = Literal["fail", "keep", "replace", "update"]
 
 def source_of(task: Task, secrets: SecretBox) -> Source:
     """The task's source with real credentials, for the engine."""
-    data = dict(task.source)
-    if task.auth_ciphertext:
-        data["auth"] = secrets.decrypt_json(task.auth_ciphertext)
+    return unsealed_source(task.source, task.auth_ciphertext, secrets)
+
+
+def unsealed_source(
+    source: dict[str, Any], auth_ciphertext: str | None, secrets: SecretBox
+) -> Source:
+    """A stored source (credentials masked) with its real credentials put back."""
+    data = dict(source)
+    if auth_ciphertext:
+        data["auth"] = secrets.decrypt_json(auth_ciphertext)
     return Source.model_validate(data)
 
 

@@ -19,7 +19,9 @@ from service.state import AppState
 log = logging.getLogger(__name__)
 
 
-def app_state(request: Request) -> AppState:
+# The small dependencies are `async def` on purpose: FastAPI runs a plain `def` one in a
+# worker thread, a thread hand-off per request for a dictionary lookup.
+async def app_state(request: Request) -> AppState:
     return cast(AppState, request.state._state)
 
 
@@ -93,15 +95,15 @@ async def current_principal(request: Request, work: Work) -> Principal:
 Caller = Annotated[Principal, Depends(current_principal)]
 
 
-def settings_of(state: State) -> Settings:
+async def settings_of(state: State) -> Settings:
     return state["settings"]
 
 
-def secrets_of(state: State) -> SecretBox:
+async def secrets_of(state: State) -> SecretBox:
     return state["secrets"]
 
 
-def queue_of(state: State) -> Queue:
+async def queue_of(state: State) -> Queue:
     return state["queue"]
 
 

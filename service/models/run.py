@@ -10,7 +10,7 @@ from service.models.types import BigInt, UTCDateTime, utcnow
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
-_ACTIVE_SQL = "status IN ('queued', 'running', 'retrying')"
+ACTIVE_SQL = "status IN ('queued', 'running', 'retrying')"
 
 
 class Run(SQLModel, table=True):
@@ -26,8 +26,8 @@ class Run(SQLModel, table=True):
             "uq_run_one_active_per_task",
             "task_id",
             unique=True,
-            sqlite_where=text(_ACTIVE_SQL),
-            postgresql_where=text(_ACTIVE_SQL),
+            sqlite_where=text(ACTIVE_SQL),
+            postgresql_where=text(ACTIVE_SQL),
         ),
         Index("ix_run_task_id_id", "task_id", "id"),
         Index("ix_run_status", "status"),

@@ -5,11 +5,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select, update
+from sqlalchemy import Table, and_, func, or_, select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
 from service.models import ACTIVE_STATUSES, Run, metadata
+from service.models.run import ACTIVE_SQL
 
 
 async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> Run | None:
@@ -28,6 +31,20 @@ async def active_for_task(session: AsyncSession, task_id: str) -> Run | None:
         select(Run).where(col(Run.task_id) == task_id, col(Run.status).in_(ACTIVE_STATUSES))
     )
     return result.scalar_one_or_none()
+
+
+async def insert_unless_active(session: AsyncSession, run: Run) -> Run | None:
+    """Insert `run`, or nothing when its task already has an active run (the partial
+    unique index decides, so racing API processes still make one): one statement, with
+    no savepoint to recover from a unique violation."""
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
+    statement = (
+        insert(Run)
+        .values(**run.model_dump())
+        .on_conflict_do_nothing(index_elements=["task_id"], index_where=text(ACTIVE_SQL))
+        .returning(Run)
+    )
+    return (await session.scalars(statement)).one_or_none()
 
 
 async def page_for_task(

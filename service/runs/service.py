@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import Conflict, InvalidInput, NotFound
@@ -46,22 +45,17 @@ async def trigger(
     """
     task = await get_task(session, tenant_id, task_id)
     options = _options(task, body)
-    active = await repository.active_for_task(session, task.id)
-    if active is not None:
-        return active, False
-    run = Run(
-        id=new_id("run"), task_id=task.id, tenant_id=tenant_id, trigger=trigger, options=options
-    )
-    try:
-        async with session.begin_nested():
-            session.add(run)
-            await session.flush()
-    except IntegrityError:
+    for _ in range(3):  # the active run may end between the insert and the read
+        run = Run(
+            id=new_id("run"), task_id=task.id, tenant_id=tenant_id, trigger=trigger, options=options
+        )
+        created = await repository.insert_unless_active(session, run)
+        if created is not None:
+            return created, True
         active = await repository.active_for_task(session, task.id)
-        if active is None:
-            raise
-        return active, False
-    return run, True
+        if active is not None:
+            return active, False
+    raise Conflict("the task's runs are changing too fast; try again")
 
 
 async def get_run(session: AsyncSession, tenant_id: str, run_id: str) -> Run:

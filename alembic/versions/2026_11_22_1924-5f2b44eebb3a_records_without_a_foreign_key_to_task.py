@@ -7,11 +7,7 @@ Create Date: 2026-11-22 19:24:06.023316
 
 from collections.abc import Sequence
 
-import sqlalchemy as sa
-import sqlmodel
 from alembic import op
-
-import service.models.types
 
 revision: str = "5f2b44eebb3a"
 down_revision: str | None = "76066061aaf2"

@@ -15,6 +15,10 @@ class PageValidator(SQLModel, table=True):
 
     `next_page` is where that page pointed: a 304 has no body to read the next cursor
     from, so the walk continues from what the page said last time.
+
+    `digest` identifies the bytes the page's stored records came from, for every task;
+    `records_seen` and `rejected` are that page's counts, reported again when the same
+    bytes come back (`service.sync.conditional`).
     """
 
     __tablename__ = "page_validator"
@@ -24,4 +28,7 @@ class PageValidator(SQLModel, table=True):
     etag: str | None = Field(default=None, max_length=1000)
     last_modified: str | None = Field(default=None, max_length=100)
     next_page: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
+    digest: str | None = Field(default=None, max_length=32)
+    records_seen: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    rejected: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

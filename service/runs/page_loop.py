@@ -11,10 +11,11 @@ from typing import Any
 
 from service.records.service import PageCounts
 from service.sync import Page
+from service.sync.conditional import Validator
 
 
 class QuietPages:
-    """Progress of pages that wrote nothing (304s, unchanged pages), not yet committed.
+    """Progress of pages that wrote no records (304s, unchanged pages), not yet committed.
 
     Such pages are safe to fetch again, so their counters and checkpoint are committed
     in batches (with the next page that writes, or every 50 pages / half a second),
@@ -28,18 +29,28 @@ class QuietPages:
     def __init__(self) -> None:
         self.progress: dict[str, int] = {}
         self.checkpoint: dict[str, Any] | None = None
+        self.validators: list[tuple[str, Validator]] = []
+        """New validators of these pages (page key, validator): their records are stored
+        as they are, so they are as safe to commit late as the progress."""
         self.pages = 0
         self.since = 0.0
 
     def clear(self) -> None:
-        self.progress, self.checkpoint, self.pages = {}, None, 0
+        self.progress, self.checkpoint, self.validators, self.pages = {}, None, [], 0
 
-    def add(self, progress: dict[str, int], checkpoint: dict[str, Any]) -> None:
+    def add(
+        self,
+        progress: dict[str, int],
+        checkpoint: dict[str, Any],
+        validator: tuple[str, Validator] | None = None,
+    ) -> None:
         if not self.pages:
             self.since = time.monotonic()
         for name, amount in progress.items():
             self.progress[name] = self.progress.get(name, 0) + amount
         self.checkpoint = checkpoint
+        if validator is not None:
+            self.validators.append(validator)
         self.pages += 1
 
     def due(self) -> bool:
@@ -53,12 +64,15 @@ class QuietPages:
 
 
 def page_progress(page: Page, counts: PageCounts) -> dict[str, int]:
+    seen, rejected = page.records.seen, len(page.records.rejections)
+    if page.same_as_before and page.known is not None:  # not decoded: as counted last time
+        seen, rejected = page.known.records_seen, page.known.rejected
     return {
         "pages": 1,
         "requests": 1,
         "not_modified": int(page.not_modified),
-        "records_seen": page.records.seen,
-        "rejected": len(page.records.rejections),
+        "records_seen": seen,
+        "rejected": rejected,
         "bytes": page.fetched.nbytes,
         "inserted": counts.inserted,
         "updated": counts.updated,

@@ -1,4 +1,4 @@
-"""PostgreSQL: a page's records, its validator and its run's progress in one statement.
+"""PostgreSQL: a page's records, validators and its run's progress in one statement.
 
 A page that writes is the worker's most frequent transaction. As one statement, sent
 outside any explicit transaction, it is one round trip instead of five or more (BEGIN,
@@ -18,10 +18,11 @@ for meanwhile: then the page still commits, and the caller ends the run as cance
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from sqlalchemy import JSON, BindParameter, TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -48,18 +49,24 @@ _RECORDS_OUTCOME = (
     " ELSE :now END, consecutive_failures = CASE WHEN (SELECT cancel_requested FROM held)"
     " THEN consecutive_failures ELSE 0 END"
 )
-_VALIDATOR = (
+_VALIDATORS = (
     ", validated AS ("
-    " INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, updated_at)"
-    " SELECT CAST(:task_id AS varchar), :url_key, :etag, :last_modified, :next_page, :now"
-    " FROM held ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
+    " INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
+    " records_seen, rejected, updated_at)"
+    " SELECT CAST(:task_id AS varchar), v.k, v.e, v.m, CAST(v.n AS json), v.d, v.s, v.r,"
+    " CAST(:now AS timestamptz) FROM unnest(CAST(:v_keys AS text[]),"
+    " CAST(:v_etags AS text[]), CAST(:v_modified AS text[]), CAST(:v_next AS text[]),"
+    " CAST(:v_digests AS text[]), CAST(:v_seen AS int[]), CAST(:v_rejected AS int[]))"
+    " AS v(k, e, m, n, d, s, r) CROSS JOIN held"
+    " ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
     " last_modified = excluded.last_modified, next_page = excluded.next_page,"
-    " updated_at = excluded.updated_at RETURNING 1)"
+    " digest = excluded.digest, records_seen = excluded.records_seen,"
+    " rejected = excluded.rejected, updated_at = excluded.updated_at RETURNING 1)"
 )
 
 
 @functools.cache
-def _statement(*, validator: bool, succeed: bool) -> TextClause:
+def _statement(*, validators: bool, succeed: bool) -> TextClause:
     sql = (
         "WITH page AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
         " SELECT t.k, t.d, t.h, t.n FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]),"
@@ -91,7 +98,7 @@ def _statement(*, validator: bool, succeed: bool) -> TextClause:
         " CAST(:now AS timestamptz), CAST(:now AS timestamptz) FROM changed c CROSS JOIN seq s "
         + ON_CONFLICT_CHANGED
         + " RETURNING 1)"
-        + (_VALIDATOR if validator else "")
+        + (_VALIDATORS if validators else "")
         + " SELECT (SELECT n_new FROM counts), (SELECT n_changed FROM counts),"
         " (SELECT cancel_requested FROM held)"
     )
@@ -100,11 +107,13 @@ def _statement(*, validator: bool, succeed: bool) -> TextClause:
         bindparam("lease_until", type_=UTCDateTime()),
         bindparam("checkpoint", type_=JSON()),
     ]
-    if validator:
-        binds.append(bindparam("next_page", type_=JSON()))
     if succeed:
         binds.append(bindparam("attempts", type_=JSON()))
     return text(sql).bindparams(*binds)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,8 +136,8 @@ class PageWrite:
     checkpoint: dict[str, Any]
     lease_until: datetime
     now: datetime
-    validator: tuple[str, Validator] | None = None
-    """(page key, validator) to remember."""
+    validators: list[tuple[str, Validator]] = field(default_factory=list)
+    """(page key, validator) pairs to remember."""
     succeed: list[dict[str, Any]] | None = None
     """The run's attempts, this one included: the run succeeds with this page."""
 
@@ -147,16 +156,19 @@ async def write(session: AsyncSession, page: PageWrite) -> PageWritten:
         "now": page.now,
         **{name: page.progress.get(name, 0) for name in (*_COUNTERS, *_COUNTED)},
     }
-    if page.validator is not None:
-        url_key, validator = page.validator
+    if page.validators:
+        keys, validators = zip(*page.validators, strict=True)
         params.update(
-            url_key=url_key,
-            etag=validator.etag,
-            last_modified=validator.last_modified,
-            next_page=validator.next_page,
+            v_keys=list(keys),
+            v_etags=[v.etag for v in validators],
+            v_modified=[v.last_modified for v in validators],
+            v_next=[None if v.next_page is None else _json(v.next_page) for v in validators],
+            v_digests=[v.digest for v in validators],
+            v_seen=[v.records_seen for v in validators],
+            v_rejected=[v.rejected for v in validators],
         )
     if page.succeed is not None:
         params["attempts"] = page.succeed
-    statement = _statement(validator=page.validator is not None, succeed=page.succeed is not None)
+    statement = _statement(validators=bool(page.validators), succeed=page.succeed is not None)
     inserted, changed, cancel = (await session.execute(statement, params)).one()
     return PageWritten(int(inserted), int(changed), None if cancel is None else bool(cancel))

@@ -19,6 +19,9 @@ async def remember(session: AsyncSession, task_id: str, url_key: str, validator:
             etag=validator.etag,
             last_modified=validator.last_modified,
             next_page=validator.next_page,
+            digest=validator.digest,
+            records_seen=validator.records_seen,
+            rejected=validator.rejected,
             updated_at=utcnow(),
         )
     )
@@ -28,5 +31,8 @@ async def all_for_task(session: AsyncSession, task_id: str) -> dict[str, Validat
     """Every validator of a task, by page key: one query per run instead of one per page."""
     rows = await session.execute(select(PageValidator).where(col(PageValidator.task_id) == task_id))
     return {
-        row.url_key: Validator(row.etag, row.last_modified, row.next_page) for row in rows.scalars()
+        row.url_key: Validator(
+            row.etag, row.last_modified, row.next_page, row.digest, row.records_seen, row.rejected
+        )
+        for row in rows.scalars()
     }

@@ -198,7 +198,7 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         return watermark
 
     known: dict[str, Validator] = {}
-    if plan.source.conditional:
+    if not plan.fresh_task:  # a task with no records has nothing a page could match
         async with deps.sessionmaker() as session:
             known = await page_validators.all_for_task(session, plan.task_id)
 
@@ -237,23 +237,30 @@ async def _take_page(
     """Store one page, or note it among the quiet ones; returns (changed anything,
     watermark)."""
     incremental = plan.source.incremental
-    if incremental is not None and not page.not_modified:
+    unread = page.not_modified or page.same_as_before  # no body decoded: records as stored
+    if incremental is not None and not unread:
         records = records_of(page.fetched.body, plan.source.records_path)
         watermark = later(watermark, page_watermark(records, incremental.cursor_path))
     checkpoint = {**(page.next.to_json() if page.next else _DONE), "watermark": watermark}
     comparison = None
-    if not page.not_modified and not changing:
+    if not unread and not changing:
         comparison = await _compare(deps, plan, page)
-    if page.not_modified or (
-        comparison is not None and not comparison.changed and page.validator is None
-    ):
-        counts = comparison.counts if comparison is not None else PageCounts()
-        quiet.add(page_progress(page, counts), checkpoint)
+    if unread or (comparison is not None and not comparison.changed):
+        counts = comparison.counts if comparison is not None else _unread_counts(page)
+        validator = (page_key(page.request), page.validator) if page.validator else None
+        quiet.add(page_progress(page, counts), checkpoint, validator)
         if page.next is None or quiet.due():
             await _flush(deps, plan, quiet, watermark, last=page.next is None)
         return False, watermark
     changed = await _commit_page(deps, plan, page, checkpoint, comparison, quiet, watermark)
     return changed, watermark
+
+
+def _unread_counts(page: Page) -> PageCounts:
+    """A page whose bytes are the stored ones: its records are all unchanged."""
+    if page.same_as_before and page.known is not None:
+        return PageCounts(unchanged=page.known.records_seen - page.known.rejected)
+    return PageCounts()
 
 
 async def _compare(deps: RunnerDeps, plan: _Plan, page: Page) -> PageComparison:
@@ -282,10 +289,16 @@ async def _commit_page(
     last = page.next is None
     if _at_once(deps, plan, watermark, last):
         final, earlier = last_copies(page.records.rows)
-        validator = (page_key(page.request), page.validator) if page.validator else None
         progress = quiet.merged(page_progress(page, earlier))
         return await _write_at_once(
-            deps, plan, list(final.values()), progress, checkpoint, validator, last, quiet
+            deps,
+            plan,
+            list(final.values()),
+            progress,
+            checkpoint,
+            _validators(page, quiet),
+            last,
+            quiet,
         )
     async with transaction(deps.sessionmaker) as session:
         if comparison is None:
@@ -296,10 +309,8 @@ async def _commit_page(
             counts = None
         if counts is None:
             raise _Stop
-        if page.validator is not None:
-            await page_validators.remember(
-                session, plan.task_id, page_key(page.request), page.validator
-            )
+        for url_key, validator in _validators(page, quiet):
+            await page_validators.remember(session, plan.task_id, url_key, validator)
         progress = quiet.merged(page_progress(page, counts))
         await _record_progress(
             session, deps, plan, progress, checkpoint, watermark, page.next is None
@@ -308,6 +319,12 @@ async def _commit_page(
     if page.next is None:
         raise _Stop
     return counts.inserted + counts.updated > 0
+
+
+def _validators(page: Page, quiet: QuietPages) -> list[tuple[str, Validator]]:
+    """The validators to store with a page: the quiet pages' before it, and its own."""
+    own = [(page_key(page.request), page.validator)] if page.validator else []
+    return [*quiet.validators, *own]
 
 
 def _at_once(deps: RunnerDeps, plan: _Plan, watermark: Watermark | None, last: bool) -> bool:
@@ -322,7 +339,7 @@ async def _write_at_once(
     rows: list[Row],
     progress: dict[str, int],
     checkpoint: dict[str, Any],
-    validator: tuple[str, Validator] | None,
+    validators: list[tuple[str, Validator]],
     last: bool,
     quiet: QuietPages,
 ) -> bool:
@@ -336,7 +353,7 @@ async def _write_at_once(
         checkpoint=checkpoint,
         lease_until=deps.lease_until(),
         now=utcnow(),
-        validator=validator,
+        validators=validators,
         succeed=_with_attempt(plan, None) if last else None,
     )
     async with autocommit(deps.sessionmaker) as session:
@@ -364,9 +381,11 @@ async def _flush(
 ) -> None:
     assert quiet.checkpoint is not None
     if _at_once(deps, plan, watermark, last):
-        await _write_at_once(deps, plan, [], quiet.progress, quiet.checkpoint, None, last, quiet)
+        await _write_at_once(
+            deps, plan, [], quiet.progress, quiet.checkpoint, quiet.validators, last, quiet
+        )
         return
-    if not last:  # counters, checkpoint and lease: one statement
+    if not last and not quiet.validators:  # counters, checkpoint and lease: one statement
         async with autocommit(deps.sessionmaker) as session:
             cancel = await repository.add_page_progress(
                 session,
@@ -380,6 +399,8 @@ async def _flush(
         await _stop_if_cancelled(deps, plan, cancel)
         return
     async with transaction(deps.sessionmaker) as session:
+        for url_key, validator in quiet.validators:
+            await page_validators.remember(session, plan.task_id, url_key, validator)
         await _record_progress(
             session, deps, plan, quiet.progress, quiet.checkpoint, watermark, last
         )

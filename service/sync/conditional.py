@@ -3,6 +3,11 @@
 A validator is what the upstream said about one page URL last time (`ETag`,
 `Last-Modified`) plus where that page pointed next: a 304 has no body, so the walk
 continues from the remembered next page.
+
+It also keeps a digest of the page's bytes (and of the task settings that read them),
+for every source, conditional or not: a page that comes back byte for byte as it was
+stored last time holds the same records, so it is neither decoded nor compared, and
+counts as `unchanged` — what a strong `ETag` does for upstreams that send none.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import httpx
 import orjson
 
 from service.sync.paginators import PageRequest
+from service.sync.records import ExtractedPage
+from service.sync.spec import Source
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +30,23 @@ class Validator:
     etag: str | None
     last_modified: str | None
     next_page: dict[str, Any] | None
+    digest: str | None = None
+    """`page_digest` of the body these records were stored from."""
+    records_seen: int = 0
+    rejected: int = 0
+
+
+def digest_seed(source: Source) -> bytes:
+    """What besides the bytes decides a page's records and its next page: a digest
+    stored under other settings never matches."""
+    settings = [source.records_path, source.primary_key, source.pagination.model_dump()]
+    return hashlib.blake2b(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).digest()
+
+
+def page_digest(seed: bytes, raw: bytes) -> str:
+    digest = hashlib.blake2b(seed, digest_size=16)
+    digest.update(raw)
+    return digest.hexdigest()
 
 
 ValidatorLookup = Callable[[str], Awaitable[Validator | None]]
@@ -43,11 +67,31 @@ def conditional_headers(validator: Validator) -> dict[str, str]:
     return headers
 
 
-def validator_from(headers: httpx.Headers, following: PageRequest | None) -> Validator | None:
-    etag, last_modified = headers.get("etag"), headers.get("last-modified")
-    if not etag and not last_modified:
+def validator_from(
+    headers: httpx.Headers,
+    following: PageRequest | None,
+    *,
+    conditional: bool,
+    digest: str | None,
+    records: ExtractedPage,
+) -> Validator | None:
+    """What to remember of a page: its HTTP validators (conditional sources), and its
+    digest unless the page repeats a key (then its counts would not be all `unchanged`
+    next time)."""
+    etag = headers.get("etag") if conditional else None
+    last_modified = headers.get("last-modified") if conditional else None
+    if digest is not None and len({row.key for row in records.rows}) < len(records.rows):
+        digest = None
+    if not etag and not last_modified and digest is None:
         return None
-    return Validator(etag, last_modified, following.to_json() if following else None)
+    return Validator(
+        etag,
+        last_modified,
+        following.to_json() if following else None,
+        digest,
+        records.seen,
+        len(records.rejections),
+    )
 
 
 def resumed(validator: Validator, request: PageRequest) -> PageRequest | None:

@@ -17,6 +17,7 @@ from service.sync.conditional import (
     Validator,
     ValidatorLookup,
     conditional_headers,
+    digest_seed,
     page_key,
     resumed,
     validator_from,
@@ -37,7 +38,14 @@ class Page:
     not_modified: bool = False
     """A 304: nothing changed on this page since the validator was stored."""
     validator: Validator | None = None
-    """What to remember for this page URL (conditional sources, 2xx answers with one)."""
+    """What to remember for this page URL (a 2xx answer that differs from `known`)."""
+    known: Validator | None = None
+    """What was remembered for this page URL before."""
+
+    @property
+    def same_as_before(self) -> bool:
+        """A 2xx whose bytes are the ones its stored records came from: not decoded."""
+        return self.fetched.body is None and not self.not_modified
 
 
 async def iter_pages(
@@ -51,15 +59,16 @@ async def iter_pages(
 ) -> AsyncGenerator[Page, None]:
     """Pages from `start` (or the first) to the last; `budget` shares each upstream host's
     politeness with every other task (see `service.sync.budget`); `validators` finds
-    what a conditional source's pages said last time."""
+    what each page said last time (`service.sync.conditional`)."""
     request: PageRequest | None = start or first_request(source)
+    seed = digest_seed(source)
     while request is not None:
         if request.index >= limits.max_pages:
             raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
-        known = None
-        if source.conditional and validators is not None:
-            known = await validators(page_key(request))
-        page = await fetch_one(client, source, limits, request, budget=budget, validator=known)
+        known = await validators(page_key(request)) if validators is not None else None
+        page = await fetch_one(
+            client, source, limits, request, budget=budget, validator=known, seed=seed
+        )
         yield page
         request = page.next
 
@@ -72,17 +81,31 @@ async def fetch_one(
     *,
     budget: HostBudget | None = None,
     validator: Validator | None = None,
+    seed: bytes | None = None,
 ) -> Page:
-    """Fetch and interpret one page; also the dry run's whole job."""
-    headers = conditional_headers(validator) if validator else None
+    """Fetch and interpret one page; also the dry run's whole job. With `seed`
+    (`digest_seed`), a page whose bytes match `validator`'s digest is not decoded."""
+    conditional = source.conditional and validator is not None
     fetched = await fetch_page(
-        client, source, request, limits, budget=budget, extra_headers=headers
+        client,
+        source,
+        request,
+        limits,
+        budget=budget,
+        extra_headers=conditional_headers(validator) if validator and conditional else None,
+        digest_seed=seed,
+        undecoded_if=validator.digest if validator else None,
     )
-    if fetched.status == 304:
-        if validator is None:
+    if fetched.status == 304 or fetched.body is None:
+        if validator is None or (fetched.status == 304 and not conditional):
             raise InvalidBody("upstream answered 304 to an unconditional request", http_status=304)
         return Page(
-            request, fetched, ExtractedPage(), resumed(validator, request), not_modified=True
+            request,
+            fetched,
+            ExtractedPage(),
+            resumed(validator, request),
+            not_modified=fetched.status == 304,
+            known=validator,
         )
     records = records_of(fetched.body, source.records_path)
     extracted = extract(records, source.primary_key)
@@ -90,5 +113,13 @@ async def fetch_one(
     following = strip_query_auth(source, next_request(source.pagination, request, view))
     if following is not None and (following.url, following.params) == (request.url, request.params):
         raise PaginationLoop("the upstream pointed to the same page again")
-    remembered = validator_from(fetched.headers, following) if source.conditional else None
-    return Page(request, fetched, extracted, following, validator=remembered)
+    remembered = validator_from(
+        fetched.headers,
+        following,
+        conditional=source.conditional,
+        digest=fetched.digest,
+        records=extracted,
+    )
+    if remembered == validator:
+        remembered = None  # nothing new to store
+    return Page(request, fetched, extracted, following, validator=remembered, known=validator)

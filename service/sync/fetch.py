@@ -15,6 +15,7 @@ import orjson
 
 from service.sync.backoff import parse_retry_after
 from service.sync.budget import HostBudget, host_key
+from service.sync.conditional import page_digest
 from service.sync.errors import (
     BadRedirect,
     InvalidBody,
@@ -40,6 +41,8 @@ class FetchedPage:
     url: str
     """The final URL (after redirects), without a query-parameter credential."""
     nbytes: int
+    digest: str | None = None
+    """`page_digest` of the body, when asked for with `digest_seed`."""
 
 
 def _auth_parts(source: Source) -> tuple[dict[str, str], dict[str, str]]:
@@ -111,8 +114,12 @@ async def fetch_page(
     *,
     budget: HostBudget | None = None,
     extra_headers: dict[str, str] | None = None,
+    digest_seed: bytes | None = None,
+    undecoded_if: str | None = None,
 ) -> FetchedPage:
-    """One page, following up to `MAX_REDIRECTS` redirects by hand.
+    """One page, following up to `MAX_REDIRECTS` redirects by hand; with `digest_seed`,
+    the body's digest too, and the body is left undecoded (None) when the digest is
+    `undecoded_if`.
 
     By hand, so each hop is a request like the first: its URL's shape checked, its
     host's budget waited on, credentials kept only within the origin. (Addresses are
@@ -128,12 +135,16 @@ async def fetch_page(
             await budget.acquire(host_key(request.url), limits.requests_per_second)
         response, raw = await _exchange(client, request, limits, budget)
         if raw is not None:
+            status = response.status_code
+            digest = page_digest(digest_seed, raw) if digest_seed and status != 304 else None
+            undecoded = status == 304 or (digest is not None and digest == undecoded_if)
             return FetchedPage(
-                response.status_code,
-                None if response.status_code == 304 else _decode(raw, response.status_code),
+                status,
+                None if undecoded else _decode(raw, status),
                 response.headers,
                 without_query_auth(source, str(response.url)),
                 len(raw),
+                digest,
             )
         request = redirect_request(request, response, _secret_headers(source))
     raise TooManyRedirects(f"upstream redirected more than {MAX_REDIRECTS} times")

@@ -1,0 +1,155 @@
+"""Pages that come back byte for byte as they were stored are neither decoded nor
+compared (every task, conditional or not); anything else is compared record by record.
+
+Whether a page was compared is seen from the database: a stored record whose hash is
+made stale behind Backsync's back is rewritten by a comparison, and left alone by a
+page that was recognised by its bytes.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.config import Settings
+from service.db import create_engine
+from tests.fixtures.upstream import Upstream, cursor, make_records
+from tests.helpers import create_task, feed, http_task, sync
+
+CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
+
+
+async def _make_stale(settings: Settings, task_id: str, key: str) -> None:
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                text("UPDATE record SET hash = 'stale' WHERE task_id = :task AND key = :key"),
+                {"task": task_id, "key": f'"{key}"'},
+            )
+    finally:
+        await engine.dispose()
+
+
+async def _is_stale(settings: Settings, task_id: str, key: str) -> bool:
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.connect() as connection:
+            stored = await connection.execute(
+                text("SELECT hash FROM record WHERE task_id = :task AND key = :key"),
+                {"task": task_id, "key": f'"{key}"'},
+            )
+            return bool(stored.scalar_one() == "stale")
+    finally:
+        await engine.dispose()
+
+
+def _stats(run: dict[str, Any]) -> tuple[int, ...]:
+    stats = run["stats"]
+    names = ("pages", "records_seen", "inserted", "updated", "unchanged", "rejected")
+    return tuple(stats[name] for name in names)
+
+
+async def test_a_page_back_byte_for_byte_counts_unchanged_without_being_compared(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    settings: Settings,
+    worker: object,
+) -> None:
+    records: list[dict[str, Any]] = [*make_records(29), {"no_id": True}]
+    url = upstream.route("/same", cursor(records, size=10))
+    task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
+    first = await sync(client, auth, task["id"])
+    assert _stats(first) == (3, 30, 29, 0, 0, 1)
+    await _make_stale(settings, task["id"], "r000000")
+    seq_before = len(await feed(client, auth, task["id"]))
+
+    second = await sync(client, auth, task["id"])
+
+    assert second["status"] == "succeeded"
+    assert _stats(second) == (3, 30, 0, 0, 29, 1)  # the counts the pages had last time
+    assert second["stats"]["not_modified"] == 0 and second["stats"]["requests"] == 3
+    assert await _is_stale(settings, task["id"], "r000000")  # not compared
+    assert len(await feed(client, auth, task["id"])) == seq_before
+
+    records[15] = {**records[15], "value": -1}  # the second page changes: compared again
+    third = await sync(client, auth, task["id"])
+    assert _stats(third) == (3, 30, 0, 1, 28, 1)
+    assert await _is_stale(settings, task["id"], "r000000")  # the first page still matched
+
+
+async def test_changed_settings_make_stored_digests_useless(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
+) -> None:
+    url = upstream.route("/rekeyed", cursor(make_records(20), size=10))
+    task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
+    assert (await sync(client, auth, task["id"]))["stats"]["inserted"] == 20
+
+    patched = await client.patch(
+        f"/v1/tasks/{task['id']}",
+        json={"source": {"primary_key": "value"}},
+        headers={**auth, "Content-Type": "application/merge-patch+json"},
+    )
+    assert patched.status_code == 200, patched.text
+    rekeyed = await sync(client, auth, task["id"])
+
+    assert rekeyed["stats"]["inserted"] == 20  # the same bytes, read under the new key
+
+
+async def test_pages_whose_bytes_change_are_compared_record_by_record(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    settings: Settings,
+    worker: object,
+) -> None:
+    records = make_records(20)
+    served = itertools.count()
+
+    def stamped(request: Request) -> Response:  # the envelope differs on every answer
+        start = int(request.query_params.get("next_token") or 0)
+        following = start + 10
+        return JSONResponse(
+            {
+                "generated": next(served),
+                "data": records[start:following],
+                "next_token": str(following) if following < len(records) else None,
+            }
+        )
+
+    url = upstream.route("/stamped", stamped)
+    task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
+    await sync(client, auth, task["id"])
+    await _make_stale(settings, task["id"], "r000000")
+
+    again = await sync(client, auth, task["id"])
+
+    assert _stats(again) == (2, 20, 0, 1, 19, 0)
+    assert not await _is_stale(settings, task["id"], "r000000")  # compared and rewritten
+
+
+async def test_a_page_repeating_a_key_is_always_compared(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    settings: Settings,
+    worker: object,
+) -> None:
+    records = make_records(10)
+    repeated = [*records, {**records[0], "value": 99}]  # the last copy of r000000 wins
+    url = upstream.route("/repeats", cursor(repeated, size=20))
+    task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
+    first = await sync(client, auth, task["id"])
+    assert _stats(first) == (1, 11, 10, 1, 0, 0)
+    await _make_stale(settings, task["id"], "r000001")
+
+    again = await sync(client, auth, task["id"])
+
+    assert not await _is_stale(settings, task["id"], "r000001")
+    assert _stats(again) == (1, 11, 0, 2, 9, 0)  # the stale one, and the superseded copy

@@ -7,9 +7,9 @@ address it checked is the one the socket connects to.
 
 from __future__ import annotations
 
-import itertools
 import math
 import ssl
+from collections.abc import AsyncIterator
 from http.cookiejar import CookieJar, DefaultCookiePolicy
 
 import httpcore
@@ -61,7 +61,9 @@ def _guarded_transport(
 
 
 class ShardedTransport(httpx.AsyncBaseTransport):
-    """Several small connection pools behind one transport, taken in turn.
+    """Several small connection pools behind one transport; each request goes to the
+    pool with the fewest requests in flight (the first of equals, so a lone run keeps
+    reusing one connection).
 
     httpcore's pool re-examines every connection it holds, in a loop inside a loop, each
     time a request starts or ends: with 50 runs in flight that was a tenth of the
@@ -77,14 +79,41 @@ class ShardedTransport(httpx.AsyncBaseTransport):
         limits = httpx.Limits(max_connections=per_shard, max_keepalive_connections=per_shard)
         ssl_context = httpx.create_ssl_context(trust_env=False)  # loading CAs takes ~50 ms
         self.shards = [_guarded_transport(backend, limits, ssl_context) for _ in range(count)]
-        self._turn = itertools.cycle(self.shards)
+        self.in_flight = [0] * count
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        return await next(self._turn).handle_async_request(request)
+        index = self.in_flight.index(min(self.in_flight))
+        self.in_flight[index] += 1
+        try:
+            response = await self.shards[index].handle_async_request(request)
+        except BaseException:
+            self.in_flight[index] -= 1
+            raise
+        assert isinstance(response.stream, httpx.AsyncByteStream)
+        response.stream = _Counted(response.stream, self.in_flight, index)
+        return response
 
     async def aclose(self) -> None:
         for shard in self.shards:
             await shard.aclose()
+
+
+class _Counted(httpx.AsyncByteStream):
+    """A response body that takes its request off its shard's count once closed."""
+
+    def __init__(self, stream: httpx.AsyncByteStream, in_flight: list[int], index: int):
+        self._stream, self._in_flight, self._index = stream, in_flight, index
+        self._open = True
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self._stream:
+            yield chunk
+
+    async def aclose(self) -> None:
+        if self._open:
+            self._open = False
+            self._in_flight[self._index] -= 1
+        await self._stream.aclose()
 
 
 def _no_cookies() -> CookieJar:

@@ -197,6 +197,8 @@ async def _send(
         if response.has_redirect_location:
             return response, None
         if response.status_code == 304:  # only ever an answer to our conditional request
+            # Read to its (empty) end, or the connection would be closed, not reused.
+            await _read_capped(response, limit)
             return response, b""
         if not 200 <= response.status_code < 300:
             raise UpstreamStatusError(

@@ -8,15 +8,26 @@ skewed clocks still share one rate. Keys:
 
 - `<prefix>:bucket:<host:port>`: hash {tokens, ts}; expires once it would be full again;
 - `<prefix>:hold:<host:port>`: exists while the host is held; its PX expiry is the hold.
+
+A worker that `start`s its budget also listens for holds: each hold is published on
+`<prefix>:holds` as it is set, and a listening budget keeps them in memory, so a request
+to a host without a rate limit (most of them) asks Redis nothing. It subscribes before
+it loads the holds already set, so none falls in between; while it is not subscribed
+(starting, or Redis gone) it asks Redis for every request, as an unstarted budget does.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import time
 
 from redis.asyncio import Redis
 
 from service.sync.budget import DEFAULT_MAX_HOLD, held_back, over
+
+log = logging.getLogger(__name__)
 
 _HELD, _RESERVED, _OVER = 0, 1, 2
 
@@ -63,11 +74,34 @@ class RedisBudget:
         self.max_wait = max_wait
         self.max_hold = max_hold
         self._acquire = redis.register_script(ACQUIRE)
+        self._channel = f"{prefix}:holds"
+        self._holds: dict[str, float] = {}
+        """host -> when its hold ends (monotonic), while `listening`."""
+        self.listening = False
+        self._listener: asyncio.Task[None] | None = None
 
     def _key(self, kind: str, host: str) -> str:
         return f"{self._prefix}:{kind}:{host}"
 
+    async def start(self) -> None:
+        """Listen for holds (see the module's docstring) until `close`."""
+        if self._listener is None:
+            self._listener = asyncio.create_task(self._listen())
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
     async def acquire(self, host: str, requests_per_second: float | None) -> None:
+        if not requests_per_second and self.listening:
+            while (wait := self._held_for(host)) > 0:
+                if over(wait, self.max_wait):
+                    raise held_back(host, wait, held=True)
+                await asyncio.sleep(wait)
+            return
         max_wait_ms = -1 if self.max_wait is None else int(self.max_wait * 1000)
         keys = [self._key("bucket", host), self._key("hold", host)]
         while True:
@@ -85,4 +119,49 @@ class RedisBudget:
         """The upstream's latest word wins: a shorter `Retry-After` shortens the hold."""
         ms = int(min(seconds, self.max_hold) * 1000)
         if ms > 0:
-            await self._redis.set(self._key("hold", host), 1, px=ms)
+            self._note(host, ms)
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.set(self._key("hold", host), 1, px=ms)
+                pipe.publish(self._channel, f"{ms} {host}")
+                await pipe.execute()
+
+    def knows_hold(self, host: str) -> bool:
+        return self._held_for(host) > 0
+
+    def _held_for(self, host: str) -> float:
+        until = self._holds.get(host)
+        if until is None:
+            return 0.0
+        wait = until - time.monotonic()
+        if wait <= 0:
+            del self._holds[host]
+        return wait
+
+    def _note(self, host: str, ms: int) -> None:
+        self._holds[host] = time.monotonic() + ms / 1000
+
+    async def _listen(self) -> None:
+        while True:
+            try:
+                async with self._redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self._channel)
+                    await self._load_holds()
+                    self.listening = True
+                    async for message in pubsub.listen():
+                        if message["type"] == "message":
+                            ms, _, host = message["data"].decode().partition(" ")
+                            self._note(host, int(ms))
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("not listening for upstream holds; asking Redis", exc_info=True)
+            finally:
+                self.listening = False
+            await asyncio.sleep(1)
+
+    async def _load_holds(self) -> None:
+        start = len(self._key("hold", ""))
+        async for key in self._redis.scan_iter(match=self._key("hold", "*"), count=500):
+            ms = await self._redis.pttl(key)
+            if ms > 0:
+                self._note(key.decode()[start:], ms)

@@ -52,6 +52,13 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         )
         sessionmaker = create_sessionmaker(engine)
         queue = Queue.from_pool(ctx["redis"], settings.queue_name)
+        budget = RedisBudget(
+            ctx["redis"],
+            settings.redis_key_prefix,
+            max_wait=settings.upstream_budget_max_wait_seconds,
+            max_hold=settings.upstream_max_hold_seconds,
+        )
+        await budget.start()
         ctx["engine"] = engine
         ctx["deps"] = RunnerDeps(
             sessionmaker=sessionmaker,
@@ -60,12 +67,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             queue=queue,
             owner=worker_identity(),
             lease_seconds=settings.lease_seconds,
-            budget=RedisBudget(
-                ctx["redis"],
-                settings.redis_key_prefix,
-                max_wait=settings.upstream_budget_max_wait_seconds,
-                max_hold=settings.upstream_max_hold_seconds,
-            ),
+            budget=budget,
         )
         if not burst:
             ctx["reconciler"] = asyncio.create_task(
@@ -88,6 +90,8 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         deps: RunnerDeps | None = ctx.get("deps")
         if deps is not None:
             await deps.http.aclose()
+            if isinstance(deps.budget, RedisBudget):
+                await deps.budget.close()
         if "engine" in ctx:
             await ctx["engine"].dispose()
 

@@ -164,3 +164,53 @@ async def test_keys_expire_and_holds_are_capped(
     assert 0 < await redis.pttl(f"{prefix}:bucket:api.example.com:443") <= 2_000
     assert 0 < await redis.pttl(f"{prefix}:hold:api.example.com:443") <= 2_000
     assert await redis.exists(f"{prefix}:hold:other.example.com:443") == 0
+
+
+async def _listening(budget: RedisBudget) -> RedisBudget:
+    await budget.start()
+    for _ in range(500):
+        if budget.listening:
+            return budget
+        await asyncio.sleep(0.01)
+    raise AssertionError("the budget never started listening")
+
+
+async def test_a_listening_worker_learns_holds_from_their_broadcast(
+    connections: tuple[Redis, Redis], prefix: str
+) -> None:
+    """Another worker's hold reaches a listening one by broadcast: it holds back without
+    asking Redis, which is also why a hold written without its broadcast goes unseen."""
+    holder = RedisBudget(connections[0], prefix)
+    listener = await _listening(RedisBudget(connections[1], prefix, max_wait=0.2))
+    try:
+        await connections[0].set(f"{prefix}:hold:quiet:443", 1, px=30_000)  # no broadcast
+        await listener.acquire("quiet:443", None)  # unmetered: Redis not asked, not known
+        with pytest.raises(HostHeld):  # a rate-limited request asks Redis, which knows
+            await listener.acquire("quiet:443", 5)
+
+        await holder.hold("busy:443", 30)
+        for _ in range(500):
+            if listener.knows_hold("busy:443"):
+                break
+            await asyncio.sleep(0.01)
+        with pytest.raises(HostHeld) as caught:
+            await listener.acquire("busy:443", None)
+        assert caught.value.retry_after is not None and 25 < caught.value.retry_after <= 30
+    finally:
+        await listener.close()
+    assert not listener.listening
+
+
+async def test_holds_set_before_a_worker_listens_are_loaded(
+    connections: tuple[Redis, Redis], prefix: str
+) -> None:
+    holder = RedisBudget(connections[0], prefix)
+    await holder.hold("early:443", 30)
+    listener = await _listening(RedisBudget(connections[1], prefix, max_wait=0.2))
+    try:
+        assert listener.knows_hold("early:443")
+        with pytest.raises(HostHeld):
+            await listener.acquire("early:443", None)
+        await listener.acquire("other:443", None)
+    finally:
+        await listener.close()

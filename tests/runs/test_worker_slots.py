@@ -1,0 +1,43 @@
+"""One worker, many queued runs: every run once, never more at a time than `max_jobs`."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.config import Settings
+from tests.fixtures.app import running_worker
+from tests.fixtures.upstream import Upstream
+from tests.helpers import create_task, http_task, trigger, wait_run
+
+
+async def test_a_backlog_runs_once_each_within_max_jobs(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, settings: Settings
+) -> None:
+    in_flight, peak = 0, 0
+
+    async def slow(request: Request) -> Response:
+        nonlocal in_flight, peak
+        in_flight += 1
+        peak = max(peak, in_flight)
+        await asyncio.sleep(0.1)
+        in_flight -= 1
+        return JSONResponse([{"id": request.url.path}])
+
+    tasks = [
+        await create_task(
+            client, auth, http_task(upstream.route(f"/slot/{i}", slow), name=f"t{i}")
+        )
+        for i in range(30)
+    ]
+    runs = [await trigger(client, auth, task["id"]) for task in tasks]  # queued before it starts
+
+    async with running_worker(settings):
+        finals = [await wait_run(client, auth, run["id"], timeout=60) for run in runs]
+
+    assert [final["status"] for final in finals] == ["succeeded"] * 30
+    assert sorted(seen.path for seen in upstream.requests) == sorted(f"/slot/{i}" for i in range(30))
+    assert 1 < peak <= settings.worker_max_jobs

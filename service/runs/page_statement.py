@@ -6,10 +6,17 @@ records, validator, progress, the run's end on its last page, COMMIT), and still
 nothing. On a 2-core machine each round trip costs the worker more CPU than the SQL
 it carries (bench/concurrency.py).
 
-The lease fences the page inside the statement: the records and the validator are only
-written through the rows of `held`, the run's own update, which finds nothing once the
-lease is no longer this worker's. The task row is locked before the run row, the order a
-task's deletion takes them in.
+The lease fences the page inside the statement: the records, the validators and the
+progress are only written through `held`, the run's row locked while it is still this
+worker's, which finds nothing once the lease is not. The task row is locked before the
+run row, the order a task's deletion takes them in.
+
+Records go straight into the upsert, which writes only the ones whose hash changed and
+says which were new (`xmax = 0`): no separate look-up of the stored hashes (the
+upsert's own index probe does that). Every record of the page reserves a `seq`, so an
+unchanged record leaves a gap; seqs stay strictly increasing in commit order, which is
+all the change feed promises. Pages expected to change come here; a resync compares
+first, read-only (`service.records.service.compare_page`).
 
 The last page of a run (`PageWrite.succeed`) also ends it, unless a cancel was asked
 for meanwhile: then the page still commits, and the caller ends the run as cancelled.
@@ -27,7 +34,7 @@ from sqlalchemy import JSON, BindParameter, TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models.types import UTCDateTime
-from service.records.repository import ON_CONFLICT_CHANGED, PG_CHANGED_ROWS
+from service.records.repository import ON_CONFLICT_CHANGED
 from service.sync.conditional import Validator
 from service.sync.records import Row
 
@@ -68,14 +75,27 @@ _VALIDATORS = (
 @functools.cache
 def _statement(*, validators: bool, succeed: bool) -> TextClause:
     sql = (
-        "WITH page AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
-        " SELECT t.k, t.d, t.h, t.n FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]),"
-        " CAST(:hashes AS text[])) WITH ORDINALITY AS t(k, d, h, n)"
-        "), changed AS (" + PG_CHANGED_ROWS + "), counts AS ("
-        " SELECT count(*) FILTER (WHERE is_new) AS n_new, count(*) AS n_changed FROM changed"
-        "), locked_task AS ("
+        "WITH locked_task AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
         " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
         "), held AS ("
+        " SELECT id, cancel_requested FROM run WHERE id = :run_id AND status = 'running'"
+        " AND lease_owner = :owner AND EXISTS (SELECT 1 FROM locked_task) FOR UPDATE"
+        "), seq AS ("
+        " UPDATE task SET record_seq = record_seq + :distinct"
+        + (_RECORDS_OUTCOME if succeed else "")
+        + " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
+        " RETURNING record_seq - :distinct AS base"
+        "), written AS ("
+        " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+        " SELECT CAST(:task_id AS varchar), t.k, t.d, t.h, s.base + t.n,"
+        " CAST(:now AS timestamptz), CAST(:now AS timestamptz)"
+        " FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]), CAST(:hashes AS text[]))"
+        " WITH ORDINALITY AS t(k, d, h, n) CROSS JOIN seq s "
+        + ON_CONFLICT_CHANGED
+        + " RETURNING xmax = 0 AS is_new"
+        "), counts AS ("
+        " SELECT count(*) FILTER (WHERE is_new) AS n_new, count(*) AS n_changed FROM written"
+        "), progress AS ("
         " UPDATE run SET "
         + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
         + ", inserted = inserted + :inserted + c.n_new,"
@@ -83,24 +103,11 @@ def _statement(*, validators: bool, succeed: bool) -> TextClause:
         " unchanged = unchanged + :unchanged + :distinct - c.n_changed,"
         " checkpoint = :checkpoint"
         + (_ENDS_RUN if succeed else ", lease_expires_at = :lease_until")
-        + " FROM counts c WHERE run.id = :run_id AND run.status = 'running'"
-        " AND run.lease_owner = :owner AND EXISTS (SELECT 1 FROM locked_task)"
-        " RETURNING run.cancel_requested"
-        "), seq AS ("
-        " UPDATE task SET record_seq = record_seq + (SELECT n_changed FROM counts)"
-        + (_RECORDS_OUTCOME if succeed else "")
-        + " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
-        + ("" if succeed else " AND EXISTS (SELECT 1 FROM changed)")
-        + " RETURNING record_seq - (SELECT n_changed FROM counts) AS base"
-        "), written AS ("
-        " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
-        " SELECT CAST(:task_id AS varchar), c.k, c.d, c.h, s.base + c.i,"
-        " CAST(:now AS timestamptz), CAST(:now AS timestamptz) FROM changed c CROSS JOIN seq s "
-        + ON_CONFLICT_CHANGED
-        + " RETURNING 1)"
+        + " FROM counts c WHERE run.id = (SELECT id FROM held)"
+        " RETURNING run.cancel_requested)"
         + (_VALIDATORS if validators else "")
         + " SELECT (SELECT n_new FROM counts), (SELECT n_changed FROM counts),"
-        " (SELECT cancel_requested FROM held)"
+        " (SELECT cancel_requested FROM progress)"
     )
     binds: list[BindParameter[Any]] = [
         bindparam("now", type_=UTCDateTime()),

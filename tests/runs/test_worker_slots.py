@@ -28,9 +28,7 @@ async def test_a_backlog_runs_once_each_within_max_jobs(
         return JSONResponse([{"id": request.url.path}])
 
     tasks = [
-        await create_task(
-            client, auth, http_task(upstream.route(f"/slot/{i}", slow), name=f"t{i}")
-        )
+        await create_task(client, auth, http_task(upstream.route(f"/slot/{i}", slow), name=f"t{i}"))
         for i in range(30)
     ]
     runs = [await trigger(client, auth, task["id"]) for task in tasks]  # queued before it starts
@@ -39,5 +37,7 @@ async def test_a_backlog_runs_once_each_within_max_jobs(
         finals = [await wait_run(client, auth, run["id"], timeout=60) for run in runs]
 
     assert [final["status"] for final in finals] == ["succeeded"] * 30
-    assert sorted(seen.path for seen in upstream.requests) == sorted(f"/slot/{i}" for i in range(30))
+    assert sorted(seen.path for seen in upstream.requests) == sorted(
+        f"/slot/{i}" for i in range(30)
+    )
     assert 1 < peak <= settings.worker_max_jobs

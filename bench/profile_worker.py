@@ -132,6 +132,7 @@ def install(out_path: str) -> None:
 
     import service.records.repository as records_repo
     import service.runs.jobs as jobs
+    import service.runs.page_statement as page_statement
     import service.runs.page_validators as page_validators
     import service.runs.repository as runs_repo
     import service.runs.runner as runner
@@ -150,6 +151,7 @@ def install(out_path: str) -> None:
     runner.read_ahead = timed_handover("wait for page", runner.read_ahead)
     runner._commit_page = scoped("commit_page", runner._commit_page)
     runner.store_page = timed("store_page", runner.store_page)
+    page_statement.write = timed("page statement", page_statement.write)
     runner._compare = timed("compare (read-only)", runner._compare)
     runner._flush = timed("flush quiet pages", runner._flush)
     page_validators.all_for_task = timed("validators (once per run)", page_validators.all_for_task)
@@ -192,7 +194,7 @@ def install(out_path: str) -> None:
             line = {
                 "run_id": run_id,
                 "wall": wall,
-                "pages": int(stages["commit_page"][1]),
+                "pages": int(stages.get("wait for page", [0.0, 0])[1]),
                 "stages": {name: [round(v[0], 6), int(v[1])] for name, v in stages.items()},
             }
             _append(out_path, json.dumps(line))

@@ -90,6 +90,9 @@ class _Plan:
     """The attempts recorded so far (only the lease holder writes them)."""
     fresh_task: bool
     """The task has never stored a record: its first pages will be all inserts."""
+    rereads: bool
+    """Stored page validators and digests are ignored: a task with no records has none
+    that could match, and a full refresh reads every page again."""
 
 
 class _Stop(Exception):
@@ -175,6 +178,7 @@ async def _start(deps: RunnerDeps, run_id: str) -> _Plan | None:
         moves_watermark=source.incremental is not None and "backfill" not in run.options,
         attempts=run.attempts,
         fresh_task=run.record_seq == 0,
+        rereads=run.record_seq == 0 or bool(run.options.get("full_refresh")),
     )
 
 
@@ -198,7 +202,7 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         return watermark
 
     known: dict[str, Validator] = {}
-    if not plan.fresh_task:  # a task with no records has nothing a page could match
+    if not plan.rereads:
         async with deps.sessionmaker() as session:
             known = await page_validators.all_for_task(session, plan.task_id)
 

@@ -19,7 +19,7 @@ from starlette.responses import JSONResponse, Response
 from service.config import Settings
 from service.db import create_engine
 from tests.fixtures.upstream import Upstream, cursor, make_records
-from tests.helpers import create_task, feed, http_task, sync
+from tests.helpers import create_task, feed, http_task, sync, wait_run
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
 
@@ -153,3 +153,28 @@ async def test_a_page_repeating_a_key_is_always_compared(
 
     assert not await _is_stale(settings, task["id"], "r000001")
     assert _stats(again) == (1, 11, 0, 2, 9, 0)  # the stale one, and the superseded copy
+
+
+async def test_a_full_refresh_reads_every_page_again(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    settings: Settings,
+    worker: object,
+) -> None:
+    records = [{"id": f"e{i}", "ts": f"2026-03-01T0{i}:00:00Z"} for i in range(5)]
+    url = upstream.route("/events", lambda _: JSONResponse({"data": records}))
+    incremental = {"cursor_path": "ts", "param": "since", "initial_value": "2026-01-01T00:00:00Z"}
+    body = http_task(url, records_path="data", incremental=incremental)
+    task = await create_task(client, auth, body)
+    await sync(client, auth, task["id"])
+    await _make_stale(settings, task["id"], "e0")
+
+    response = await client.post(
+        f"/v1/tasks/{task['id']}/runs", json={"full_refresh": True}, headers=auth
+    )
+    assert response.status_code == 202, response.text
+    refresh = await wait_run(client, auth, response.json()["id"])
+
+    assert _stats(refresh) == (1, 5, 0, 1, 4, 0)
+    assert not await _is_stale(settings, task["id"], "e0")

@@ -21,11 +21,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 
 from redis.asyncio import Redis
 
-from service.sync.budget import DEFAULT_MAX_HOLD, held_back, over
+from service.sync.budget import DEFAULT_MAX_HOLD, Holds, held_back, over
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +74,8 @@ class RedisBudget:
         self.max_hold = max_hold
         self._acquire = redis.register_script(ACQUIRE)
         self._channel = f"{prefix}:holds"
-        self._holds: dict[str, float] = {}
-        """host -> when its hold ends (monotonic), while `listening`."""
+        self._holds = Holds()
+        """The holds heard of, while `listening`."""
         self.listening = False
         self._listener: asyncio.Task[None] | None = None
 
@@ -97,7 +96,7 @@ class RedisBudget:
 
     async def acquire(self, host: str, requests_per_second: float | None) -> None:
         if not requests_per_second and self.listening:
-            while (wait := self._held_for(host)) > 0:
+            while (wait := self._holds.left(host)) > 0:
                 if over(wait, self.max_wait):
                     raise held_back(host, wait, held=True)
                 await asyncio.sleep(wait)
@@ -126,19 +125,10 @@ class RedisBudget:
                 await pipe.execute()
 
     def knows_hold(self, host: str) -> bool:
-        return self._held_for(host) > 0
-
-    def _held_for(self, host: str) -> float:
-        until = self._holds.get(host)
-        if until is None:
-            return 0.0
-        wait = until - time.monotonic()
-        if wait <= 0:
-            del self._holds[host]
-        return wait
+        return self._holds.left(host) > 0
 
     def _note(self, host: str, ms: int) -> None:
-        self._holds[host] = time.monotonic() + ms / 1000
+        self._holds.hold(host, ms / 1000)
 
     async def _listen(self) -> None:
         while True:

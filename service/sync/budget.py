@@ -60,6 +60,28 @@ class _Bucket:
     updated: float
 
 
+class Holds:
+    """Hosts held back and until when, by `clock`: what a budget keeps in memory."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._until: dict[str, float] = {}
+
+    def hold(self, host: str, seconds: float) -> None:
+        """The latest word wins, shorter or longer."""
+        self._until[host] = self._clock() + seconds
+
+    def left(self, host: str) -> float:
+        """Seconds until `host` may be asked again (0: not held)."""
+        until = self._until.get(host)
+        if until is None:
+            return 0.0
+        left = until - self._clock()
+        if left <= 0:
+            del self._until[host]
+        return max(0.0, left)
+
+
 class MemoryBudget:
     """`HostBudget` inside one process (tests, dev): the same rules as the Redis one."""
 
@@ -73,12 +95,12 @@ class MemoryBudget:
         self.max_wait = max_wait
         self.max_hold = max_hold
         self._clock = clock
-        self._holds: dict[str, float] = {}
+        self._holds = Holds(clock)
         self._buckets: dict[str, _Bucket] = {}
 
     async def acquire(self, host: str, requests_per_second: float | None) -> None:
         while True:
-            held = self._held_for(host)
+            held = self._holds.left(host)
             if held > 0:
                 await self._wait(host, held, held=True)
                 continue
@@ -89,21 +111,12 @@ class MemoryBudget:
 
     async def hold(self, host: str, seconds: float) -> None:
         if seconds > 0:
-            self._holds[host] = self._clock() + min(seconds, self.max_hold)
+            self._holds.hold(host, min(seconds, self.max_hold))
 
     async def _wait(self, host: str, seconds: float, *, held: bool) -> None:
         if over(seconds, self.max_wait):
             raise held_back(host, seconds, held=held)
         await asyncio.sleep(seconds)
-
-    def _held_for(self, host: str) -> float:
-        until = self._holds.get(host)
-        if until is None:
-            return 0.0
-        left = until - self._clock()
-        if left <= 0:
-            del self._holds[host]
-        return max(0.0, left)
 
     def _reserve(self, host: str, rps: float | None) -> float:
         """Take a token, possibly one not yet refilled; the wait until it is due.

@@ -269,8 +269,7 @@ def _unread_counts(page: Page) -> PageCounts:
 
 async def _compare(deps: RunnerDeps, plan: _Plan, page: Page) -> PageComparison:
     """Read-only, outside any transaction (autocommit): most resync pages stop here."""
-    async with deps.sessionmaker() as session:
-        await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
+    async with autocommit(deps.sessionmaker) as session:
         return await compare_page(session, plan.task_id, page.records.rows)
 
 
@@ -288,7 +287,8 @@ async def _commit_page(
     anything.
 
     The run row is written last, fenced by the lease: if this worker lost the run
-    meanwhile, the whole page rolls back and nothing of it was ever visible.
+    meanwhile, the whole page rolls back and nothing of it was ever visible. On
+    PostgreSQL the same is one statement (`_write_at_once`), fenced inside it.
     """
     last = page.next is None
     if _at_once(deps, plan, watermark, last):

@@ -44,7 +44,6 @@ import asyncio
 import contextlib
 import json
 import math
-import os
 import secrets
 import shutil
 import statistics
@@ -70,6 +69,7 @@ from bench.ingest import (
     RssSampler,
     _admin,
     _mib,
+    add_server_arguments,
     code_version,
     machine,
     print_py_spy,
@@ -79,6 +79,7 @@ from bench.ingest import (
     stop_py_spy,
     wait_quiet,
     wait_warmup,
+    worker_env,
 )
 from bench.slow_upstream import RESET_PATH, STATS_PATH, task_path
 from service.app import create_app
@@ -133,18 +134,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """`python -m service worker`; with `counts_out`, `bench.conc_worker` (the same worker,
     counting what its engine does, plus any what-ifs in `extra_env`)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
-    env |= {
-        "BACKSYNC_DATABASE_URL": settings.database_url,
-        "BACKSYNC_REDIS_URL": settings.redis_url or "",
-        "BACKSYNC_SECRET_KEYS": ",".join(settings.secret_keys),
-        "BACKSYNC_QUEUE_NAME": settings.queue_name,
-        "BACKSYNC_REDIS_KEY_PREFIX": settings.redis_key_prefix,
-        "BACKSYNC_WORKER_MAX_JOBS": str(settings.worker_max_jobs),
-        "BACKSYNC_BLOCK_PRIVATE_TARGETS": "false",
-        "BACKSYNC_LOG_LEVEL": "WARNING",
-    }
-    env |= extra_env
+    env = worker_env(settings) | extra_env
     argv = [sys.executable, "-m", "service", "worker"]
     if counts_out is not None:
         env["BENCH_COUNTS_OUT"] = str(counts_out)
@@ -684,18 +674,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pages", type=int, default=3, help="pages per task")
     parser.add_argument("--page-size", type=int, default=100, help="records per page")
     parser.add_argument("--latency", type=float, default=0.2, help="upstream seconds per page")
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "BACKSYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="PostgreSQL server to create the bench database on; any sqlite:// URL uses a "
-        "temp SQLite file",
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BACKSYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    parser.add_argument("--database-name", default=BENCH_DB, help="dropped and re-created!")
+    add_server_arguments(parser, BENCH_DB)
     parser.add_argument(
         "--api-concurrency",
         type=int,

@@ -250,18 +250,42 @@ which autovacuum would have gathered before a real task's next scheduled run."""
 TARGETS = {"first_sync_records_per_second": 70_000, "resync_speedup": 2, "conditional_speedup": 10}
 
 
-def start_worker(
-    settings: Settings, log_path: Path, profile_out: Path | None, what_ifs: list[str]
-) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
+def worker_env(settings: Settings) -> dict[str, str]:
+    """This process's environment, with `settings` as the worker's (and no other
+    `BACKSYNC_` variable of the caller's)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
+    return env | {
         "BACKSYNC_DATABASE_URL": settings.database_url,
         "BACKSYNC_REDIS_URL": settings.redis_url or "",
         "BACKSYNC_SECRET_KEYS": ",".join(settings.secret_keys),
         "BACKSYNC_QUEUE_NAME": settings.queue_name,
+        "BACKSYNC_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+        "BACKSYNC_WORKER_MAX_JOBS": str(settings.worker_max_jobs),
         "BACKSYNC_BLOCK_PRIVATE_TARGETS": "false",
         "BACKSYNC_LOG_LEVEL": "WARNING",
     }
+
+
+def add_server_arguments(parser: argparse.ArgumentParser, database_name: str) -> None:
+    """--database-url, --redis-url, --database-name: what both benchmarks run against."""
+    parser.add_argument(
+        "--database-url",
+        default=os.environ.get(
+            "BACKSYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+        ),
+        help="PostgreSQL server to create the bench database on (its database name is only "
+        "used to connect for CREATE DATABASE); any sqlite:// URL uses a temp SQLite file",
+    )
+    parser.add_argument(
+        "--redis-url", default=os.environ.get("BACKSYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
+    )
+    parser.add_argument("--database-name", default=database_name, help="dropped and re-created!")
+
+
+def start_worker(
+    settings: Settings, log_path: Path, profile_out: Path | None, what_ifs: list[str]
+) -> subprocess.Popen[bytes]:
+    env = worker_env(settings)
     module = "service"
     for name in what_ifs:
         env.update(WHAT_IFS[name])
@@ -1247,18 +1271,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--page-size", type=int, default=1000)
-    parser.add_argument(
-        "--database-url",
-        default=os.environ.get(
-            "BACKSYNC_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
-        ),
-        help="PostgreSQL server to create the bench database on (its database name is only "
-        "used to connect for CREATE DATABASE); any sqlite:// URL uses a temp SQLite file",
-    )
-    parser.add_argument(
-        "--redis-url", default=os.environ.get("BACKSYNC_REDIS_URL", "redis://127.0.0.1:6379/0")
-    )
-    parser.add_argument("--database-name", default=BENCH_DB, help="dropped and re-created!")
+    add_server_arguments(parser, BENCH_DB)
     parser.add_argument("--timeout", type=float, default=600, help="per run, seconds")
     parser.add_argument(
         "--quiet-wait",

@@ -643,7 +643,7 @@ def print_profile(result: RunResult) -> None:
     )
     wall = profile["wall"] * 1000
     rows: list[tuple[str, float | None]] = [
-        ("wait for page (read-ahead)", ms("wait for page")),
+        ("wait for page (fetched ahead)", ms("wait for page")),
         ("commit_page (total)", ms("commit_page")),
         ("  page statement (PostgreSQL)", ms("page statement")),
         ("  store_page (transaction path)", ms("store_page")),
@@ -661,7 +661,7 @@ def print_profile(result: RunResult) -> None:
             "other (loop, arq, start/finish)",
             wall - ms("wait for page") - ms("commit_page") - ms("flush quiet pages"),
         ),
-        ("read-ahead task (overlaps):", None),
+        ("fetch tasks (overlap):", None),
         ("  validator lookup", ms("validator lookup")),
         ("  fetch (total)", ms("fetch")),
         (

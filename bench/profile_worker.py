@@ -9,7 +9,7 @@ each run, appends one JSON line to `$BENCH_PROFILE_OUT`:
 
 Stages nest:
 
-- the run loop: `wait for page` (what it waited for the read-ahead task to hand over the
+- the run loop: `wait for page` (what it waited for the page fetches under way to hand over the
   next page) + `commit_page` + a little bookkeeping;
 - `commit_page` = `store_page` + `remember validator` (conditional tasks, 2xx pages) +
   `UPDATE run progress` (counters, checkpoint and lease, fenced) + `COMMIT`;
@@ -17,7 +17,7 @@ Stages nest:
   compare, reserve seqs, upsert and count in one statement) or `SELECT changed keys` +
   `UPDATE task seq` + `INSERT upsert` (while pages are unchanged, and on SQLite; an
   unchanged page stops after the SELECT), plus a little Python;
-- in the read-ahead task, overlapping the above: `validator lookup` (conditional tasks)
+- in the fetch tasks, overlapping the above: `validator lookup` (conditional tasks)
   and `fetch` = send + headers + `fetch: body read` + `fetch: json decode`, then
   `records_of` and `extract + hash`.
 
@@ -148,7 +148,7 @@ def install(out_path: str) -> None:
     engine.records_of = timed_sync("records_of", engine.records_of)
     engine.extract = timed_sync("extract + hash", engine.extract)
 
-    runner.read_ahead = timed_handover("wait for page", runner.read_ahead)
+    runner.iter_pages = timed_handover("wait for page", runner.iter_pages)
     runner._commit_page = scoped("commit_page", runner._commit_page)
     runner.store_page = timed("store_page", runner.store_page)
     page_statement.write = timed("page statement", page_statement.write)

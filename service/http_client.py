@@ -17,6 +17,7 @@ import httpx
 
 from service import __version__
 from service.config import Settings
+from service.sync.client import UpstreamClient
 from service.sync.ssrf import GuardedBackend, Resolver, TargetPolicy, system_resolver
 
 
@@ -29,10 +30,10 @@ def target_policy(settings: Settings) -> TargetPolicy:
 
 def create_upstream_client(
     settings: Settings, *, resolver: Resolver = system_resolver
-) -> httpx.AsyncClient:
+) -> UpstreamClient:
     """The guarded client; `resolver` is for tests (DNS answers that change per call)."""
     backend = GuardedBackend(target_policy(settings), resolver=resolver)
-    return httpx.AsyncClient(
+    return UpstreamClient(
         transport=ShardedTransport(backend, settings.upstream_max_connections),
         trust_env=False,  # no proxy or netrc from the environment: targets are checked as given
         follow_redirects=False,  # the engine follows them, checking every hop

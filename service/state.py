@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import TypedDict
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.config import Settings
 from service.crypto import SecretBox
 from service.db import SessionMaker
 from service.queue import Queue
+from service.sync.client import UpstreamClient
 
 
 class AppState(TypedDict):
@@ -19,4 +19,4 @@ class AppState(TypedDict):
     sessionmaker: SessionMaker
     queue: Queue
     secrets: SecretBox
-    http: httpx.AsyncClient
+    http: UpstreamClient

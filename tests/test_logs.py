@@ -158,7 +158,6 @@ def redacted_caplog(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCapt
     """Everything logged at DEBUG, through the redacting filter (pytest's handlers are
     added after any `configure_logging`, so they get it from `install_redaction`)."""
     caplog.set_level(logging.DEBUG)
-    caplog.set_level(logging.DEBUG, logger="httpx")
     root = logging.getLogger()
     redacting = install_redaction(root)
     yield caplog
@@ -195,7 +194,7 @@ async def test_a_failing_run_logs_no_credentials(
     )
     assert TOKEN not in everything
     assert QUERY[0] not in everything
-    assert "api_key=****" in everything  # httpx logged the request URL, redacted
+    assert "api_key=****" in everything  # the engine logged the request URL, redacted
 
 
 async def test_json_lines_of_a_run_carry_its_run_task_and_tenant(

@@ -1,12 +1,8 @@
-"""The page loop's helpers: reading one page ahead, and batching the progress of pages
-that wrote nothing."""
+"""The page loop's helpers: batching the progress of pages that wrote nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import AsyncGenerator
 from typing import Any
 
 from service.records.service import PageCounts
@@ -69,7 +65,7 @@ def page_progress(page: Page, counts: PageCounts) -> dict[str, int]:
         seen, rejected = page.known.records_seen, page.known.rejected
     return {
         "pages": 1,
-        "requests": 1,
+        "requests": 1 + page.discarded,
         "not_modified": int(page.not_modified),
         "records_seen": seen,
         "rejected": rejected,
@@ -78,27 +74,3 @@ def page_progress(page: Page, counts: PageCounts) -> dict[str, int]:
         "updated": counts.updated,
         "unchanged": counts.unchanged,
     }
-
-
-async def read_ahead(pages: AsyncGenerator[Page, None]) -> AsyncGenerator[Page, None]:
-    """Each page, while the next one is already being fetched.
-
-    One page ahead, no more: the upstream's latency and parsing overlap the previous
-    page's database write, and at most two pages are ever in memory. A page fetched
-    ahead is only ever stored after the one before it committed; if the run stops
-    first it is dropped (the checkpoint still points at it).
-    """
-    pending = asyncio.ensure_future(anext(pages))
-    try:
-        while True:
-            try:
-                page = await pending
-            except StopAsyncIteration:
-                return
-            pending = asyncio.ensure_future(anext(pages))
-            yield page
-    finally:
-        pending.cancel()
-        with contextlib.suppress(Exception, asyncio.CancelledError):
-            await pending
-        await pages.aclose()

@@ -1,14 +1,16 @@
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, func, or_, select, text, update
+from sqlalchemy import Executable, Table, and_, bindparam, func, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.elements import BindParameter
 from sqlmodel import col
 
 from service.models import ACTIVE_STATUSES, Run, metadata
@@ -64,7 +66,7 @@ _RUN: Table = metadata.tables["run"]
 _TASK: Table = metadata.tables["task"]
 
 
-def _claimable(now: datetime) -> Any:
+def _claimable(now: datetime | BindParameter[datetime]) -> Any:
     """Queued; retrying and due; or running under a lease that has expired."""
     c = _RUN.c
     return or_(
@@ -118,31 +120,13 @@ async def claim(
     of failing to upgrade a read snapshot later), reading back what the worker needs;
     PostgreSQL reads the task in the same statement.
     """
-    claimed = (
-        update(_RUN)
-        .where(_RUN.c.id == run_id, _claimable(now))
-        .values(
-            status="running",
-            lease_owner=owner,
-            lease_expires_at=lease_until,
-            next_attempt_at=None,
-            started_at=func.coalesce(_RUN.c.started_at, now),
-        )
-        .returning(*(_RUN.c[name] for name in _CLAIMED_RUN))
-    )
-    task_columns = [_TASK.c[name] for name in _CLAIMED_TASK]
-    row: Sequence[Any] | None
-    if session.get_bind().dialect.name == "postgresql":
-        run = claimed.cte("claimed")
-        query = select(run, *task_columns).join_from(run, _TASK, _TASK.c.id == run.c.task_id)
-        row = (await session.execute(query)).one_or_none()
-    else:  # SQLite's RETURNING cannot see other tables, nor can its CTEs write
-        run_row = (await session.execute(claimed)).one_or_none()
-        if run_row is None:
-            return None
-        task = select(*task_columns).where(_TASK.c.id == run_row.task_id)
-        task_row = (await session.execute(task)).one_or_none()
-        row = None if task_row is None else (*run_row, *task_row)
+    params = {"run_id": run_id, "owner": owner, "now": now, "lease_until": lease_until}
+    claim_run, read_task = _claim_statements(session.get_bind().dialect.name)
+    row: Sequence[Any] | None = (await session.execute(claim_run, params)).one_or_none()
+    if read_task is not None and row is not None:  # SQLite: the task in a second statement
+        task_id = row[_CLAIMED_RUN.index("task_id")]
+        task_row = (await session.execute(read_task, {"task_id": task_id})).one_or_none()
+        row = None if task_row is None else (*row, *task_row)
     if row is None:
         return None
     values = dict(zip((*_CLAIMED_RUN, *_CLAIMED_TASK), row, strict=True))
@@ -150,6 +134,31 @@ async def claim(
     values["options"] = values["options"] or {}
     values["attempts"] = list(values["attempts"] or [])
     return Claimed(**values)
+
+
+@functools.cache
+def _claim_statements(dialect: str) -> tuple[Executable, Executable | None]:
+    """The claim, built once: constructing its CTE took longer than PostgreSQL ran it.
+    PostgreSQL: one statement reading the task too; SQLite's RETURNING cannot see other
+    tables, nor can its CTEs write, so it reads the task in a second one."""
+    now = bindparam("now", type_=_RUN.c.started_at.type)
+    claimed = (
+        update(_RUN)
+        .where(_RUN.c.id == bindparam("run_id"), _claimable(now))
+        .values(
+            status="running",
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("lease_until", type_=_RUN.c.lease_expires_at.type),
+            next_attempt_at=None,
+            started_at=func.coalesce(_RUN.c.started_at, now),
+        )
+        .returning(*(_RUN.c[name] for name in _CLAIMED_RUN))
+    )
+    task_columns = [_TASK.c[name] for name in _CLAIMED_TASK]
+    if dialect == "postgresql":
+        run = claimed.cte("claimed")
+        return select(run, *task_columns).join_from(run, _TASK, _TASK.c.id == run.c.task_id), None
+    return claimed, select(*task_columns).where(_TASK.c.id == bindparam("task_id"))
 
 
 def _held(run_id: str, owner: str) -> Any:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.crypto import SecretBox, SecretBoxError
@@ -34,10 +33,11 @@ from service.records.service import (
     write_changes,
 )
 from service.runs import page_statement, page_validators, repository
-from service.runs.page_loop import QuietPages, page_progress, read_ahead
+from service.runs.page_loop import QuietPages, page_progress
 from service.sync import Limits, Page, PageRequest, Retry, Source, SyncError, iter_pages
 from service.sync.backoff import next_delay
 from service.sync.budget import HostBudget
+from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, page_key
 from service.sync.incremental import Watermark, later, page_watermark, start_params
 from service.sync.records import Row, records_of
@@ -48,11 +48,16 @@ log = logging.getLogger(__name__)
 
 _DONE: dict[str, Any] = {"done": True}
 
+PAGES_AHEAD = 4
+"""Fetches under way while a page is stored. A first sync can only ever have one (each
+page names the next); a resync whose stored validators predict its pages has up to
+this many, so a run of 304s or unchanged pages costs a round trip per four pages."""
+
 
 @dataclass(frozen=True, slots=True)
 class RunnerDeps:
     sessionmaker: SessionMaker
-    http: httpx.AsyncClient
+    http: UpstreamClient
     secrets: SecretBox
     queue: Queue
     owner: str
@@ -216,12 +221,13 @@ async def _run_pages(deps: RunnerDeps, plan: _Plan) -> Watermark | None:
         plan.start,
         budget=deps.budget,
         validators=validators,
+        ahead=PAGES_AHEAD,
     )
     changing = plan.fresh_task  # did the last page change anything? (the write strategy)
     quiet = QuietPages()
     try:
-        async with contextlib.aclosing(read_ahead(pages)) as ahead:
-            async for page in ahead:
+        async with contextlib.aclosing(pages):
+            async for page in pages:
                 changing, watermark = await _take_page(deps, plan, page, quiet, watermark, changing)
     except SyncError:
         if quiet.pages:  # keep what the good pages before the failure established

@@ -1,18 +1,20 @@
 """The page loop: fetch, extract, decide the next page; the caller stores each page.
 
-`iter_pages` yields one page at a time and only fetches the next when asked, so the
-caller commits a page (records + checkpoint) before anything else happens; nothing
-proportional to the whole sync is held in memory.
+`iter_pages` yields one page at a time, in order, so the caller commits a page
+(records + checkpoint) before it sees the next; pages it fetched ahead are at most a
+few, so nothing proportional to the whole sync is held in memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections import deque
 from collections.abc import AsyncGenerator
-from dataclasses import dataclass
-
-import httpx
+from dataclasses import dataclass, replace
 
 from service.sync.budget import HostBudget
+from service.sync.client import UpstreamClient
 from service.sync.conditional import (
     Validator,
     ValidatorLookup,
@@ -41,6 +43,8 @@ class Page:
     """What to remember for this page URL (a 2xx answer that differs from `known`)."""
     known: Validator | None = None
     """What was remembered for this page URL before."""
+    discarded: int = 0
+    """Requests made for predicted pages that this page proved wrong (`_Flight`)."""
 
     @property
     def same_as_before(self) -> bool:
@@ -49,32 +53,127 @@ class Page:
 
 
 async def iter_pages(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     source: Source,
     limits: Limits,
     start: PageRequest | None = None,
     *,
     budget: HostBudget | None = None,
     validators: ValidatorLookup | None = None,
+    ahead: int = 0,
 ) -> AsyncGenerator[Page, None]:
-    """Pages from `start` (or the first) to the last; `budget` shares each upstream host's
-    politeness with every other task (see `service.sync.budget`); `validators` finds
-    what each page said last time (`service.sync.conditional`)."""
+    """Pages from `start` (or the first) to the last, in order; `budget` shares each
+    upstream host's politeness with every other task (see `service.sync.budget`);
+    `validators` finds what each page said last time (`service.sync.conditional`).
+
+    With `ahead`, up to that many fetches are under way while the caller stores a page
+    (see `_Flight`); with 0, a page is only fetched when asked for.
+    """
+    flight = _Flight(client, source, limits, budget, validators, digest_seed(source))
     request: PageRequest | None = start or first_request(source)
-    seed = digest_seed(source)
-    while request is not None:
-        if request.index >= limits.max_pages:
-            raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
-        known = await validators(page_key(request)) if validators is not None else None
-        page = await fetch_one(
-            client, source, limits, request, budget=budget, validator=known, seed=seed
+    try:
+        while request is not None:
+            if request.index >= limits.max_pages:
+                raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
+            page = await flight.take(request, ahead)
+            if ahead:
+                page = await flight.follow(page, ahead)
+            yield page
+            request = page.next
+    finally:
+        await flight.drop()
+
+
+@dataclass(slots=True)
+class _Fetch:
+    request: PageRequest
+    known: Validator | None
+    task: asyncio.Task[Page]
+
+
+class _Flight:
+    """The fetches under way, in page order.
+
+    Where the next page is known only from the page before it (a first sync), one page
+    is fetched while the caller stores the previous one. Where stored validators say
+    where each page led last time (a resync), the pages they predict are fetched several
+    at a time: a run of 304s or byte-identical pages then costs about one round trip per
+    `ahead` pages instead of one each. A page is only handed over in order, after the
+    one before it; if a page turns out to lead elsewhere than predicted, the fetches
+    after it are cancelled, counted (`Page.discarded`) and dropped unseen, so a wrong
+    prediction costs requests, never records. Each fetch waits on the host's budget as
+    any request does.
+    """
+
+    def __init__(
+        self,
+        client: UpstreamClient,
+        source: Source,
+        limits: Limits,
+        budget: HostBudget | None,
+        validators: ValidatorLookup | None,
+        seed: bytes,
+    ) -> None:
+        self._client, self._source, self._limits = client, source, limits
+        self._budget, self._validators, self._seed = budget, validators, seed
+        self._queue: deque[_Fetch] = deque()
+
+    async def take(self, request: PageRequest, ahead: int) -> Page:
+        """The page for `request`: its fetch is the oldest under way, or starts now."""
+        if not self._queue:
+            await self._launch(request)
+        assert self._queue[0].request == request, "pages are taken in order"
+        await self._predict(ahead)
+        return await self._queue.popleft().task
+
+    async def follow(self, page: Page, ahead: int) -> Page:
+        """Start on the page after `page` unless it is under way, and on the pages
+        predicted after it; predictions `page` proved wrong are dropped and counted on
+        the page returned (which the caller stores next)."""
+        if self._queue and self._queue[0].request != page.next:
+            page = replace(page, discarded=page.discarded + await self.drop())
+        following = page.next
+        if following is not None and not self._queue and following.index < self._limits.max_pages:
+            await self._launch(following)
+        await self._predict(ahead)
+        return page
+
+    async def _predict(self, ahead: int) -> None:
+        """Start the pages the stored validators predict, up to `ahead` under way."""
+        while self._queue and len(self._queue) < ahead:
+            last = self._queue[-1]
+            following = resumed(last.known, last.request) if last.known is not None else None
+            if following is None or following.index >= self._limits.max_pages:
+                return
+            await self._launch(following)
+
+    async def _launch(self, request: PageRequest) -> None:
+        known = await self._validators(page_key(request)) if self._validators else None
+        fetch = fetch_one(
+            self._client,
+            self._source,
+            self._limits,
+            request,
+            budget=self._budget,
+            validator=known,
+            seed=self._seed,
         )
-        yield page
-        request = page.next
+        self._queue.append(_Fetch(request, known, asyncio.ensure_future(fetch)))
+
+    async def drop(self) -> int:
+        """Cancel every fetch under way; returns how many there were."""
+        dropped = list(self._queue)
+        self._queue.clear()
+        for fetch in dropped:
+            fetch.task.cancel()
+        for fetch in dropped:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await fetch.task
+        return len(dropped)
 
 
 async def fetch_one(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     source: Source,
     limits: Limits,
     request: PageRequest,

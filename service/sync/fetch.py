@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -15,6 +16,7 @@ import orjson
 
 from service.sync.backoff import parse_retry_after
 from service.sync.budget import HostBudget, host_key
+from service.sync.client import UpstreamClient
 from service.sync.conditional import page_digest
 from service.sync.errors import (
     BadRedirect,
@@ -27,6 +29,8 @@ from service.sync.errors import (
 from service.sync.paginators import PageRequest
 from service.sync.spec import BasicAuth, BearerAuth, HeaderAuth, Limits, QueryAuth, Source
 from service.sync.ssrf import check_url, default_port
+
+log = logging.getLogger(__name__)
 
 MAX_REDIRECTS = 5
 _HOLDING_STATUSES = (429, 503)
@@ -83,7 +87,7 @@ def strip_query_auth(source: Source, request: PageRequest | None) -> PageRequest
 
 
 def build_request(
-    client: httpx.AsyncClient, source: Source, page: PageRequest, limits: Limits
+    client: UpstreamClient, source: Source, page: PageRequest, limits: Limits
 ) -> httpx.Request:
     auth_headers, auth_params = _auth_parts(source)
     return client.build_request(
@@ -107,7 +111,7 @@ def _with_params(url: str, params: dict[str, Any]) -> httpx.URL:
 
 
 async def fetch_page(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     source: Source,
     page: PageRequest,
     limits: Limits,
@@ -151,7 +155,7 @@ async def fetch_page(
 
 
 async def _exchange(
-    client: httpx.AsyncClient, request: httpx.Request, limits: Limits, budget: HostBudget | None
+    client: UpstreamClient, request: httpx.Request, limits: Limits, budget: HostBudget | None
 ) -> tuple[httpx.Response, bytes | None]:
     """One hop: the final response and its body, or a redirect (body unread, None).
 
@@ -180,8 +184,6 @@ def _translated(timeout: float) -> Iterator[None]:
             code="upstream_timeout",
         ) from exc
     except httpx.RemoteProtocolError as exc:
-        if "location header" in str(exc):  # httpx parses a redirect's Location in send()
-            raise BadRedirect(f"upstream redirected to an invalid URL ({exc})") from exc
         raise InvalidBody("upstream closed the connection mid-response") from exc
     except httpx.TransportError as exc:
         raise UpstreamUnavailable(f"could not reach upstream ({type(exc).__name__})") from exc
@@ -190,9 +192,10 @@ def _translated(timeout: float) -> Iterator[None]:
 
 
 async def _send(
-    client: httpx.AsyncClient, request: httpx.Request, limit: int
+    client: UpstreamClient, request: httpx.Request, limit: int
 ) -> tuple[httpx.Response, bytes | None]:
-    response = await client.send(request, stream=True, follow_redirects=False)
+    response = await client.send_once(request)
+    log.debug("upstream %s %s: %s", request.method, request.url, response.status_code)
     try:
         if response.has_redirect_location:
             return response, None
@@ -235,8 +238,12 @@ def redirect_request(
 
 
 def _redirect_url(request: httpx.Request, response: httpx.Response) -> httpx.URL:
-    """Relative or absolute; httpx's `send` already refused an unparseable one (BadRedirect)."""
-    return request.url.join(response.headers["location"])
+    """Relative or absolute."""
+    location = response.headers["location"]
+    try:
+        return request.url.join(location)
+    except httpx.InvalidURL as exc:
+        raise BadRedirect(f"upstream redirected to an invalid URL ({exc})") from exc
 
 
 def _keeps_credentials(old: httpx.URL, new: httpx.URL) -> bool:

@@ -7,7 +7,7 @@ any page without replaying the ones before it.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin
 
@@ -36,7 +36,9 @@ class PageRequest:
     """How many pages came before this one."""
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # Not `dataclasses.asdict`: its deep copy was a fifth of a 304 page's run-side CPU.
+        params = None if self.params is None else dict(self.params)
+        return {"url": self.url, "params": params, "index": self.index}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PageRequest:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.crypto import mask
 from service.runs.schemas import RunError
 from service.sync import SECRET_FIELDS, SyncError, fetch_one, first_request
+from service.sync.client import UpstreamClient
 from service.sync.paginators import PageRequest
 from service.sync.records import records_of
 from service.tasks.schemas import TaskIn
@@ -97,7 +97,7 @@ def _shown(request: PageRequest, body: TaskIn) -> PageRef:
     return PageRef(url=request.url, params=params if request.params is not None else None)
 
 
-async def dry_run(client: httpx.AsyncClient, body: TaskIn) -> DryRun:
+async def dry_run(client: UpstreamClient, body: TaskIn) -> DryRun:
     source, limits = body.source, body.limits
     request = first_request(source)
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -141,5 +142,9 @@ async def test_a_retry_after_unchanged_pages_resumes_after_them(
     assert run["attempt"] == 2
     assert run["stats"]["unchanged"] == 100
     assert run["stats"]["pages"] == 10
-    asked = [seen.query.get("next_token", "") for seen in upstream.hits("/quiet")[before:]]
-    assert asked == ["", "10", "20", "30", "40", "50", "60", "70", "80", "80", "90"]
+    asked = Counter(seen.query.get("next_token", "") for seen in upstream.hits("/quiet")[before:])
+    assert all(asked[token] == 1 for token in ["", "10", "20", "30", "40", "50", "60", "70"])
+    assert asked["80"] == 2  # failed, then fetched again by the retry, and only it
+    # 90 once by the retry, and perhaps once before: fetched ahead while 80 failed
+    assert asked["90"] in (1, 2)
+    assert run["stats"]["requests"] >= 10

@@ -2,15 +2,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-import httpx
 import pytest
 
 from service.config import Settings
 from service.http_client import create_upstream_client
+from service.sync.client import UpstreamClient
 
 
 @pytest.fixture
-async def http() -> AsyncIterator[httpx.AsyncClient]:
+async def http() -> AsyncIterator[UpstreamClient]:
     """The same outbound client the worker uses (SSRF guard on, no proxy from env), with
     the loopback upstream allow-listed: every engine test goes through the guard."""
     settings = Settings(

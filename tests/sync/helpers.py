@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 
 from service.sync import Limits, Page, PageRequest, Source, SyncError, iter_pages
+from service.sync.client import UpstreamClient
 
 
 def source(url: str, **fields: Any) -> Source:
@@ -16,7 +16,7 @@ def source(url: str, **fields: Any) -> Source:
 
 
 async def collect(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     src: Source,
     limits: Limits | None = None,
     start: PageRequest | None = None,
@@ -35,7 +35,7 @@ def queries(hits: list[Any], name: str) -> list[str | None]:
 
 
 async def collect_until_error(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     src: Source,
     limits: Limits | None = None,
     start: PageRequest | None = None,

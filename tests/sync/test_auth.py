@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.sync.client import UpstreamClient
 from tests.fixtures.upstream import Upstream, link_header, make_records, next_url, page_number
 from tests.sync.helpers import collect, rows, source
 
@@ -28,7 +28,7 @@ from tests.sync.helpers import collect, rows, source
     ],
 )
 async def test_header_auth_is_sent_on_every_page(
-    upstream: Upstream, http: httpx.AsyncClient, auth: dict[str, str], header: str, expected: str
+    upstream: Upstream, http: UpstreamClient, auth: dict[str, str], header: str, expected: str
 ) -> None:
     data = make_records(5)
     url = upstream.route("/secure", page_number(data, size=2))
@@ -44,7 +44,7 @@ async def test_header_auth_is_sent_on_every_page(
 
 
 async def test_basic_auth_decodes_as_the_upstream_would(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     seen: list[str] = []
 
@@ -60,7 +60,7 @@ async def test_basic_auth_decodes_as_the_upstream_would(
     assert seen == ["Basic ann:"]
 
 
-async def test_no_auth_sends_no_credentials(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_no_auth_sends_no_credentials(upstream: Upstream, http: UpstreamClient) -> None:
     url = upstream.route("/open", lambda _: JSONResponse([]))
 
     await collect(http, source(url))
@@ -72,7 +72,7 @@ async def test_no_auth_sends_no_credentials(upstream: Upstream, http: httpx.Asyn
 
 @pytest.mark.parametrize("shape", ["next_url", "link_header"])
 async def test_query_auth_is_added_to_urls_the_upstream_gave(
-    upstream: Upstream, http: httpx.AsyncClient, shape: str
+    upstream: Upstream, http: UpstreamClient, shape: str
 ) -> None:
     """next_url / Link pages carry no params of their own (None): the key must still go."""
     data = make_records(5)
@@ -98,7 +98,7 @@ async def test_query_auth_is_added_to_urls_the_upstream_gave(
 
 
 async def test_query_auth_echoed_in_next_url_is_sent_once_and_not_checkpointed(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     """Some APIs echo the key into their next links; the checkpoint is stored in plain
     text, so the key must not end up in it — and it must not be sent twice."""
@@ -132,9 +132,7 @@ async def test_query_auth_echoed_in_next_url_is_sent_once_and_not_checkpointed(
     assert all(b"s3cret" not in checkpoint for checkpoint in checkpoints)
 
 
-async def test_query_auth_joins_the_task_params(
-    upstream: Upstream, http: httpx.AsyncClient
-) -> None:
+async def test_query_auth_joins_the_task_params(upstream: Upstream, http: UpstreamClient) -> None:
     url = upstream.route("/q", lambda _: JSONResponse([]))
     auth = {"type": "query", "name": "key", "value": "abc"}
 
@@ -145,7 +143,7 @@ async def test_query_auth_joins_the_task_params(
 
 
 async def test_headers_and_post_body_reach_the_upstream(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     bodies: list[Any] = []
 

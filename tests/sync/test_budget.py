@@ -15,13 +15,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 
 from service.sync import HostBudget, HostHeld, Limits, MemoryBudget, Page, Source, iter_pages
 from service.sync.budget import host_key
+from service.sync.client import UpstreamClient
 from service.sync.errors import UpstreamStatusError
 from tests.fixtures.upstream import Handler, Upstream, make_records, page_number
 from tests.sync.helpers import rows, source
 
 
 async def collect(
-    client: httpx.AsyncClient,
+    client: UpstreamClient,
     src: Source,
     limits: Limits | None = None,
     *,
@@ -65,7 +66,7 @@ def http_date(seconds: float) -> str:
 )
 async def test_retry_after_reaches_the_error(
     upstream: Upstream,
-    http: httpx.AsyncClient,
+    http: UpstreamClient,
     status: int,
     header: str | None,
     low: float | None,
@@ -93,7 +94,7 @@ async def test_retry_after_reaches_the_error(
 
 
 async def test_a_429_holds_back_every_task_on_the_host(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     budget = MemoryBudget(max_wait=0.2)
     limited = upstream.route(
@@ -119,7 +120,7 @@ async def test_a_429_holds_back_every_task_on_the_host(
     assert upstream.hits("/other") == []
 
 
-async def test_a_short_hold_is_waited_out(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_a_short_hold_is_waited_out(upstream: Upstream, http: UpstreamClient) -> None:
     budget = MemoryBudget()
     times: list[float] = []
     limited = upstream.route("/limited", stamped(times, status=429, headers={"Retry-After": "1"}))
@@ -138,7 +139,7 @@ async def test_a_short_hold_is_waited_out(upstream: Upstream, http: httpx.AsyncC
     [(429, "5", True), (503, "5", True), (429, None, False), (503, None, False), (500, "5", False)],
 )
 async def test_which_answers_hold_the_host(
-    upstream: Upstream, http: httpx.AsyncClient, status: int, retry_after: str | None, holds: bool
+    upstream: Upstream, http: UpstreamClient, status: int, retry_after: str | None, holds: bool
 ) -> None:
     budget = MemoryBudget(max_wait=0.2)
     headers = {"Retry-After": retry_after} if retry_after else {}
@@ -156,7 +157,7 @@ async def test_which_answers_hold_the_host(
     assert held is holds
 
 
-async def test_a_hold_is_capped(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_a_hold_is_capped(upstream: Upstream, http: UpstreamClient) -> None:
     """A Retry-After of a day does not silence a shared host for a day."""
     budget = MemoryBudget(max_wait=0.1, max_hold=2)
     url = upstream.route(
@@ -173,7 +174,7 @@ async def test_a_hold_is_capped(upstream: Upstream, http: httpx.AsyncClient) -> 
     assert second.value.retry_after <= 2
 
 
-async def test_holds_are_per_host(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_holds_are_per_host(upstream: Upstream, http: UpstreamClient) -> None:
     budget = MemoryBudget(max_wait=0.1)
     await budget.hold("api.example.com:443", 60)
     url = upstream.route("/data", lambda _: JSONResponse([{"id": 1}]))
@@ -201,7 +202,7 @@ def test_host_key(url: str, key: str) -> None:
 
 
 async def test_requests_per_second_meters_the_pages(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     times: list[float] = []
     serve = page_number(make_records(20), size=2)
@@ -222,7 +223,7 @@ async def test_requests_per_second_meters_the_pages(
     assert most_in_window(times, 0.5) <= 5 + 3
 
 
-async def test_without_a_rate_only_holds_apply(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_without_a_rate_only_holds_apply(upstream: Upstream, http: UpstreamClient) -> None:
     times: list[float] = []
     url = upstream.route("/fast", stamped(times))
 
@@ -235,7 +236,7 @@ async def test_without_a_rate_only_holds_apply(upstream: Upstream, http: httpx.A
 
 
 async def test_a_wait_longer_than_max_wait_ends_the_attempt_instead(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     budget = MemoryBudget(max_wait=0.2)
     url = upstream.route("/slowly", lambda _: JSONResponse([]))
@@ -270,7 +271,7 @@ class Recording:
 
 
 async def test_each_redirect_hop_waits_on_its_own_host(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     port = httpx.URL(upstream.base_url).port
     upstream.route("/a", lambda _: RedirectResponse("/b", status_code=302))

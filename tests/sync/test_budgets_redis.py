@@ -19,13 +19,14 @@ from starlette.responses import JSONResponse, Response
 from service.budgets_redis import RedisBudget
 from service.sync import HostBudget, HostHeld, Limits, Page, Source, iter_pages
 from service.sync.budget import host_key
+from service.sync.client import UpstreamClient
 from service.sync.errors import UpstreamStatusError
 from tests.fixtures.upstream import Handler, Upstream, make_records, page_number
 from tests.sync.helpers import rows, source
 
 
 async def collect(
-    client: httpx.AsyncClient, src: Source, limits: Limits, budget: HostBudget
+    client: UpstreamClient, src: Source, limits: Limits, budget: HostBudget
 ) -> list[Page]:
     return [page async for page in iter_pages(client, src, limits, budget=budget)]
 
@@ -65,7 +66,7 @@ def timed_pages(times: list[float], count: int) -> Handler:
 
 
 async def test_two_workers_share_one_rate(
-    upstream: Upstream, http: httpx.AsyncClient, budgets: tuple[RedisBudget, RedisBudget]
+    upstream: Upstream, http: UpstreamClient, budgets: tuple[RedisBudget, RedisBudget]
 ) -> None:
     """Two tasks on one host, one per worker, at 5 requests/s: 12 requests with a burst
     of 5 need at least 1.4 s together. Separate buckets would take 0.2 s."""
@@ -91,7 +92,7 @@ async def test_two_workers_share_one_rate(
 
 
 async def test_a_hold_set_by_one_worker_stops_the_other(
-    upstream: Upstream, http: httpx.AsyncClient, budgets: tuple[RedisBudget, RedisBudget]
+    upstream: Upstream, http: UpstreamClient, budgets: tuple[RedisBudget, RedisBudget]
 ) -> None:
     times: list[float] = []
 
@@ -116,7 +117,7 @@ async def test_a_hold_set_by_one_worker_stops_the_other(
 
 async def test_a_long_hold_ends_the_other_workers_attempt(
     upstream: Upstream,
-    http: httpx.AsyncClient,
+    http: UpstreamClient,
     connections: tuple[Redis, Redis],
     prefix: str,
 ) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.sync import Limits, first_request, iter_pages
+from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, page_key
 from tests.fixtures.upstream import Upstream
 from tests.sync.helpers import source
@@ -15,7 +15,7 @@ CURSOR = {"type": "cursor", "cursor_path": "next", "cursor_param": "page"}
 
 
 async def test_pages_and_304s_travel_over_one_connection(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     ports: list[int] = []
 

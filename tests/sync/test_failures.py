@@ -9,13 +9,13 @@ import gzip
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 
-import httpx
 import orjson
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
 
 from service.sync import Limits, PageRequest, SyncError, iter_pages
+from service.sync.client import UpstreamClient
 from service.sync.errors import (
     InvalidBody,
     PageLimitReached,
@@ -34,7 +34,7 @@ CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_t
 
 
 async def test_max_pages_stops_before_the_next_request(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(10)
     url = upstream.route("/feed", cursor(data, size=2))
@@ -50,7 +50,7 @@ async def test_max_pages_stops_before_the_next_request(
 
 
 async def test_max_pages_equal_to_the_pages_needed_is_fine(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(10)
     url = upstream.route("/feed", cursor(data, size=2))
@@ -66,7 +66,7 @@ async def test_max_pages_equal_to_the_pages_needed_is_fine(
 
 
 async def test_declared_content_length_over_the_cap(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     url = upstream.route(
         "/big", lambda _: JSONResponse([{"id": i, "pad": "x" * 100} for i in range(20)])
@@ -79,7 +79,7 @@ async def test_declared_content_length_over_the_cap(
     assert caught.value.retryable is False
 
 
-async def test_streamed_response_over_the_cap(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_streamed_response_over_the_cap(upstream: Upstream, http: UpstreamClient) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         yield b"["
         for i in range(200):
@@ -98,7 +98,7 @@ async def test_streamed_response_over_the_cap(upstream: Upstream, http: httpx.As
 
 
 async def test_a_streamed_response_under_the_cap_is_read_whole(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     async def chunks() -> AsyncIterator[bytes]:
         for part in (b'[{"id"', b": 1},", b'{"id": 2}]'):
@@ -113,7 +113,7 @@ async def test_a_streamed_response_under_the_cap_is_read_whole(
 
 
 async def test_a_body_of_exactly_the_cap_is_allowed(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     body = b'[{"id":1,"pad":"' + b"x" * (1024 - 19) + b'"}]'
     assert len(body) == 1024
@@ -129,7 +129,7 @@ async def test_a_body_of_exactly_the_cap_is_allowed(
 
 @pytest.mark.parametrize("body", [b"<html>oops</html>", b'{"data": [1, 2', b""])
 async def test_invalid_json_is_a_retryable_invalid_body(
-    upstream: Upstream, http: httpx.AsyncClient, body: bytes
+    upstream: Upstream, http: UpstreamClient, body: bytes
 ) -> None:
     url = upstream.route("/broken", lambda _: Response(body, media_type="application/json"))
 
@@ -142,7 +142,7 @@ async def test_invalid_json_is_a_retryable_invalid_body(
 
 
 async def test_broken_compression_is_a_retryable_invalid_body(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     url = upstream.route(
         "/gz", lambda _: Response(b"definitely not gzip", headers={"Content-Encoding": "gzip"})
@@ -155,7 +155,7 @@ async def test_broken_compression_is_a_retryable_invalid_body(
 
 
 async def test_compressed_body_is_capped_after_decompression(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     """A small gzip that inflates past the cap is refused (no decompression bomb)."""
     body = gzip.compress(b'[{"id": 1, "pad": "' + b"x" * 200_000 + b'"}]')
@@ -188,7 +188,7 @@ async def test_compressed_body_is_capped_after_decompression(
     ],
 )
 async def test_upstream_status_errors(
-    upstream: Upstream, http: httpx.AsyncClient, status: int, retryable: bool
+    upstream: Upstream, http: UpstreamClient, status: int, retryable: bool
 ) -> None:
     url = upstream.route("/status", lambda _: JSONResponse({"error": "nope"}, status_code=status))
 
@@ -206,7 +206,7 @@ async def test_upstream_status_errors(
 
 
 async def test_a_failure_on_a_later_page_keeps_the_pages_before_it(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(6)
     serve = page_number(data, size=2)
@@ -230,7 +230,7 @@ async def test_a_failure_on_a_later_page_keeps_the_pages_before_it(
     assert seen[0].next.params == {"page": 2}
 
 
-async def test_redirect_loop_is_a_clear_error(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_redirect_loop_is_a_clear_error(upstream: Upstream, http: UpstreamClient) -> None:
     url = upstream.route("/loop", lambda _: RedirectResponse("/loop", status_code=302))
 
     with pytest.raises(SyncError) as caught:
@@ -241,7 +241,7 @@ async def test_redirect_loop_is_a_clear_error(upstream: Upstream, http: httpx.As
 
 
 async def test_redirects_are_followed_to_the_records(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     upstream.route("/new", lambda _: JSONResponse([{"id": 1}]))
     url = upstream.route("/old", lambda _: RedirectResponse("/new", status_code=301))
@@ -255,7 +255,7 @@ async def test_redirects_are_followed_to_the_records(
 # ---- transport ----------------------------------------------------------------------
 
 
-async def test_connection_refused_is_upstream_unavailable(http: httpx.AsyncClient) -> None:
+async def test_connection_refused_is_upstream_unavailable(http: UpstreamClient) -> None:
     url = f"http://127.0.0.1:{free_port()}/nothing-listens"
 
     with pytest.raises(UpstreamUnavailable) as caught:
@@ -266,7 +266,7 @@ async def test_connection_refused_is_upstream_unavailable(http: httpx.AsyncClien
     assert caught.value.http_status is None
 
 
-async def test_slow_answer_times_out(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_slow_answer_times_out(upstream: Upstream, http: UpstreamClient) -> None:
     async def handler(_: Request) -> Response:
         await asyncio.sleep(0.5)
         return JSONResponse([])
@@ -281,7 +281,7 @@ async def test_slow_answer_times_out(upstream: Upstream, http: httpx.AsyncClient
 
 
 async def test_trickling_body_times_out_as_a_whole(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     """Each byte arrives well within the timeout, but the response as a whole does not:
     `timeout_seconds` bounds the request, or a drip-feeding upstream holds a worker forever."""
@@ -305,7 +305,7 @@ async def test_trickling_body_times_out_as_a_whole(
 
 
 async def test_same_cursor_forever_is_a_pagination_loop(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     url = upstream.route(
         "/stuck", lambda _: JSONResponse({"data": [{"id": 1}], "next_token": "abc"})
@@ -320,7 +320,7 @@ async def test_same_cursor_forever_is_a_pagination_loop(
 
 
 async def test_next_url_pointing_at_itself_is_a_pagination_loop(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     def handler(request: Request) -> Response:
         return JSONResponse({"data": [], "next": str(request.url)})
@@ -341,7 +341,7 @@ async def test_next_url_pointing_at_itself_is_a_pagination_loop(
 
 @pytest.mark.parametrize("shape", ["page_number", "cursor", "next_url"])
 async def test_resume_from_a_checkpoint_fetches_only_the_rest(
-    upstream: Upstream, http: httpx.AsyncClient, shape: str
+    upstream: Upstream, http: UpstreamClient, shape: str
 ) -> None:
     data = make_records(9)
     if shape == "page_number":
@@ -373,7 +373,7 @@ async def test_resume_from_a_checkpoint_fetches_only_the_rest(
     stored = orjson.loads(orjson.dumps(first_two[-1].next.to_json()))
     upstream.requests.clear()
 
-    async with httpx.AsyncClient() as fresh:  # a new process, a new client
+    async with UpstreamClient() as fresh:  # a new process, a new client
         rest = await collect(fresh, src, start=PageRequest.from_json(stored))
 
     assert rows(first_two) + rows(rest) == data
@@ -382,7 +382,7 @@ async def test_resume_from_a_checkpoint_fetches_only_the_rest(
 
 
 async def test_a_resumed_run_still_counts_earlier_pages_against_max_pages(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(10)
     url = upstream.route("/feed", cursor(data, size=2))

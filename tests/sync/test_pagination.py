@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from service.sync import Limits, fetch_one, first_request
+from service.sync.client import UpstreamClient
 from tests.fixtures.upstream import (
     Upstream,
     cursor,
@@ -26,7 +26,7 @@ from tests.sync.helpers import collect, queries, rows, source
 # ---- none ---------------------------------------------------------------------------
 
 
-async def test_no_pagination_makes_one_request(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_no_pagination_makes_one_request(upstream: Upstream, http: UpstreamClient) -> None:
     data = make_records(3)
     url = upstream.route("/all", lambda _: JSONResponse({"data": data, "next": "ignored"}))
 
@@ -49,7 +49,7 @@ async def test_no_pagination_makes_one_request(upstream: Upstream, http: httpx.A
     ],
 )
 async def test_page_number_with_size_stops_on_short_or_empty_page(
-    upstream: Upstream, http: httpx.AsyncClient, count: int, expected_pages: list[str]
+    upstream: Upstream, http: UpstreamClient, count: int, expected_pages: list[str]
 ) -> None:
     data = make_records(count)
     url = upstream.route("/pages", page_number(data, size=5))
@@ -65,7 +65,7 @@ async def test_page_number_with_size_stops_on_short_or_empty_page(
 
 
 async def test_page_number_without_size_stops_only_on_an_empty_page(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(12)
     url = upstream.route("/pages", page_number(data, size=5))
@@ -88,7 +88,7 @@ async def test_page_number_without_size_stops_only_on_an_empty_page(
     ],
 )
 async def test_page_number_stops_at_total_pages(
-    upstream: Upstream, http: httpx.AsyncClient, start: int, count: int, expected_pages: list[str]
+    upstream: Upstream, http: UpstreamClient, start: int, count: int, expected_pages: list[str]
 ) -> None:
     data = make_records(count)
     url = upstream.route("/pages", page_number(data, size=5, with_total=True, start=start))
@@ -102,7 +102,7 @@ async def test_page_number_stops_at_total_pages(
 
 @pytest.mark.parametrize(("start", "expected_pages"), [(0, ["0", "1", "2"]), (1, ["1", "2", "3"])])
 async def test_page_number_counts_from_start(
-    upstream: Upstream, http: httpx.AsyncClient, start: int, expected_pages: list[str]
+    upstream: Upstream, http: UpstreamClient, start: int, expected_pages: list[str]
 ) -> None:
     data = make_records(7)
     url = upstream.route("/pages", page_number(data, size=3, start=start))
@@ -122,7 +122,7 @@ async def test_page_number_counts_from_start(
     [(10, ["0", "4", "8"]), (8, ["0", "4", "8"]), (3, ["0"])],
 )
 async def test_offset_stops_on_a_short_page(
-    upstream: Upstream, http: httpx.AsyncClient, count: int, expected_offsets: list[str]
+    upstream: Upstream, http: UpstreamClient, count: int, expected_offsets: list[str]
 ) -> None:
     data = make_records(count)
     url = upstream.route("/items", offset(data))
@@ -141,7 +141,7 @@ async def test_offset_stops_on_a_short_page(
     [(8, ["0", "4"]), (9, ["0", "4", "8"])],
 )
 async def test_offset_stops_at_total(
-    upstream: Upstream, http: httpx.AsyncClient, count: int, expected_offsets: list[str]
+    upstream: Upstream, http: UpstreamClient, count: int, expected_offsets: list[str]
 ) -> None:
     data = make_records(count)
     url = upstream.route("/items", offset(data, total=True))
@@ -158,7 +158,7 @@ async def test_offset_stops_at_total(
     [(8, ["0", "4"]), (9, ["0", "4", "8"])],
 )
 async def test_offset_stops_when_has_more_is_false(
-    upstream: Upstream, http: httpx.AsyncClient, count: int, expected_offsets: list[str]
+    upstream: Upstream, http: UpstreamClient, count: int, expected_offsets: list[str]
 ) -> None:
     data = make_records(count)
     url = upstream.route("/items", offset(data, has_more=True))
@@ -171,7 +171,7 @@ async def test_offset_stops_when_has_more_is_false(
 
 
 async def test_offset_honours_custom_params_and_start(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(7)
 
@@ -218,7 +218,7 @@ def cursor_api(records: list[Any], *, size: int, last: str) -> Any:
 @pytest.mark.parametrize("last", ["null", "absent", "empty"])
 @pytest.mark.parametrize(("count", "expected"), [(7, [None, "3", "6"]), (6, [None, "3"])])
 async def test_cursor_stops_when_the_cursor_ends(
-    upstream: Upstream, http: httpx.AsyncClient, last: str, count: int, expected: list[str | None]
+    upstream: Upstream, http: UpstreamClient, last: str, count: int, expected: list[str | None]
 ) -> None:
     data = make_records(count)
     url = upstream.route("/feed", cursor_api(data, size=3, last=last))
@@ -231,7 +231,7 @@ async def test_cursor_stops_when_the_cursor_ends(
     assert pages[-1].next is None
 
 
-async def test_cursor_with_the_fixture_api(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_cursor_with_the_fixture_api(upstream: Upstream, http: UpstreamClient) -> None:
     data = make_records(10)
     url = upstream.route("/feed", cursor(data, size=4))
     pagination = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
@@ -253,7 +253,7 @@ async def test_cursor_with_the_fixture_api(upstream: Upstream, http: httpx.Async
 @pytest.mark.parametrize(("count", "expected"), [(7, [None, "3", "6"]), (6, [None, "3"])])
 async def test_next_url_follows_relative_and_absolute_urls(
     upstream: Upstream,
-    http: httpx.AsyncClient,
+    http: UpstreamClient,
     absolute: bool,
     count: int,
     expected: list[str | None],
@@ -270,7 +270,7 @@ async def test_next_url_follows_relative_and_absolute_urls(
 
 
 async def test_next_url_resolves_against_the_page_it_came_from(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     """A query-only reference (`?page=2`) keeps the current path, as a browser would."""
 
@@ -296,7 +296,7 @@ async def test_next_url_resolves_against_the_page_it_came_from(
 
 @pytest.mark.parametrize(("count", "expected"), [(7, [None, "3", "6"]), (6, [None, "3"])])
 async def test_link_header_follows_next_among_other_links(
-    upstream: Upstream, http: httpx.AsyncClient, count: int, expected: list[str | None]
+    upstream: Upstream, http: UpstreamClient, count: int, expected: list[str | None]
 ) -> None:
     data = make_records(count)
 
@@ -318,9 +318,7 @@ async def test_link_header_follows_next_among_other_links(
     assert queries(upstream.hits("/list"), "from") == expected
 
 
-async def test_link_header_with_the_fixture_api(
-    upstream: Upstream, http: httpx.AsyncClient
-) -> None:
+async def test_link_header_with_the_fixture_api(upstream: Upstream, http: UpstreamClient) -> None:
     data = make_records(5)
     url = upstream.route("/list", link_header(data, size=2))
 
@@ -330,9 +328,7 @@ async def test_link_header_with_the_fixture_api(
     assert queries(upstream.hits("/list"), "from") == [None, "2", "4"]
 
 
-async def test_link_header_absent_means_one_page(
-    upstream: Upstream, http: httpx.AsyncClient
-) -> None:
+async def test_link_header_absent_means_one_page(upstream: Upstream, http: UpstreamClient) -> None:
     url = upstream.route("/list", lambda _: JSONResponse([{"id": 1}]))
 
     pages = await collect(http, source(url, pagination={"type": "link_header"}))
@@ -345,7 +341,7 @@ async def test_link_header_absent_means_one_page(
 
 
 async def test_fetch_one_fetches_only_the_first_page_and_reports_the_next(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(10)
     url = upstream.route("/feed", cursor(data, size=4))
@@ -373,7 +369,7 @@ async def test_fetch_one_fetches_only_the_first_page_and_reports_the_next(
 
 
 async def test_a_query_written_into_the_url_survives_pagination_params(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(5)
     url = upstream.route("/pages", page_number(data, size=2))
@@ -390,7 +386,7 @@ async def test_a_query_written_into_the_url_survives_pagination_params(
 
 
 async def test_a_next_url_is_requested_byte_for_byte(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     """Signed next links break if their query is re-encoded (`,` → `%2C`)."""
     raw_queries: list[str] = []

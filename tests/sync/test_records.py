@@ -5,18 +5,18 @@ from __future__ import annotations
 
 from typing import Any
 
-import httpx
 import orjson
 import pytest
 from starlette.responses import JSONResponse
 
 from service.sync import BadConfig
+from service.sync.client import UpstreamClient
 from service.sync.records import extract
 from tests.fixtures.upstream import Upstream, make_records
 from tests.sync.helpers import collect, rows, source
 
 
-async def test_nested_records_path(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_nested_records_path(upstream: Upstream, http: UpstreamClient) -> None:
     data = make_records(3)
     url = upstream.route("/nested", lambda _: JSONResponse({"data": {"items": data, "count": 3}}))
 
@@ -27,7 +27,7 @@ async def test_nested_records_path(upstream: Upstream, http: httpx.AsyncClient) 
 
 
 async def test_empty_records_path_means_the_body_is_the_list(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = make_records(2)
     url = upstream.route("/list", lambda _: JSONResponse(data))
@@ -47,7 +47,7 @@ async def test_empty_records_path_means_the_body_is_the_list(
     ],
 )
 async def test_records_path_on_a_non_list_is_bad_config(
-    upstream: Upstream, http: httpx.AsyncClient, records_path: str, body: Any
+    upstream: Upstream, http: UpstreamClient, records_path: str, body: Any
 ) -> None:
     url = upstream.route("/odd", lambda _: JSONResponse(body))
 
@@ -59,7 +59,7 @@ async def test_records_path_on_a_non_list_is_bad_config(
 
 
 async def test_compound_primary_key_is_a_json_list(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = [
         {"user": {"id": "u1"}, "day": "2026-01-01", "steps": 10},
@@ -76,7 +76,7 @@ async def test_compound_primary_key_is_a_json_list(
 
 
 async def test_records_without_a_usable_key_are_rejected_with_reasons(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = [
         {"id": "ok-1"},
@@ -107,7 +107,7 @@ async def test_records_without_a_usable_key_are_rejected_with_reasons(
 
 
 async def test_compound_key_with_one_part_missing_is_rejected(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = [{"a": 1, "b": 2}, {"a": 1}]
     url = upstream.route("/compound", lambda _: JSONResponse(data))
@@ -119,7 +119,7 @@ async def test_compound_key_with_one_part_missing_is_rejected(
 
 
 async def test_number_and_string_keys_stay_distinct(
-    upstream: Upstream, http: httpx.AsyncClient
+    upstream: Upstream, http: UpstreamClient
 ) -> None:
     data = [{"id": 1, "v": "number"}, {"id": "1", "v": "string"}, {"id": 1.5, "v": "float"}]
     url = upstream.route("/ids", lambda _: JSONResponse(data))
@@ -157,7 +157,7 @@ def test_canonical_hash_changes_with_content(changed: dict[str, Any]) -> None:
     assert other.hash != original.hash
 
 
-async def test_hash_is_stable_across_fetches(upstream: Upstream, http: httpx.AsyncClient) -> None:
+async def test_hash_is_stable_across_fetches(upstream: Upstream, http: UpstreamClient) -> None:
     """The same upstream data fetched twice, serialised in different key orders, hashes equal."""
     orders = iter([{"id": 1, "a": 1, "b": 2}, {"b": 2, "a": 1, "id": 1}])
     url = upstream.route("/one", lambda _: JSONResponse([next(orders)]))

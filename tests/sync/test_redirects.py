@@ -15,13 +15,14 @@ from starlette.responses import JSONResponse, RedirectResponse, Response
 from service.config import Settings
 from service.http_client import create_upstream_client
 from service.sync import TargetRefused
+from service.sync.client import UpstreamClient
 from service.sync.errors import BadRedirect, TooManyRedirects
 from tests.fixtures.upstream import Upstream
 from tests.sync.helpers import collect, rows, source
 
 
 @pytest.fixture
-async def guarded() -> AsyncIterator[httpx.AsyncClient]:
+async def guarded() -> AsyncIterator[UpstreamClient]:
     """Private targets blocked; only the upstream's exact address is allow-listed."""
     settings = Settings(
         _env_file=None,
@@ -57,7 +58,7 @@ def port_of(upstream: Upstream) -> int:
     ],
 )
 async def test_a_redirect_to_a_forbidden_target_is_refused_at_the_hop(
-    upstream: Upstream, guarded: httpx.AsyncClient, location: str, expected: str
+    upstream: Upstream, guarded: UpstreamClient, location: str, expected: str
 ) -> None:
     upstream.route("/data", lambda _: JSONResponse([{"id": 1}]))
     url = upstream.route("/jump", redirect(location.format(port=port_of(upstream))))
@@ -70,7 +71,7 @@ async def test_a_redirect_to_a_forbidden_target_is_refused_at_the_hop(
 
 
 async def test_a_redirect_chain_of_five_is_followed(
-    upstream: Upstream, guarded: httpx.AsyncClient
+    upstream: Upstream, guarded: UpstreamClient
 ) -> None:
     for hop in range(5):
         upstream.route(f"/hop{hop}", redirect(f"/hop{hop + 1}"))
@@ -83,9 +84,7 @@ async def test_a_redirect_chain_of_five_is_followed(
     assert len(upstream.requests) == 6
 
 
-async def test_a_redirect_chain_of_six_fails(
-    upstream: Upstream, guarded: httpx.AsyncClient
-) -> None:
+async def test_a_redirect_chain_of_six_fails(upstream: Upstream, guarded: UpstreamClient) -> None:
     for hop in range(6):
         upstream.route(f"/hop{hop}", redirect(f"/hop{hop + 1}"))
     upstream.route("/hop6", lambda _: JSONResponse([{"id": 1}]))
@@ -99,7 +98,7 @@ async def test_a_redirect_chain_of_six_fails(
 
 
 async def test_an_unparseable_location_is_a_bad_redirect(
-    upstream: Upstream, guarded: httpx.AsyncClient
+    upstream: Upstream, guarded: UpstreamClient
 ) -> None:
     url = upstream.route(
         "/odd", lambda _: Response(status_code=302, headers={"Location": "http://[::1/"})
@@ -125,7 +124,7 @@ def echo(bodies: list[tuple[str, Any]]) -> Any:
 
 @pytest.mark.parametrize("status", [307, 308])
 async def test_307_and_308_keep_the_method_and_the_body(
-    upstream: Upstream, guarded: httpx.AsyncClient, status: int
+    upstream: Upstream, guarded: UpstreamClient, status: int
 ) -> None:
     bodies: list[tuple[str, Any]] = []
     upstream.route("/new", echo(bodies))
@@ -142,7 +141,7 @@ async def test_307_and_308_keep_the_method_and_the_body(
 
 @pytest.mark.parametrize("status", [301, 302, 303])
 async def test_301_302_303_turn_a_post_into_a_bodyless_get(
-    upstream: Upstream, guarded: httpx.AsyncClient, status: int
+    upstream: Upstream, guarded: UpstreamClient, status: int
 ) -> None:
     bodies: list[tuple[str, Any]] = []
     upstream.route("/new", echo(bodies))
@@ -168,7 +167,7 @@ async def test_301_302_303_turn_a_post_into_a_bodyless_get(
     ],
 )
 async def test_credentials_stay_within_the_origin(
-    upstream: Upstream, guarded: httpx.AsyncClient, auth: dict[str, str], header: str
+    upstream: Upstream, guarded: UpstreamClient, auth: dict[str, str], header: str
 ) -> None:
     """127.0.0.1 and localhost are the same server but not the same origin: a redirect
     to another origin must not carry the task's credentials there."""
@@ -186,7 +185,7 @@ async def test_credentials_stay_within_the_origin(
 
 
 async def test_cookies_from_one_response_never_ride_on_the_next_request(
-    upstream: Upstream, guarded: httpx.AsyncClient
+    upstream: Upstream, guarded: UpstreamClient
 ) -> None:
     """One client serves every tenant's tasks: it keeps no cookies at all."""
     upstream.route(

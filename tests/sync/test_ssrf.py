@@ -16,15 +16,14 @@ from starlette.responses import JSONResponse, Response
 from service.config import Settings
 from service.http_client import create_upstream_client, target_policy
 from service.sync import Limits, PageRequest, TargetPolicy, TargetRefused, check_target, fetch_one
+from service.sync.client import UpstreamClient
 from service.sync.errors import UpstreamUnavailable
 from service.sync.ssrf import Resolver, address_class, check_url
 from tests.fixtures.upstream import Upstream
 from tests.sync.helpers import collect, collect_until_error, rows, source
 
 
-def guarded(
-    *allowed: str, block: bool = True, resolver: Resolver | None = None
-) -> httpx.AsyncClient:
+def guarded(*allowed: str, block: bool = True, resolver: Resolver | None = None) -> UpstreamClient:
     settings = Settings(
         _env_file=None,
         block_private_targets=block,
@@ -36,7 +35,7 @@ def guarded(
 
 
 @pytest.fixture
-async def strict() -> AsyncIterator[httpx.AsyncClient]:
+async def strict() -> AsyncIterator[UpstreamClient]:
     """The production default: private targets blocked, nothing allow-listed."""
     async with guarded() as client:
         yield client
@@ -48,7 +47,7 @@ def port_of(upstream: Upstream) -> int:
     return port
 
 
-async def refusal(client: httpx.AsyncClient, url: str) -> TargetRefused:
+async def refusal(client: UpstreamClient, url: str) -> TargetRefused:
     """The engine's error for one page of `url` (a raw URL, as a next link would be)."""
     src = source("http://placeholder.invalid/")
     with pytest.raises(TargetRefused) as caught:
@@ -116,7 +115,7 @@ def test_public_addresses_pass(address: str) -> None:
 
 
 async def test_the_loopback_upstream_is_refused_and_never_reached(
-    upstream: Upstream, strict: httpx.AsyncClient
+    upstream: Upstream, strict: UpstreamClient
 ) -> None:
     url = upstream.route("/data", lambda _: JSONResponse([{"id": 1}]))
 
@@ -134,7 +133,7 @@ async def test_the_loopback_upstream_is_refused_and_never_reached(
 
 
 async def test_a_hostname_is_judged_by_what_it_resolves_to(
-    upstream: Upstream, strict: httpx.AsyncClient
+    upstream: Upstream, strict: UpstreamClient
 ) -> None:
     upstream.route("/data", lambda _: JSONResponse([{"id": 1}]))
 
@@ -170,7 +169,7 @@ async def test_a_hostname_is_judged_by_what_it_resolves_to(
     ],
 )
 async def test_ip_literals_of_every_class_are_refused(
-    strict: httpx.AsyncClient, host: str, expected: str
+    strict: UpstreamClient, host: str, expected: str
 ) -> None:
     error = await refusal(strict, f"http://{host}:8080/latest/meta-data/")
 
@@ -180,7 +179,7 @@ async def test_ip_literals_of_every_class_are_refused(
 
 @pytest.mark.parametrize("host", ["2130706433", "0x7f.1", "017700000001", "127.1", "0x7f000001"])
 async def test_decimal_octal_and_short_forms_are_loopback_too(
-    upstream: Upstream, strict: httpx.AsyncClient, host: str
+    upstream: Upstream, strict: UpstreamClient, host: str
 ) -> None:
     """httpx passes such hosts through as names; the resolver reads them as 127.0.0.1
     (inet_aton), so the guard judges what the socket would really reach."""
@@ -268,7 +267,7 @@ async def test_allow_listed_hosts_and_networks_reach_the_upstream(
     assert len(upstream.hits("/data")) == 1
 
 
-async def test_an_allowed_network_allows_only_itself(strict: httpx.AsyncClient) -> None:
+async def test_an_allowed_network_allows_only_itself(strict: UpstreamClient) -> None:
     async with guarded("127.0.0.0/8") as client:
         error = await refusal(client, "http://169.254.169.254/")
 

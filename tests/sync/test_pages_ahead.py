@@ -1,0 +1,165 @@
+"""Fetching ahead: the pages stored validators predict are fetched several at a time, and
+handed over only in order; predictions a page proves wrong cost requests, never records."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from service.sync import Limits, Page, Source, iter_pages
+from service.sync.client import UpstreamClient
+from service.sync.conditional import Validator, page_key
+from service.sync.errors import PageLimitReached
+from tests.fixtures.upstream import Handler, Upstream, cursor, make_records
+from tests.sync.helpers import rows, source
+
+CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
+
+
+def source_at(url: str) -> Source:
+    return source(url, records_path="data", pagination=CURSOR)
+
+
+class InFlight:
+    """Wraps a handler: each answer takes `delay`, and the most answered at once is kept."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+    def around(self, handler: Handler, delay: float = 0.02) -> Handler:
+        async def counted(request: Request) -> Response:
+            self.now += 1
+            self.peak = max(self.peak, self.now)
+            try:
+                await asyncio.sleep(delay)
+                result = handler(request)
+                if asyncio.iscoroutine(result):
+                    result = await result
+                assert isinstance(result, Response)
+                return result
+            finally:
+                self.now -= 1
+
+        return counted
+
+
+async def walk(
+    client: UpstreamClient,
+    src: Source,
+    known: dict[str, Validator] | None = None,
+    *,
+    ahead: int = 4,
+    limits: Limits | None = None,
+) -> list[Page]:
+    async def lookup(key: str) -> Validator | None:
+        return (known or {}).get(key)
+
+    pages = iter_pages(client, src, limits or Limits(), validators=lookup, ahead=ahead)
+    return [page async for page in pages]
+
+
+def remembered(pages: list[Page]) -> dict[str, Validator]:
+    """What a run stores of its pages, by page key."""
+    return {page_key(p.request): p.validator for p in pages if p.validator is not None}
+
+
+def tokens(upstream: Upstream, path: str) -> Counter[str]:
+    return Counter(seen.query.get("next_token", "") for seen in upstream.hits(path))
+
+
+async def test_predicted_pages_are_fetched_several_at_a_time(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    records = make_records(40)
+    flight = InFlight()
+    src = source_at(upstream.route("/p", flight.around(cursor(records, size=5))))
+    first = await walk(http, src)
+    assert flight.peak == 1  # nothing known: each page names the next, so one at a time
+    upstream.requests.clear()
+
+    again = await walk(http, src, remembered(first))
+
+    assert [page.request.index for page in again] == list(range(8))  # handed over in order
+    assert all(page.same_as_before for page in again)
+    assert flight.peak == 4
+    assert tokens(upstream, "/p") == Counter(["", "5", "10", "15", "20", "25", "30", "35"])
+    assert sum(page.discarded for page in again) == 0
+
+
+@pytest.mark.parametrize("stale", ["records", "error"])
+async def test_a_page_that_leads_elsewhere_drops_the_predictions(
+    upstream: Upstream, http: UpstreamClient, stale: str
+) -> None:
+    records = make_records(40)
+    state = {"version": 1}
+    moved = make_records(12, prefix="moved")
+
+    def handler(request: Request) -> Response:
+        token = request.query_params.get("next_token") or ""
+        if state["version"] == 1:
+            return cursor(records, size=5)(request)  # type: ignore[return-value]
+        if token == "" or token.startswith("m"):  # the new chain: "" -> m5 -> m10
+            start = int(token[1:] or 0)
+            following = f"m{start + 5}" if start + 5 < len(moved) else None
+            return JSONResponse({"data": moved[start : start + 5], "next_token": following})
+        if stale == "error":  # an old page that no longer exists
+            return JSONResponse({"error": "gone"}, status_code=500)
+        return JSONResponse({"data": make_records(5, prefix=f"old{token}"), "next_token": None})
+
+    src = source_at(upstream.route("/m", InFlight().around(handler)))
+    first = await walk(http, src)
+    state["version"] = 2
+    upstream.requests.clear()
+
+    again = await walk(http, src, remembered(first))
+
+    assert rows(again) == moved  # nothing of the wrongly predicted pages
+    assert [page.request.index for page in again] == [0, 1, 2]
+    seen = tokens(upstream, "/m")
+    assert seen["m5"] == seen["m10"] == seen[""] == 1
+    old = sum(n for token, n in seen.items() if token in {"5", "10", "15"})
+    assert 1 <= old <= 3  # predicted while the first page was on its way
+    # counted: every prediction made, on the page that proved it wrong
+    assert again[0].discarded == 3
+    assert sum(page.discarded for page in again) == 3
+
+
+async def test_predictions_stop_at_max_pages(upstream: Upstream, http: UpstreamClient) -> None:
+    records = make_records(40)
+    src = source_at(upstream.route("/l", cursor(records, size=5)))
+    known = remembered(await walk(http, src))
+    upstream.requests.clear()
+
+    with pytest.raises(PageLimitReached):
+        await walk(http, src, known, limits=Limits(max_pages=3))
+
+    assert tokens(upstream, "/l") == Counter(["", "5", "10"])
+
+
+async def test_without_ahead_a_page_is_fetched_only_when_asked_for(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    records = make_records(40)
+    src = source_at(upstream.route("/s", cursor(records, size=5)))
+    known = remembered(await walk(http, src))
+    upstream.requests.clear()
+
+    pages = iter_pages(http, src, Limits(), validators=_lookup(known), ahead=0)
+    taken = [await anext(pages), await anext(pages)]
+    await pages.aclose()
+
+    assert [page.request.index for page in taken] == [0, 1]
+    assert tokens(upstream, "/s") == Counter(["", "5"])
+
+
+def _lookup(known: dict[str, Validator]) -> Any:
+    async def lookup(key: str) -> Validator | None:
+        return known.get(key)
+
+    return lookup

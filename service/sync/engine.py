@@ -69,15 +69,15 @@ async def iter_pages(
     With `ahead`, up to that many fetches are under way while the caller stores a page
     (see `_Flight`); with 0, a page is only fetched when asked for.
     """
-    flight = _Flight(client, source, limits, budget, validators, digest_seed(source))
+    flight = _Flight(client, source, limits, budget, validators, digest_seed(source), ahead)
     request: PageRequest | None = start or first_request(source)
     try:
         while request is not None:
             if request.index >= limits.max_pages:
                 raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
-            page = await flight.take(request, ahead)
+            page = await flight.take(request)
             if ahead:
-                page = await flight.follow(page, ahead)
+                page = await flight.follow(page)
             yield page
             request = page.next
     finally:
@@ -103,6 +103,10 @@ class _Flight:
     after it are cancelled, counted (`Page.discarded`) and dropped unseen, so a wrong
     prediction costs requests, never records. Each fetch waits on the host's budget as
     any request does.
+
+    Predictions run deep only while pages come back unread (304, or the stored bytes):
+    after a page that had to be decoded, one page is fetched ahead at most, so changed
+    pages, which are the large ones in memory, are never held several at a time.
     """
 
     def __init__(
@@ -113,20 +117,24 @@ class _Flight:
         budget: HostBudget | None,
         validators: ValidatorLookup | None,
         seed: bytes,
+        ahead: int,
     ) -> None:
         self._client, self._source, self._limits = client, source, limits
         self._budget, self._validators, self._seed = budget, validators, seed
         self._queue: deque[_Fetch] = deque()
+        self._ahead = ahead
+        self._depth = ahead
+        """How many fetches may be under way now: `ahead`, or 1 after a decoded page."""
 
-    async def take(self, request: PageRequest, ahead: int) -> Page:
+    async def take(self, request: PageRequest) -> Page:
         """The page for `request`: its fetch is the oldest under way, or starts now."""
         if not self._queue:
             await self._launch(request)
         assert self._queue[0].request == request, "pages are taken in order"
-        await self._predict(ahead)
+        await self._predict()
         return await self._queue.popleft().task
 
-    async def follow(self, page: Page, ahead: int) -> Page:
+    async def follow(self, page: Page) -> Page:
         """Start on the page after `page` unless it is under way, and on the pages
         predicted after it; predictions `page` proved wrong are dropped and counted on
         the page returned (which the caller stores next)."""
@@ -135,12 +143,14 @@ class _Flight:
         following = page.next
         if following is not None and not self._queue and following.index < self._limits.max_pages:
             await self._launch(following)
-        await self._predict(ahead)
+        unread = page.not_modified or page.same_as_before
+        self._depth = self._ahead if unread else min(self._ahead, 1)
+        await self._predict()
         return page
 
-    async def _predict(self, ahead: int) -> None:
-        """Start the pages the stored validators predict, up to `ahead` under way."""
-        while self._queue and len(self._queue) < ahead:
+    async def _predict(self) -> None:
+        """Start the pages the stored validators predict, up to `_depth` under way."""
+        while self._queue and len(self._queue) < self._depth:
             last = self._queue[-1]
             following = resumed(last.known, last.request) if last.known is not None else None
             if following is None or following.index >= self._limits.max_pages:

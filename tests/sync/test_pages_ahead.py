@@ -163,3 +163,28 @@ def _lookup(known: dict[str, Validator]) -> Any:
         return known.get(key)
 
     return lookup
+
+
+async def test_after_a_changed_page_one_page_is_fetched_ahead(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    """Changed pages are decoded and held: predictions stop running deep after one."""
+    state = {"records": make_records(40)}
+    at_arrival: dict[str, int] = {}
+    flight = InFlight()
+
+    def handler(request: Request) -> Response:
+        at_arrival[request.query_params.get("next_token") or ""] = flight.now
+        return cursor(state["records"], size=5)(request)  # type: ignore[return-value]
+
+    src = source_at(upstream.route("/c", flight.around(handler)))
+    known = remembered(await walk(http, src))
+    state["records"] = make_records(40, version=2)  # new content, the same page chain
+    upstream.requests.clear()
+
+    again = await walk(http, src, known)
+
+    assert rows(again) == state["records"]
+    assert sum(page.discarded for page in again) == 0
+    assert flight.peak == 4  # the first pages were predicted unchanged, four at a time
+    assert [at_arrival[token] for token in ("20", "25", "30", "35")] == [1, 1, 1, 1]

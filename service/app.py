@@ -6,16 +6,20 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
+from typing import cast
 
 from fastapi import FastAPI, Request
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
+from service.auth.service import authenticate
 from service.config import Settings, get_settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
+from service.dependencies import current_principal
 from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
@@ -52,8 +56,11 @@ async def _service_error(_request: Request, exc: Exception) -> JSONResponse:
     return _problem(exc.problem(), exc.headers())
 
 
-async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
+    unauthenticated = await _unauthenticated(request)
+    if unauthenticated is not None:
+        return unauthenticated
     return _invalid(
         [
             FieldError(
@@ -63,6 +70,30 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
             for error in exc.errors()
         ]
     )
+
+
+async def _unauthenticated(request: Request) -> JSONResponse | None:
+    """The 401 for a request to an authenticated route that is both malformed and without
+    valid credentials: FastAPI reads and validates the body before any dependency runs,
+    so without this a caller with no key would learn about its JSON first."""
+    if not _needs_caller(request.scope.get("route")):
+        return None
+    state = cast(AppState, request.state._state)
+    try:
+        async with state["sessionmaker"]() as session:
+            await authenticate(session, request.headers.get("authorization"))
+    except ServiceError as exc:
+        return _problem(exc.problem(), exc.headers())
+    return None
+
+
+def _needs_caller(route: object) -> bool:
+    dependant = getattr(route, "dependant", None)
+    return dependant is not None and _calls(dependant, current_principal)
+
+
+def _calls(dependant: Dependant, target: object) -> bool:
+    return dependant.call is target or any(_calls(d, target) for d in dependant.dependencies)
 
 
 def _invalid(errors: list[FieldError]) -> JSONResponse:
@@ -77,12 +108,14 @@ def _invalid(errors: list[FieldError]) -> JSONResponse:
     )
 
 
-async def _http_error(_request: Request, exc: Exception) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     if exc.status_code == 400 and isinstance(exc.__cause__, ValueError | RecursionError):
         # FastAPI's answer to a JSON body it could not decode (not UTF-8, nested too deep):
         # malformed JSON, like any other.
-        return _invalid([FieldError(loc=["body"], msg="JSON decode error")])
+        return await _unauthenticated(request) or _invalid(
+            [FieldError(loc=["body"], msg="JSON decode error")]
+        )
     try:
         title = HTTPStatus(exc.status_code).phrase
     except ValueError:

@@ -19,14 +19,11 @@ it loads the holds already set, so none falls in between; while it is not subscr
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import logging
 
 from redis.asyncio import Redis
 
+from service.redis_channel import Subscription
 from service.sync.budget import DEFAULT_MAX_HOLD, Holds, held_back, over
-
-log = logging.getLogger(__name__)
 
 _HELD, _RESERVED, _OVER = 0, 1, 2
 
@@ -76,23 +73,27 @@ class RedisBudget:
         self._channel = f"{prefix}:holds"
         self._holds = Holds()
         """The holds heard of, while `listening`."""
-        self.listening = False
-        self._listener: asyncio.Task[None] | None = None
+        self._subscription = Subscription(
+            redis,
+            self._channel,
+            self._heard,
+            on_subscribed=self._load_holds,
+            purpose="upstream holds (asking Redis meanwhile)",
+        )
+
+    @property
+    def listening(self) -> bool:
+        return self._subscription.listening
 
     def _key(self, kind: str, host: str) -> str:
         return f"{self._prefix}:{kind}:{host}"
 
     async def start(self) -> None:
         """Listen for holds (see the module's docstring) until `close`."""
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen())
+        self._subscription.start()
 
     async def close(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await self._subscription.close()
 
     async def acquire(self, host: str, requests_per_second: float | None) -> None:
         if not requests_per_second and self.listening:
@@ -130,24 +131,9 @@ class RedisBudget:
     def _note(self, host: str, ms: int) -> None:
         self._holds.hold(host, ms / 1000)
 
-    async def _listen(self) -> None:
-        while True:
-            try:
-                async with self._redis.pubsub() as pubsub:
-                    await pubsub.subscribe(self._channel)
-                    await self._load_holds()
-                    self.listening = True
-                    async for message in pubsub.listen():
-                        if message["type"] == "message":
-                            ms, _, host = message["data"].decode().partition(" ")
-                            self._note(host, int(ms))
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.warning("not listening for upstream holds; asking Redis", exc_info=True)
-            finally:
-                self.listening = False
-            await asyncio.sleep(1)
+    def _heard(self, data: bytes) -> None:
+        ms, _, host = data.decode().partition(" ")
+        self._note(host, int(ms))
 
     async def _load_holds(self) -> None:
         start = len(self._key("hold", ""))

@@ -47,7 +47,8 @@ class Settings(BaseSettings):
 
     queue_name: str = "backsync:queue"
     worker_max_jobs: int = 50
-    worker_poll_delay: float = 0.02
+    worker_poll_delay: float = 0.1
+    """Seconds between queue polls when no enqueue rang the workers' doorbell."""
     job_timeout_seconds: int = 3600
     lease_seconds: float = 30.0
     """A running run's lease; renewed every third of it. A killed worker's run is taken

@@ -9,6 +9,7 @@ when the job ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
@@ -19,6 +20,7 @@ from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 
 from service.config import Settings
+from service.redis_channel import Subscription
 
 JobContext = dict[str, Any]
 
@@ -69,6 +71,8 @@ class Queue:
         for re-sending it), so repeated sends of the same thing are one job."""
         job_id = f"run:{run_id}" if job_suffix is None else f"run:{run_id}:{job_suffix}"
         await self._pool.enqueue_job("sync_run", run_id, _job_id=job_id, _defer_until=not_before)
+        if not_before is None:
+            await self._pool.publish(doorbell_channel(self._queue_name), b"")
 
     async def ping(self) -> bool:
         try:
@@ -80,8 +84,19 @@ class Queue:
         await self._pool.aclose()
 
 
+def doorbell_channel(queue_name: str) -> str:
+    """Rung on every enqueue: workers poll the queue at once instead of at their next
+    poll (see `_Worker`)."""
+    return f"{queue_name}:doorbell"
+
+
 class _Worker(Worker):
-    """arq's worker, minus two costs that grow with `max_jobs`.
+    """arq's worker with a doorbell, minus two costs that grow with `max_jobs`.
+
+    arq polls the queue every `poll_delay`, so a trigger waits half of it on average,
+    and a short delay costs an idle worker CPU. Here every enqueue also rings a pub/sub
+    doorbell, and the worker polls as soon as it rings; `idle_poll` is only the
+    fallback, for deferred retries and for messages lost while Redis was away.
 
     Each poll reads the queue from its head, where the jobs this worker is running still
     sit until they end, and arq asks Redis about each of them again (WATCH, EXISTS,
@@ -95,6 +110,37 @@ class _Worker(Worker):
     """
 
     START_LANES = 8
+
+    def __init__(self, *args: Any, idle_poll: float, **kwargs: Any) -> None:
+        super().__init__(*args, poll_delay=0, **kwargs)  # the waiting is `_wait_for_work`
+        self._idle_poll = idle_poll
+        self._rung = asyncio.Event()
+        self._doorbell: Subscription | None = None
+
+    async def _poll_iteration(self) -> None:
+        if self._doorbell is None:  # the pool exists from the first poll on
+            self._doorbell = Subscription(
+                self.pool, doorbell_channel(self.queue_name), self._ring, purpose="enqueues"
+            )
+            self._doorbell.start()
+        await super()._poll_iteration()
+        await self._wait_for_work()
+
+    def _ring(self, _data: bytes) -> None:
+        self._rung.set()
+
+    async def _wait_for_work(self) -> None:
+        """Until the doorbell rings (it may have rung during the poll) or `idle_poll`."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self._idle_poll):
+                await self._rung.wait()
+        self._rung.clear()
+
+    async def close(self) -> None:
+        if self._doorbell is not None:
+            await self._doorbell.close()
+            self._doorbell = None
+        await super().close()
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         running = self.tasks
@@ -122,24 +168,24 @@ def build_worker(
 ) -> Worker:
     """An arq worker for Backsync's jobs.
 
-    `poll_delay` defaults to 20 ms (arq's 0.5 s caps throughput near 200 jobs/s and adds
-    up to half a second of latency to every trigger); a poll is one cheap ZRANGEBYSCORE,
-    and an idle worker polling every 20 ms uses about 3% of a core.
+    A trigger reaches a free worker at once (its doorbell); without a ring the worker
+    polls every `worker_poll_delay`, 100 ms by default (arq's 0.5 s would delay deferred
+    retries, and each poll is one cheap ZRANGEBYSCORE).
     """
     if not settings.redis_url:
         raise RuntimeError("BACKSYNC_REDIS_URL is not set")
     return _Worker(
-        functions=functions,  # type: ignore[arg-type]  # arq's aliases are narrower than its runtime
+        functions=functions,
         queue_name=settings.queue_name,
         redis_settings=redis_settings(settings.redis_url),
-        on_startup=on_startup,  # type: ignore[arg-type]
-        on_shutdown=on_shutdown,  # type: ignore[arg-type]
+        on_startup=on_startup,
+        on_shutdown=on_shutdown,
         burst=burst,
         handle_signals=handle_signals,
         max_jobs=settings.worker_max_jobs,
         job_timeout=settings.job_timeout_seconds,
         keep_result=0,
-        poll_delay=settings.worker_poll_delay,
+        idle_poll=settings.worker_poll_delay,
         max_tries=1_000,
         job_serializer=_dumps,
         job_deserializer=_loads,

@@ -331,3 +331,25 @@ async def test_odd_bodies_never_break_patch(
             )
         )
     assert (await client.get(path, headers=auth)).status_code == 200
+
+
+async def test_credentials_are_checked_before_the_body(client: httpx.AsyncClient) -> None:
+    """FastAPI reads the body before any dependency: a caller without a valid key hears
+    about the key, not about its JSON."""
+    for headers in ({}, {"Authorization": "Bearer bks_nope_nope"}):
+        for content in (b"{", b"\xff\xfe", b"[" * 100_000):
+            response = await client.post(
+                "/v1/tasks",
+                content=content,
+                headers={**headers, "Content-Type": "application/json"},
+            )
+            assert_problem(response, 401)
+        response = await client.get("/v1/tasks?limit=nope", headers=headers)
+        assert_problem(response, 401)
+
+
+async def test_a_valid_key_still_gets_the_validation_errors(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    response = await client.get("/v1/tasks?limit=nope", headers=auth)
+    assert assert_problem(response, 422)["errors"][0]["loc"] == ["query", "limit"]

@@ -41,3 +41,27 @@ async def test_a_backlog_runs_once_each_within_max_jobs(
         f"/slot/{i}" for i in range(30)
     )
     assert 1 < peak <= settings.worker_max_jobs
+
+
+async def test_a_trigger_rings_a_worker_that_seldom_polls(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, settings: Settings
+) -> None:
+    """Every enqueue rings the workers' doorbell: a worker whose fallback poll is a
+    minute away still starts the run at once (without the ring, the wait times out)."""
+    seldom = settings.model_copy(update={"worker_poll_delay": 60.0})
+    task = await create_task(client, auth, http_task(upstream.route("/ring", _one_record)))
+
+    async with running_worker(seldom):
+        await asyncio.sleep(0.5)  # past its first poll: from here on it waits for a ring
+        runs = [await trigger(client, auth, task["id"])]
+        runs.append(await wait_run(client, auth, runs[0]["id"], timeout=15))
+        # and again, now that it has waited once
+        runs.append(await trigger(client, auth, task["id"]))
+        runs.append(await wait_run(client, auth, runs[2]["id"], timeout=15))
+
+    assert [run["status"] for run in runs[1::2]] == ["succeeded", "succeeded"]
+    assert len(upstream.hits("/ring")) == 2
+
+
+def _one_record(_request: Request) -> Response:
+    return JSONResponse([{"id": "only"}])

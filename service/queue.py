@@ -115,6 +115,7 @@ class _Worker(Worker):
         super().__init__(*args, poll_delay=0, **kwargs)  # the waiting is `_wait_for_work`
         self._idle_poll = idle_poll
         self._rung = asyncio.Event()
+        self._freed = asyncio.Event()
         self._doorbell: Subscription | None = None
 
     async def _poll_iteration(self) -> None:
@@ -130,11 +131,25 @@ class _Worker(Worker):
         self._rung.set()
 
     async def _wait_for_work(self) -> None:
-        """Until the doorbell rings (it may have rung during the poll) or `idle_poll`."""
+        """Until there may be something to start: with every slot busy, until one frees;
+        else until the doorbell rings (it may have rung during the poll). At most
+        `idle_poll` either way."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._idle_poll):
-                await self._rung.wait()
-        self._rung.clear()
+                if self.job_counter < self.max_jobs:
+                    await self._rung.wait()
+                    self._rung.clear()
+                while self.job_counter >= self.max_jobs:
+                    await self._freed.wait()
+                    self._freed.clear()
+
+    async def run_job(self, job_id: str, score: int) -> None:
+        try:
+            await super().run_job(job_id, score)
+        finally:
+            # `set` runs before arq's done-callback frees the slot, but the waiter it
+            # wakes is queued behind that callback: the poll then sees the free slot.
+            asyncio.get_running_loop().call_soon(self._freed.set)
 
     async def close(self) -> None:
         if self._doorbell is not None:

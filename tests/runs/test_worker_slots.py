@@ -65,3 +65,24 @@ async def test_a_trigger_rings_a_worker_that_seldom_polls(
 
 def _one_record(_request: Request) -> Response:
     return JSONResponse([{"id": "only"}])
+
+
+async def test_a_freed_slot_starts_the_next_queued_run_without_a_poll(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, settings: Settings
+) -> None:
+    """A full worker polls again the moment a run ends, not at its next idle poll (a
+    minute away here: without that, the backlog would wait for it)."""
+    seldom = settings.model_copy(update={"worker_poll_delay": 60.0, "worker_max_jobs": 2})
+    tasks = [
+        await create_task(
+            client, auth, http_task(upstream.route(f"/freed/{i}", _one_record), name=f"f{i}")
+        )
+        for i in range(6)
+    ]
+    runs = [await trigger(client, auth, task["id"]) for task in tasks]  # queued before it starts
+
+    async with running_worker(seldom):
+        finals = [await wait_run(client, auth, run["id"], timeout=15) for run in runs]
+
+    assert [final["status"] for final in finals] == ["succeeded"] * 6
+    assert sorted(seen.path for seen in upstream.requests) == [f"/freed/{i}" for i in range(6)]

@@ -95,8 +95,9 @@ class _Worker(Worker):
 
     arq polls the queue every `poll_delay`, so a trigger waits half of it on average,
     and a short delay costs an idle worker CPU. Here every enqueue also rings a pub/sub
-    doorbell, and the worker polls as soon as it rings; `idle_poll` is only the
-    fallback, for deferred retries and for messages lost while Redis was away.
+    doorbell, and the worker polls as soon as it rings, or, with every slot busy, as
+    soon as one frees; `idle_poll` is only the fallback, for deferred retries and for
+    rings lost while Redis was away.
 
     Each poll reads the queue from its head, where the jobs this worker is running still
     sit until they end, and arq asks Redis about each of them again (WATCH, EXISTS,

@@ -87,27 +87,31 @@ def strip_query_auth(source: Source, request: PageRequest | None) -> PageRequest
 
 
 def build_request(
-    client: UpstreamClient, source: Source, page: PageRequest, limits: Limits
+    client: UpstreamClient,
+    source: Source,
+    page: PageRequest,
+    limits: Limits,
+    url: httpx.URL | None = None,
 ) -> httpx.Request:
+    """`url`: `page.url` already parsed, if it is at hand."""
     auth_headers, auth_params = _auth_parts(source)
     return client.build_request(
         source.method,
-        _with_params(page.url, {**(page.params or {}), **auth_params}),
+        _with_params(url or httpx.URL(page.url), {**(page.params or {}), **auth_params}),
         headers={**source.headers, **auth_headers},
         json=source.body if source.method == "POST" else None,
         timeout=httpx.Timeout(limits.timeout_seconds),
     )
 
 
-def _with_params(url: str, params: dict[str, Any]) -> httpx.URL:
+def _with_params(url: httpx.URL, params: dict[str, Any]) -> httpx.URL:
     """`url` with `params` merged into its own query.
 
     Not `params=`: httpx replaces the whole query string with it, dropping a next link's
     `?page=2` or a query written into `source.url`. Without params the URL is left
     byte for byte as the upstream wrote it (signed next links must not be re-encoded).
     """
-    parsed = httpx.URL(url)
-    return parsed.copy_merge_params(params) if params else parsed
+    return url.copy_merge_params(params) if params else url
 
 
 async def fetch_page(
@@ -129,8 +133,8 @@ async def fetch_page(
     host's budget waited on, credentials kept only within the origin. (Addresses are
     checked where the connection is made: `ssrf.GuardedBackend`.)
     """
-    check_url(page.url)  # as written: httpx would read `file:/x` as a relative URL
-    request = build_request(client, source, page, limits)
+    url = check_url(page.url)  # as written: httpx would read `file:/x` as a relative URL
+    request = build_request(client, source, page, limits, url)
     if extra_headers:
         request.headers.update(extra_headers)
     for _hop in range(MAX_REDIRECTS + 1):
@@ -200,8 +204,10 @@ async def _send(
         if response.has_redirect_location:
             return response, None
         if response.status_code == 304:  # only ever an answer to our conditional request
-            # Read to its (empty) end, or the connection would be closed, not reused.
-            await _read_capped(response, limit)
+            # Read to its (empty) end, or the connection would be closed, not reused; raw,
+            # as there is nothing to decode.
+            async for _chunk in response.aiter_raw():
+                pass
             return response, b""
         if not 200 <= response.status_code < 300:
             raise UpstreamStatusError(

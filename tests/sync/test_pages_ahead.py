@@ -3,7 +3,6 @@ handed over only in order; predictions a page proves wrong cost requests, never 
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 from typing import Any
 
@@ -15,7 +14,7 @@ from service.sync import Limits, Page, Source, iter_pages
 from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, page_key
 from service.sync.errors import PageLimitReached
-from tests.fixtures.upstream import Handler, Upstream, cursor, make_records
+from tests.fixtures.upstream import Handler, Upstream, cursor, make_records, slowly
 from tests.sync.helpers import rows, source
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
@@ -33,16 +32,15 @@ class InFlight:
         self.peak = 0
 
     def around(self, handler: Handler, delay: float = 0.02) -> Handler:
+        delayed = slowly(handler, delay)
+
         async def counted(request: Request) -> Response:
             self.now += 1
             self.peak = max(self.peak, self.now)
             try:
-                await asyncio.sleep(delay)
-                result = handler(request)
-                if asyncio.iscoroutine(result):
-                    result = await result
-                assert isinstance(result, Response)
-                return result
+                answer = delayed(request)
+                assert not isinstance(answer, Response)
+                return await answer
             finally:
                 self.now -= 1
 

@@ -34,7 +34,7 @@ from sqlalchemy import JSON, BindParameter, TextClause, bindparam, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models.types import UTCDateTime
-from service.records.repository import ON_CONFLICT_CHANGED
+from service.records.repository import ON_CONFLICT_CHANGED, PG_PAGE_ROWS, packed
 from service.sync.conditional import Validator
 from service.sync.records import Row
 
@@ -89,8 +89,9 @@ def _statement(*, validators: bool, succeed: bool) -> TextClause:
         " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
         " SELECT CAST(:task_id AS varchar), t.k, t.d, t.h, s.base + t.n,"
         " CAST(:now AS timestamptz), CAST(:now AS timestamptz)"
-        " FROM unnest(CAST(:keys AS text[]), CAST(:datas AS text[]), CAST(:hashes AS text[]))"
-        " WITH ORDINALITY AS t(k, d, h, n) CROSS JOIN seq s "
+        " FROM "
+        + PG_PAGE_ROWS
+        + " WITH ORDINALITY AS t(k, d, h, n) CROSS JOIN seq s "
         + ON_CONFLICT_CHANGED
         + " RETURNING xmax = 0 AS is_new"
         "), counts AS ("
@@ -154,9 +155,9 @@ async def write(session: AsyncSession, page: PageWrite) -> PageWritten:
         "run_id": page.run_id,
         "task_id": page.task_id,
         "owner": page.owner,
-        "keys": [row.key for row in page.rows],
-        "datas": [row.data for row in page.rows],
-        "hashes": [row.hash for row in page.rows],
+        "keys": packed([row.key for row in page.rows]),
+        "datas": packed([row.data for row in page.rows]),
+        "hashes": packed([row.hash for row in page.rows]),
         "distinct": len(page.rows),
         "checkpoint": page.checkpoint,
         "lease_until": page.lease_until,

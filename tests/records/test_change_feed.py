@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import httpx
@@ -140,3 +141,40 @@ async def test_feed_pages_with_limit_and_next_after(
     assert {i["key"] for i in first["items"]}.isdisjoint({i["key"] for i in second["items"]})
     bad = await client.get(f"/v1/tasks/{task['id']}/records?after=-1", headers=auth)
     assert bad.status_code == 422
+
+
+async def test_control_characters_in_keys_and_data_survive_the_round_trip(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
+) -> None:
+    """On PostgreSQL a page's keys, data and hashes travel packed into one string each,
+    joined by U+001F (`records.repository.packed`): canonical JSON escapes it, so a
+    record full of control characters comes back exactly, and compares unchanged."""
+    odd = "\x1f\x1e\x00\n\t\x7f"
+    records = [
+        {"id": f"a{odd}{i}", "text": f"x{odd}y", f"k{odd}": [odd, {odd: i}]} for i in range(30)
+    ]
+    url = upstream.route("/odd", page_number(records, size=20))
+    task = await create_task(client, auth, http_task(url, records_path="data", pagination=PAGES))
+
+    first = await sync(client, auth, task["id"])
+    upstream.route("/odd", with_envelope_stamp(page_number(records, size=20)))
+    second = await sync(client, auth, task["id"])  # new bytes, same records: compared
+
+    assert first["stats"]["inserted"] == 30
+    assert (second["stats"]["unchanged"], second["stats"]["updated"]) == (30, 0)
+    stored = await feed(client, auth, task["id"])
+    assert sorted((item["key"], item["data"]) for item in stored) == sorted(
+        (r["id"], r) for r in records
+    )
+
+
+def with_envelope_stamp(handler: Any) -> Any:
+    """`handler`'s pages with a field that changes on every answer: the bytes differ, so
+    no stored page digest applies and every record is compared with the stored one."""
+    calls = iter(range(1_000_000))
+
+    def stamped(request: Any) -> JSONResponse:
+        body = json.loads(handler(request).body)
+        return JSONResponse({**body, "served": next(calls)})
+
+    return stamped

@@ -9,6 +9,7 @@ import orjson
 import pytest
 from starlette.responses import JSONResponse
 
+from service.records.repository import packed
 from service.sync import BadConfig
 from service.sync.client import UpstreamClient
 from service.sync.records import extract
@@ -166,3 +167,17 @@ async def test_hash_is_stable_across_fetches(upstream: Upstream, http: UpstreamC
     (second,) = await collect(http, source(url))
 
     assert first.records.rows[0].hash == second.records.rows[0].hash
+
+
+def test_packed_values_join_on_the_unit_separator_and_refuse_empty_ones() -> None:
+    assert packed(["a", "b"]) == "a\x1fb"
+    assert packed([]) == ""
+    with pytest.raises(ValueError, match="empty"):
+        packed(["a", ""])
+
+
+def test_canonical_keys_and_data_never_hold_the_unit_separator() -> None:
+    record = {"id": "a\x1fb", "v\x1f": "c\x1fd", "n": ["\x1f"]}
+    (row,) = extract([record], "id").rows
+    assert "\x1f" not in row.key and "\x1f" not in row.data
+    assert orjson.loads(row.key) == "a\x1fb" and orjson.loads(row.data) == record

@@ -70,6 +70,7 @@ from bench.ingest import (
     _admin,
     _mib,
     add_server_arguments,
+    bench_database,
     code_version,
     machine,
     print_py_spy,
@@ -480,14 +481,7 @@ def _line(values: list[float]) -> str:
 
 def bench_settings(args: argparse.Namespace, tmpdir: Path) -> tuple[Settings, str | None]:
     """The bench's settings and, for PostgreSQL, the admin URL that creates its database."""
-    requested = Settings(_env_file=None, database_url=args.database_url)
-    admin_url: str | None = None
-    if requested.is_sqlite:
-        database_url = f"sqlite+aiosqlite:///{tmpdir / 'bench.db'}"
-    else:
-        url = make_url(requested.database_url)
-        admin_url = url.render_as_string(hide_password=False)
-        database_url = url.set(database=args.database_name).render_as_string(hide_password=False)
+    database_url, admin_url = bench_database(args.database_url, args.database_name, tmpdir)
     tag = secrets.token_hex(4)
     settings = Settings(
         _env_file=None,

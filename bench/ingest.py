@@ -971,21 +971,25 @@ def _target(measured: float, target: float) -> dict[str, Any]:
     }
 
 
+def bench_database(requested_url: str, name: str, tmpdir: Path) -> tuple[str, str | None]:
+    """The bench database's URL and, for PostgreSQL, the admin URL that creates it (a
+    temp file for any `sqlite://` URL)."""
+    requested = Settings(_env_file=None, database_url=requested_url)  # driver filled in
+    if requested.is_sqlite:
+        return f"sqlite+aiosqlite:///{tmpdir / 'bench.db'}", None
+    url = make_url(requested.database_url)
+    admin_url = url.render_as_string(hide_password=False)
+    return url.set(database=name).render_as_string(hide_password=False), admin_url
+
+
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    requested = Settings(_env_file=None, database_url=args.database_url)
     dlt_python = ensure_dlt_venv() if args.with_dlt else None
     tmpdir = Path(tempfile.mkdtemp(prefix="backsync-bench-"))
-    admin_url: str | None = None
+    database_url, admin_url = bench_database(args.database_url, args.database_name, tmpdir)
     dlt_url: str | None = None
-    if requested.is_sqlite:
-        database_url = f"sqlite+aiosqlite:///{tmpdir / 'bench.db'}"
-    else:
-        url = make_url(requested.database_url)
-        admin_url = url.render_as_string(hide_password=False)
-        database_url = url.set(database=args.database_name).render_as_string(hide_password=False)
-        dlt_url = url.set(database=f"{args.database_name}_dlt").render_as_string(
-            hide_password=False
-        )
+    if admin_url is not None:
+        dlt_database = make_url(admin_url).set(database=f"{args.database_name}_dlt")
+        dlt_url = dlt_database.render_as_string(hide_password=False)
     settings = Settings(
         _env_file=None,
         database_url=database_url,

@@ -78,7 +78,7 @@ from service.cli import _create_key
 from service.config import Settings
 from service.db import create_engine
 from service.migrations import upgrade
-from service.sync.records import extract, records_of
+from service.sync.extract import extract, records_of
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results.json"
@@ -628,39 +628,14 @@ def print_profile(result: RunResult) -> None:
     def ms(name: str) -> float:
         return stages.get(name, [0.0, 0])[0] * 1000
 
-    store_sql = (
-        ms("write_page (one statement)")
-        + ms("SELECT changed keys")
-        + ms("UPDATE task seq")
-        + ms("INSERT upsert")
-    )
-    commit_parts = (
-        ms("page statement")
-        + ms("store_page")
-        + ms("remember validator")
-        + ms("UPDATE run progress")
-        + ms("COMMIT")
-    )
     wall = profile["wall"] * 1000
     rows: list[tuple[str, float | None]] = [
         ("wait for page (fetched ahead)", ms("wait for page")),
-        ("commit_page (total)", ms("commit_page")),
-        ("  page statement (PostgreSQL)", ms("page statement")),
-        ("  store_page (transaction path)", ms("store_page")),
-        ("    write_page (one statement)", ms("write_page (one statement)")),
-        ("    SELECT changed keys", ms("SELECT changed keys")),
-        ("    UPDATE task seq", ms("UPDATE task seq")),
-        ("    INSERT upsert", ms("INSERT upsert")),
-        ("    python (dedupe, counts)", ms("store_page") - store_sql),
-        ("  remember validator", ms("remember validator")),
-        ("  UPDATE run progress", ms("UPDATE run progress")),
-        ("  COMMIT", ms("COMMIT")),
-        ("  other (session, checkpoint)", ms("commit_page") - commit_parts),
-        ("flush quiet pages", ms("flush quiet pages")),
-        (
-            "other (loop, arq, start/finish)",
-            wall - ms("wait for page") - ms("commit_page") - ms("flush quiet pages"),
-        ),
+        ("commit (total)", ms("commit")),
+        ("  compare (read-only)", ms("compare (read-only)")),
+        ("  write (one commit)", ms("write")),
+        ("  python (dedupe, counts)", ms("commit") - ms("compare (read-only)") - ms("write")),
+        ("other (loop, arq, claim, end)", wall - ms("wait for page") - ms("commit")),
         ("fetch tasks (overlap):", None),
         ("  validator lookup", ms("validator lookup")),
         ("  fetch (total)", ms("fetch")),

@@ -10,13 +10,10 @@ each run, appends one JSON line to `$BENCH_PROFILE_OUT`:
 Stages nest:
 
 - the run loop: `wait for page` (what it waited for the page fetches under way to hand over the
-  next page) + `commit_page` + a little bookkeeping;
-- `commit_page` = `store_page` + `remember validator` (conditional tasks, 2xx pages) +
-  `UPDATE run progress` (counters, checkpoint and lease, fenced) + `COMMIT`;
-- `store_page` = either `write_page (one statement)` (PostgreSQL, while pages change:
-  compare, reserve seqs, upsert and count in one statement) or `SELECT changed keys` +
-  `UPDATE task seq` + `INSERT upsert` (while pages are unchanged, and on SQLite; an
-  unchanged page stops after the SELECT), plus a little Python;
+  next page) + `commit` (the ledger's `commit`) + a little bookkeeping;
+- `commit` = `compare (read-only)` (resync pages: which rows changed; an unchanged page
+  stops there and is batched) + `write` (the ledger's one commit: PostgreSQL's one
+  statement, or SQLite's transaction) + a little Python (dedupe, counts);
 - in the fetch tasks, overlapping the above: `validator lookup` (conditional tasks)
   and `fetch` = send + headers + `fetch: body read` + `fetch: json decode`, then
   `records_of` and `extract + hash`.
@@ -67,24 +64,6 @@ def timed(name: str, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]
     return wrapper
 
 
-_scope: contextvars.ContextVar[str] = contextvars.ContextVar("bench_scope", default="")
-
-
-def scoped(name: str, fn: Callable[P, Awaitable[T]]) -> Callable[P, Awaitable[T]]:
-    """`timed`, and the stages awaited inside it know they are (see `commit`)."""
-    inner = timed(name, fn)
-
-    @functools.wraps(fn)
-    async def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-        token = _scope.set(name)
-        try:
-            return await inner(*args, **kwargs)
-        finally:
-            _scope.reset(token)
-
-    return wrapper
-
-
 def timed_sync(name: str, fn: Callable[P, T]) -> Callable[P, T]:
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
@@ -128,16 +107,14 @@ def _append(path: str, line: str) -> None:
 
 def install(out_path: str) -> None:
     import orjson
-    from sqlalchemy.ext.asyncio import AsyncSession
 
-    import service.records.repository as records_repo
     import service.runs.jobs as jobs
-    import service.runs.page_statement as page_statement
-    import service.runs.page_validators as page_validators
-    import service.runs.repository as runs_repo
+    import service.runs.ledger.base as ledger
     import service.runs.runner as runner
-    import service.sync.engine as engine
     import service.sync.fetch as fetch
+    import service.sync.pages as engine
+    from service.runs.ledger.postgres import PostgresLedger
+    from service.runs.ledger.sqlite import SqliteLedger
 
     fetch.orjson = SimpleNamespace(
         loads=timed_sync("fetch: json decode", orjson.loads),
@@ -149,26 +126,11 @@ def install(out_path: str) -> None:
     engine.extract = timed_sync("extract + hash", engine.extract)
 
     runner.iter_pages = timed_handover("wait for page", runner.iter_pages)
-    runner._commit_page = scoped("commit_page", runner._commit_page)
-    runner.store_page = timed("store_page", runner.store_page)
-    page_statement.write = timed("page statement", page_statement.write)
-    runner._compare = timed("compare (read-only)", runner._compare)
-    runner._flush = timed("flush quiet pages", runner._flush)
-    page_validators.all_for_task = timed("validators (once per run)", page_validators.all_for_task)
-    page_validators.remember = timed("remember validator", page_validators.remember)
-    runs_repo.add_page_progress = timed("UPDATE run progress", runs_repo.add_page_progress)
-    records_repo.write_page = timed("write_page (one statement)", records_repo.write_page)
-    records_repo.changed_keys = timed("SELECT changed keys", records_repo.changed_keys)
-    records_repo.allocate_seqs = timed("UPDATE task seq", records_repo.allocate_seqs)
-    records_repo.upsert = timed("INSERT upsert", records_repo.upsert)
-    commit = AsyncSession.commit
-    page_commit = timed("COMMIT", commit)
-    other_commit = timed("COMMIT (claim, finish)", commit)
-
-    async def timed_commit(self: AsyncSession) -> None:
-        await (page_commit if _scope.get() == "commit_page" else other_commit)(self)
-
-    AsyncSession.commit = timed_commit
+    ledger.RunLedger.commit = timed("commit", ledger.RunLedger.commit)
+    ledger.RunLedger.validators = timed("validators (once per run)", ledger.RunLedger.validators)
+    for cls in (PostgresLedger, SqliteLedger):
+        cls._write = timed("write", cls._write)
+        cls._changed = timed("compare (read-only)", cls._changed)
 
     gc_started: list[float] = [0.0]
 

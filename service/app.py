@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
 from service.auth.service import authenticate
+from service.broker.queue import Queue
 from service.config import Settings, get_settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
@@ -24,7 +25,6 @@ from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.ops.router import router as ops_router
-from service.queue import Queue
 from service.records.router import router as records_router
 from service.runs.router import router as runs_router
 from service.state import AppState

@@ -234,8 +234,8 @@ def demo() -> None:
 def _dev_processes(settings: Settings) -> Iterator[tuple[list[subprocess.Popen[bytes]], str, str]]:
     """Migrations, embedded Valkey (unless BACKSYNC_REDIS_URL), dev key, API and worker
     processes; all stopped when the block exits."""
+    from service.broker.embedded import embedded_redis
     from service.crypto import generate_key
-    from service.embedded_redis import embedded_redis
     from service.migrations import upgrade
 
     state = settings.state_dir

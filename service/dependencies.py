@@ -10,10 +10,10 @@ from fastapi import Depends, Request
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.service import Principal, authenticate
+from service.broker.queue import Queue
 from service.config import Settings
 from service.crypto import SecretBox
 from service.logs import bind_log_context
-from service.queue import Queue
 from service.state import AppState
 
 log = logging.getLogger(__name__)

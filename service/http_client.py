@@ -17,8 +17,7 @@ import httpx
 
 from service import __version__
 from service.config import Settings
-from service.sync.client import UpstreamClient
-from service.sync.ssrf import GuardedBackend, Resolver, TargetPolicy, system_resolver
+from service.sync import GuardedBackend, Resolver, TargetPolicy, UpstreamClient, system_resolver
 
 
 def target_policy(settings: Settings) -> TargetPolicy:

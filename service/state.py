@@ -6,11 +6,11 @@ from typing import TypedDict
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.broker.queue import Queue
 from service.config import Settings
 from service.crypto import SecretBox
 from service.db import SessionMaker
-from service.queue import Queue
-from service.sync.client import UpstreamClient
+from service.sync import UpstreamClient
 
 
 class AppState(TypedDict):

@@ -12,13 +12,14 @@ import secrets
 import socket
 from typing import Any
 
-from service.budgets_redis import RedisBudget
+from service.broker.budget import RedisBudget
+from service.broker.queue import Queue, build_worker
 from service.config import Settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
 from service.http_client import create_upstream_client
-from service.queue import Queue, build_worker
 from service.runs.jobs import sync_run
+from service.runs.ledger import ledger_for
 from service.runs.recovery import reconcile_forever
 from service.runs.runner import RunnerDeps
 
@@ -61,12 +62,10 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         await budget.start()
         ctx["engine"] = engine
         ctx["deps"] = RunnerDeps(
-            sessionmaker=sessionmaker,
+            ledger=ledger_for(sessionmaker, worker_identity(), settings.lease_seconds),
             http=create_upstream_client(settings),
             secrets=SecretBox(settings.secret_keys),
             queue=queue,
-            owner=worker_identity(),
-            lease_seconds=settings.lease_seconds,
             budget=budget,
         )
         if not burst:

@@ -18,7 +18,7 @@ class Record(SQLModel, table=True):
     No foreign key to `task`: PostgreSQL would check it row by row on every insert (a
     third of the bulk upsert's cost). Orphans cannot appear: a page's records are
     written only after its seq allocation row-locked the task, and deleting a task
-    deletes its records in the same transaction (`records.repository.delete_for_task`).
+    deletes its records in the same transaction (`tasks.repository.delete_records`).
     """
 
     __table_args__ = (Index("uq_record_task_id_seq", "task_id", "seq", unique=True),)

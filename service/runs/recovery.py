@@ -12,10 +12,10 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from service.broker.queue import Queue
 from service.db import SessionMaker
 from service.models import Run
 from service.models.types import utcnow
-from service.queue import Queue
 from service.runs import repository
 
 log = logging.getLogger(__name__)

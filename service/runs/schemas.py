@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-RunStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+from service.tasks.schemas import RunError, RunStatus
 
 
 class Backfill(BaseModel):
@@ -51,20 +51,6 @@ class RunStats(BaseModel):
     unchanged: int = 0
     rejected: int = 0
     bytes: int = 0
-
-
-class RunError(BaseModel):
-    code: str = Field(examples=["upstream_status"])
-    message: str = Field(examples=["upstream answered 404 Not Found"])
-    http_status: int | None = Field(default=None, examples=[404])
-    retryable: bool = False
-
-
-class RunSummary(BaseModel):
-    id: str
-    status: RunStatus
-    created_at: datetime
-    finished_at: datetime | None
 
 
 RUN_EXAMPLE: dict[str, Any] = {

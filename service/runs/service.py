@@ -12,7 +12,8 @@ from service.models import FINAL_STATUSES, Run, Task
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
 from service.runs import repository
-from service.runs.schemas import RunError, RunOut, RunPage, RunStats, TriggerIn
+from service.runs.schemas import RunOut, RunPage, RunStats, TriggerIn
+from service.tasks.schemas import RunError
 from service.tasks.service import get_task
 
 

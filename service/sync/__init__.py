@@ -1,38 +1,52 @@
-"""The sync engine: a library with no web framework in it.
+"""The sync engine: a library with no web framework and no database in it.
 
 It knows how to page through an upstream API and turn pages into keyed, hashed rows;
-storing them is the caller's business.
+storing them is the caller's business. This module is its surface: code outside
+`service.sync` imports from here, never from its submodules
+(`tests/sync/test_exported_members.py` holds both rules).
 """
 
-from service.sync.budget import HostBudget, MemoryBudget
-from service.sync.engine import Page, fetch_one, iter_pages
-from service.sync.errors import BadConfig, HostHeld, SyncError, TargetRefused
+from service.sync.backoff import next_delay
+from service.sync.budget import DEFAULT_MAX_HOLD, Holds, HostBudget, held_back, over
+from service.sync.client import UpstreamClient
+from service.sync.conditional import Validator, page_key
+from service.sync.errors import SyncError, TargetRefused
+from service.sync.extract import Row, records_of
+from service.sync.incremental import Watermark, later, start_params
+from service.sync.pages import Page, fetch_one, iter_pages
 from service.sync.paginators import PageRequest, first_request
-from service.sync.records import ExtractedPage, Row
-from service.sync.spec import SECRET_FIELDS, Auth, Limits, Pagination, Retry, Source
-from service.sync.ssrf import GuardedBackend, TargetPolicy, check_target
+from service.sync.spec import SECRET_FIELDS, Limits, Retry, Source
+from service.sync.ssrf import GuardedBackend, Resolver, TargetPolicy, check_target, system_resolver
 
 __all__ = [
+    "DEFAULT_MAX_HOLD",
     "SECRET_FIELDS",
-    "Auth",
-    "BadConfig",
-    "ExtractedPage",
     "GuardedBackend",
+    "Holds",
     "HostBudget",
-    "HostHeld",
     "Limits",
-    "MemoryBudget",
     "Page",
     "PageRequest",
-    "Pagination",
+    "Resolver",
     "Retry",
     "Row",
     "Source",
     "SyncError",
     "TargetPolicy",
     "TargetRefused",
+    "UpstreamClient",
+    "Validator",
+    "Watermark",
     "check_target",
     "fetch_one",
     "first_request",
+    "held_back",
     "iter_pages",
+    "later",
+    "next_delay",
+    "over",
+    "page_key",
+    "records_of",
+    "start_params",
+    "system_resolver",
 ]

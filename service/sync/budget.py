@@ -7,7 +7,7 @@ task's `limits.requests_per_second` meters a token bucket the host's tasks share
 longer for its own requests; tasks without a rate only respect holds.
 
 `HostBudget` is what the engine needs; `MemoryBudget` serves one process (tests, a
-single dev worker); `service.budgets_redis.RedisBudget` serves every worker at once.
+single dev worker); `service.broker.budget.RedisBudget` serves every worker at once.
 """
 
 from __future__ import annotations

@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import orjson
 
+from service.sync.extract import ExtractedPage
 from service.sync.paginators import PageRequest
-from service.sync.records import ExtractedPage
 from service.sync.spec import Source
 
 

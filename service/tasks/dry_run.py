@@ -13,12 +13,16 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.crypto import mask
-from service.runs.schemas import RunError
-from service.sync import SECRET_FIELDS, SyncError, fetch_one, first_request
-from service.sync.client import UpstreamClient
-from service.sync.paginators import PageRequest
-from service.sync.records import records_of
-from service.tasks.schemas import TaskIn
+from service.sync import (
+    SECRET_FIELDS,
+    PageRequest,
+    SyncError,
+    UpstreamClient,
+    fetch_one,
+    first_request,
+    records_of,
+)
+from service.tasks.schemas import RunError, TaskIn
 
 SAMPLE_SIZE = 5
 KEY_LIMIT = 100

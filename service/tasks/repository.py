@@ -1,14 +1,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from service.models import Run, Task, TaskTag
-from service.sync.incremental import later
+from service.models import Record, Run, Task, TaskTag
 
 
 async def get(session: AsyncSession, tenant_id: str, task_id: str) -> Task | None:
@@ -71,9 +69,8 @@ async def latest_runs(session: AsyncSession, task_ids: list[str]) -> dict[str, R
     return {run.task_id: run for run in rows.scalars()}
 
 
-async def advance_watermark(session: AsyncSession, task_id: str, watermark: Any) -> None:
-    """Move the task's watermark forward (never back: a full refresh that saw less
-    data than before must not make the next incremental run refetch everything)."""
-    task = await session.get(Task, task_id, with_for_update=True)
-    if task is not None:
-        task.watermark = later(task.watermark, watermark)
+async def delete_records(session: AsyncSession, task_id: str) -> None:
+    """Records have no foreign key to their task (PostgreSQL would check it row by row on
+    every insert); a deleted task's records go with it here, after the task row is locked
+    by its own deletion, so no page transaction can add more."""
+    await session.execute(delete(Record).where(col(Record.task_id) == task_id))

@@ -8,8 +8,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.runs.schemas import RunSummary
-from service.sync.spec import Limits, Retry, Source
+from service.sync import Limits, Retry, Source
+
+RunStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
 
 Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w.:/-]+$")]
 
@@ -159,3 +160,25 @@ class TaskPage(BaseModel):
     next_cursor: str | None = Field(
         description="Pass as `cursor` for the next page; null at the end."
     )
+
+
+# Run shapes a task shows (its last run, a dry run's error) live here, in the domain the
+# runs domain builds on, so that tasks never imports runs.
+
+
+class RunError(BaseModel):
+    """Why a run (or a dry run) failed."""
+
+    code: str = Field(examples=["upstream_status"])
+    message: str = Field(examples=["upstream answered 404 Not Found"])
+    http_status: int | None = Field(default=None, examples=[404])
+    retryable: bool = False
+
+
+class RunSummary(BaseModel):
+    """The task's latest run."""
+
+    id: str
+    status: RunStatus
+    created_at: datetime
+    finished_at: datetime | None

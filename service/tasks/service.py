@@ -23,12 +23,9 @@ from service.ids import new_id
 from service.models import Run, Task
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
-from service.records import repository as records_repository
-from service.runs.schemas import RunSummary
-from service.sync import TargetRefused, check_target
-from service.sync.spec import SECRET_FIELDS, Source
+from service.sync import SECRET_FIELDS, Source, TargetRefused, check_target
 from service.tasks import repository
-from service.tasks.schemas import TaskIn, TaskOut, TaskPage, TaskPatch
+from service.tasks.schemas import RunSummary, TaskIn, TaskOut, TaskPage, TaskPatch
 
 OnConflict = Literal["fail", "keep", "replace", "update"]
 
@@ -289,7 +286,7 @@ async def delete_task(session: AsyncSession, tenant_id: str, task_id: str) -> No
     task = await get_task(session, tenant_id, task_id)
     await session.delete(task)  # runs, tags and validators go by ON DELETE CASCADE
     await session.flush()
-    await records_repository.delete_for_task(session, task.id)
+    await repository.delete_records(session, task.id)
 
 
 def to_out(task: Task, last_run: Run | None) -> TaskOut:

@@ -147,7 +147,7 @@ async def test_control_characters_in_keys_and_data_survive_the_round_trip(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
 ) -> None:
     """On PostgreSQL a page's keys, data and hashes travel packed into one string each,
-    joined by U+001F (`records.repository.packed`): canonical JSON escapes it, so a
+    joined by U+001F (`runs.ledger.postgres.packed`): canonical JSON escapes it, so a
     record full of control characters comes back exactly, and compares unchanged."""
     odd = "\x1f\x1e\x00\n\t\x7f"
     records = [

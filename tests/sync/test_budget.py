@@ -13,10 +13,10 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from service.sync import HostBudget, HostHeld, Limits, MemoryBudget, Page, Source, iter_pages
-from service.sync.budget import host_key
+from service.sync import HostBudget, Limits, Page, Source, iter_pages
+from service.sync.budget import MemoryBudget, host_key
 from service.sync.client import UpstreamClient
-from service.sync.errors import UpstreamStatusError
+from service.sync.errors import HostHeld, UpstreamStatusError
 from tests.fixtures.upstream import Handler, Upstream, make_records, page_number
 from tests.sync.helpers import rows, source
 

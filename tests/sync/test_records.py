@@ -9,10 +9,10 @@ import orjson
 import pytest
 from starlette.responses import JSONResponse
 
-from service.records.repository import packed
-from service.sync import BadConfig
+from service.runs.ledger.postgres import packed
 from service.sync.client import UpstreamClient
-from service.sync.records import extract
+from service.sync.errors import BadConfig
+from service.sync.extract import extract
 from tests.fixtures.upstream import Upstream, make_records
 from tests.sync.helpers import collect, rows, source
 

@@ -19,8 +19,8 @@ from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
 
+from service.broker.channel import Subscription
 from service.config import Settings
-from service.redis_channel import Subscription
 
 JobContext = dict[str, Any]
 

@@ -1,13 +1,11 @@
-"""The page loop's helpers: batching the progress of pages that wrote nothing."""
+"""Batching the progress of pages that write no records, and a page's counters."""
 
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from service.records.service import PageCounts
-from service.sync import Page
-from service.sync.conditional import Validator
+from service.sync import Page, Validator
 
 
 class QuietPages:
@@ -38,15 +36,14 @@ class QuietPages:
         self,
         progress: dict[str, int],
         checkpoint: dict[str, Any],
-        validator: tuple[str, Validator] | None = None,
+        validators: list[tuple[str, Validator]],
     ) -> None:
         if not self.pages:
             self.since = time.monotonic()
         for name, amount in progress.items():
             self.progress[name] = self.progress.get(name, 0) + amount
         self.checkpoint = checkpoint
-        if validator is not None:
-            self.validators.append(validator)
+        self.validators.extend(validators)
         self.pages += 1
 
     def due(self) -> bool:
@@ -59,10 +56,14 @@ class QuietPages:
         }
 
 
-def page_progress(page: Page, counts: PageCounts) -> dict[str, int]:
+def page_progress(page: Page, *, updated: int = 0, unchanged: int = 0) -> dict[str, int]:
+    """A page's counters; `updated`/`unchanged` are what is known before any write (a
+    write adds its own counts). A page whose bytes are the stored ones was not decoded:
+    its records count as they did last time, all unchanged. A 304 counts none."""
     seen, rejected = page.records.seen, len(page.records.rejections)
-    if page.same_as_before and page.known is not None:  # not decoded: as counted last time
+    if page.same_as_before and page.known is not None:
         seen, rejected = page.known.records_seen, page.known.rejected
+        unchanged = seen - rejected
     return {
         "pages": 1,
         "requests": 1 + page.discarded,
@@ -70,7 +71,7 @@ def page_progress(page: Page, counts: PageCounts) -> dict[str, int]:
         "records_seen": seen,
         "rejected": rejected,
         "bytes": page.fetched.nbytes,
-        "inserted": counts.inserted,
-        "updated": counts.updated,
-        "unchanged": counts.unchanged,
+        "inserted": 0,
+        "updated": updated,
+        "unchanged": unchanged,
     }

@@ -16,11 +16,11 @@ from redis.asyncio import Redis
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.budgets_redis import RedisBudget
-from service.sync import HostBudget, HostHeld, Limits, Page, Source, iter_pages
+from service.broker.budget import RedisBudget
+from service.sync import HostBudget, Limits, Page, Source, iter_pages
 from service.sync.budget import host_key
 from service.sync.client import UpstreamClient
-from service.sync.errors import UpstreamStatusError
+from service.sync.errors import HostHeld, UpstreamStatusError
 from tests.fixtures.upstream import Handler, Upstream, make_records, page_number
 from tests.sync.helpers import rows, source
 

@@ -25,9 +25,10 @@ from service.sync.conditional import (
     validator_from,
 )
 from service.sync.errors import InvalidBody, PageLimitReached, PaginationLoop
+from service.sync.extract import ExtractedPage, extract, records_of
 from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
+from service.sync.incremental import Watermark, page_watermark
 from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
-from service.sync.records import ExtractedPage, extract, records_of
 from service.sync.spec import Limits, Source
 
 
@@ -45,11 +46,19 @@ class Page:
     """What was remembered for this page URL before."""
     discarded: int = 0
     """Requests made for predicted pages that this page proved wrong (`_Flight`)."""
+    watermark: Watermark | None = None
+    """The largest incremental cursor among this page's records (incremental sources;
+    None for a page that was not decoded: its records are the stored ones)."""
 
     @property
     def same_as_before(self) -> bool:
         """A 2xx whose bytes are the ones its stored records came from: not decoded."""
         return self.fetched.body is None and not self.not_modified
+
+    @property
+    def unread(self) -> bool:
+        """No body was decoded (a 304, or the stored bytes): its records are as stored."""
+        return self.fetched.body is None
 
 
 async def iter_pages(
@@ -143,7 +152,7 @@ class _Flight:
         following = page.next
         if following is not None and not self._queue and following.index < self._limits.max_pages:
             await self._launch(following)
-        unread = page.not_modified or page.same_as_before
+        unread = page.unread
         self._depth = self._ahead if unread else min(self._ahead, 1)
         await self._predict()
         return page
@@ -231,4 +240,15 @@ async def fetch_one(
     )
     if remembered == validator:
         remembered = None  # nothing new to store
-    return Page(request, fetched, extracted, following, validator=remembered, known=validator)
+    watermark = (
+        page_watermark(records, source.incremental.cursor_path) if source.incremental else None
+    )
+    return Page(
+        request,
+        fetched,
+        extracted,
+        following,
+        validator=remembered,
+        known=validator,
+        watermark=watermark,
+    )

@@ -22,8 +22,8 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from service.redis_channel import Subscription
-from service.sync.budget import DEFAULT_MAX_HOLD, Holds, held_back, over
+from service.broker.channel import Subscription
+from service.sync import DEFAULT_MAX_HOLD, Holds, held_back, over
 
 _HELD, _RESERVED, _OVER = 0, 1, 2
 

@@ -1,0 +1,24 @@
+"""The run ledger: the worker's one interface to the database about a run.
+
+`ledger_for` picks the ledger of the database the worker talks to, once, at startup;
+it is the only place that asks which database that is. See `base` for the rules every
+ledger keeps, and `postgres` / `sqlite` for what committing a page means on each.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import SessionMaker
+from service.runs.ledger.base import LeasedRun, Outcome, RunLedger
+from service.runs.ledger.postgres import PostgresLedger
+from service.runs.ledger.sqlite import SqliteLedger
+
+__all__ = ["LeasedRun", "Outcome", "RunLedger", "ledger_for"]
+
+
+def ledger_for(sessionmaker: SessionMaker, owner: str, lease_seconds: float) -> RunLedger:
+    bind = sessionmaker.kw["bind"]
+    assert isinstance(bind, AsyncEngine)
+    ledger = PostgresLedger if bind.dialect.name == "postgresql" else SqliteLedger
+    return ledger(sessionmaker, owner, lease_seconds)

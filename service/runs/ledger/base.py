@@ -1,0 +1,462 @@
+"""What a run's writes mean, whatever the database: the one flow every ledger shares.
+
+A worker writes to the database about a run only through a `RunLedger`. Each database
+has one subclass (`postgres.py`, `sqlite.py`) that says completely what committing a
+page means there (`_write`), how a page is compared with what is stored (`_changed`)
+and how a run is claimed (`_claim_row`); everything else — which pages are compared,
+which are batched, what a commit's outcome is, how a run ends — is here, once.
+
+The rules every ledger keeps:
+- A page commits all or nothing: its records, its validator, the run's counters,
+  checkpoint and lease, and on the last page the run's success and the task's outcome
+  (and watermark). A run interrupted anywhere resumes after its last committed page.
+- Only the lease holder writes: a commit fenced by a lease this worker lost writes
+  nothing and says `Outcome.LEASE_LOST`.
+- Seqs: a write reserves one seq per row it sends to the upsert, in page order, under
+  the task row's lock, so seqs are strictly increasing in commit order (gaps allowed:
+  a row sent unchanged keeps its old seq).
+- Pages that write no records (304s, byte-identical pages, compared-unchanged pages)
+  are safe to fetch again, so their progress is batched (`QuietPages`) and committed
+  with the next page that writes, every `QuietPages.MAX_PAGES` pages or
+  `MAX_SECONDS`, and at the end.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import SessionMaker, autocommit, transaction
+from service.models import metadata
+from service.models.types import utcnow
+from service.runs.ledger.quiet import QuietPages, page_progress
+from service.sync import Page, Row, Validator, Watermark, later, page_key
+
+RUN: Table = metadata.tables["run"]
+TASK: Table = metadata.tables["task"]
+VALIDATOR: Table = metadata.tables["page_validator"]
+
+_DONE: dict[str, Any] = {"done": True}
+
+
+class Outcome(enum.Enum):
+    """What a commit did to the run, for the runner to act on."""
+
+    CONTINUE = "continue"
+    """Committed (or batched); fetch the next page."""
+    FINISHED = "finished"
+    """The last page committed and the run succeeded with it."""
+    CANCELLED = "cancelled"
+    """A cancel was asked for: the page committed, then the run ended as cancelled."""
+    LEASE_LOST = "lease_lost"
+    """The run is not this worker's any more (taken over, ended, deleted): nothing of
+    this commit was written."""
+
+
+@dataclass(slots=True)
+class LeasedRun:
+    """A run this worker holds the lease of, and what its task said at the claim."""
+
+    run_id: str
+    task_id: str
+    tenant_id: str
+    attempt: int
+    attempts: list[dict[str, Any]]
+    """The attempts recorded so far (only the lease holder writes them)."""
+    cancel_requested: bool
+    checkpoint: dict[str, Any]
+    options: dict[str, Any]
+    source: dict[str, Any]
+    """As stored: credentials masked (the runner unseals them)."""
+    auth_ciphertext: str | None
+    limits: dict[str, Any]
+    retry: dict[str, Any]
+    task_watermark: Watermark | None
+    record_seq: int
+    started_at: datetime = field(default_factory=utcnow)
+    """When this attempt began."""
+    watermark: Watermark | None = None
+    """The largest incremental cursor this run has seen (checkpointed with each page)."""
+    changing: bool = False
+    """Did the last page that was read change anything? A resync's pages are compared
+    read-only before writing; a first sync's go straight to the upsert."""
+    committed_pages: int = 0
+    """Pages this attempt committed: an attempt that committed none is a failed one."""
+    quiet: QuietPages = field(default_factory=QuietPages)
+
+    @property
+    def done(self) -> bool:
+        """The last page was committed before an interruption: only the end is left."""
+        return bool(self.checkpoint.get("done"))
+
+    @property
+    def moves_watermark(self) -> bool:
+        """Incremental runs move the task's watermark; backfills leave it alone."""
+        return self.source.get("incremental") is not None and "backfill" not in self.options
+
+    def attempt_entry(self, error: dict[str, Any] | None, *, counted: bool) -> dict[str, Any]:
+        """This attempt as the run's `attempts` list shows it: `pages` it committed, and
+        whether it `counted` toward `retry.max_attempts` (see the runner)."""
+        return {
+            "attempt": self.attempt,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": utcnow().isoformat(),
+            "pages": self.committed_pages,
+            "counted": counted,
+            "error": error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a run ends with the page that carries this: success, the task's outcome."""
+
+    attempts: list[dict[str, Any]]
+    now: datetime
+    watermark: Watermark | None
+    """The task's new watermark; None leaves it alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageWrite:
+    """One commit: a page's rows (none for a batch of quiet pages) and the progress of
+    every page it covers."""
+
+    rows: list[Row]
+    """Distinct keys, the last copy of each: every row the upsert is sent."""
+    distinct: int
+    """Distinct keys on the page: those not written count as unchanged."""
+    progress: dict[str, int]
+    """Counters to add besides what the write itself counts (inserted, updated,
+    unchanged of these rows)."""
+    checkpoint: dict[str, Any]
+    validators: list[tuple[str, Validator]]
+    lease_until: datetime
+    now: datetime
+    ending: Ending | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    changed: int
+    """Rows inserted or changed."""
+    cancel_requested: bool | None
+    """None: the lease was not this worker's, and nothing was written."""
+
+
+class RunLedger(abc.ABC):
+    """The worker's one interface to the database about a run (see the module doc)."""
+
+    def __init__(self, sessionmaker: SessionMaker, owner: str, lease_seconds: float) -> None:
+        self.sessionmaker = sessionmaker
+        self.owner = owner
+        """This worker's identity on the leases it holds."""
+        self.lease_seconds = lease_seconds
+
+    def lease_until(self) -> datetime:
+        return utcnow() + timedelta(seconds=self.lease_seconds)
+
+    # ---- what each database says ------------------------------------------------------
+
+    @abc.abstractmethod
+    async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
+        """Take the run's lease (`claimable`, `CLAIMED_RUN`), and read its task
+        (`CLAIMED_TASK`): one row of both, or None when the run is not ours to take."""
+
+    @abc.abstractmethod
+    async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
+        """Read-only: which rows differ from what is stored, key -> is it new."""
+
+    @abc.abstractmethod
+    async def _write(self, run: LeasedRun, write: PageWrite) -> Written:
+        """Commit `write` all or nothing, fenced by the lease (see the module doc)."""
+
+    # ---- the shared flow --------------------------------------------------------------
+
+    async def claim(self, run_id: str) -> LeasedRun | None:
+        """The run, now running under this worker's lease; None when it is not ours to
+        run (finished, leased by a live worker, not yet due)."""
+        params = {
+            "run_id": run_id,
+            "owner": self.owner,
+            "now": utcnow(),
+            "lease_until": self.lease_until(),
+        }
+        async with autocommit(self.sessionmaker) as session:
+            row = await self._claim_row(session, params)
+        if row is None:
+            return None
+        values = dict(zip((*CLAIMED_RUN, *CLAIMED_TASK), row, strict=True))
+        checkpoint = values.pop("checkpoint") or {}
+        return LeasedRun(
+            run_id=run_id,
+            task_id=values["task_id"],
+            tenant_id=values["tenant_id"],
+            attempt=values["attempt"],
+            attempts=list(values["attempts"] or []),
+            cancel_requested=bool(values["cancel_requested"]),
+            checkpoint=checkpoint,
+            options=values["options"] or {},
+            source=values["source"],
+            auth_ciphertext=values["auth_ciphertext"],
+            limits=values["limits"],
+            retry=values["retry"],
+            task_watermark=values["watermark"],
+            record_seq=values["record_seq"],
+            watermark=checkpoint.get("watermark"),
+            changing=values["record_seq"] == 0,
+        )
+
+    async def validators(self, run: LeasedRun) -> dict[str, Validator]:
+        """Every validator of the run's task, by page key: one query per run."""
+        async with self.sessionmaker() as session:
+            rows = await session.execute(_VALIDATORS, {"task_id": run.task_id})
+        return {key: Validator(*fields) for key, *fields in rows}
+
+    async def commit(self, run: LeasedRun, page: Page) -> Outcome:
+        """Store `page` (or batch it, if it writes no records) with the run's progress."""
+        run.watermark = later(run.watermark, page.watermark)
+        last = page.next is None
+        checkpoint = {**(page.next.to_json() if page.next else _DONE), "watermark": run.watermark}
+        own = [(page_key(page.request), page.validator)] if page.validator else []
+        if page.unread:
+            return await self._quiet(run, page_progress(page), checkpoint, own, last)
+        final, earlier = last_copies(page.records.rows)
+        rows = list(final.values())
+        if not run.changing and rows:
+            changed = await self._changed(run.task_id, rows)
+            if not changed:
+                unchanged = earlier["unchanged"] + len(final)
+                progress = page_progress(page, updated=earlier["updated"], unchanged=unchanged)
+                return await self._quiet(run, progress, checkpoint, own, last)
+            rows = [final[key] for key in changed]
+        progress = run.quiet.merged(page_progress(page, **earlier))
+        write = self._page_write(run, rows, len(final), progress, checkpoint, own, last)
+        outcome, written = await self._commit(run, write)
+        run.changing = written is not None and written.changed > 0
+        return outcome
+
+    async def settle(self, run: LeasedRun) -> Outcome:
+        """Commit the batched quiet pages now (before the attempt ends on a failure:
+        keep what the good pages established)."""
+        if not run.quiet.pages:
+            return Outcome.CONTINUE
+        assert run.quiet.checkpoint is not None
+        write = self._page_write(run, [], 0, run.quiet.progress, run.quiet.checkpoint, [])
+        outcome, _ = await self._commit(run, write)
+        return outcome
+
+    async def succeed(self, run: LeasedRun) -> Outcome:
+        """End a run whose last page was committed before an interruption."""
+        write = self._page_write(run, [], 0, {}, run.checkpoint, [], last=True)
+        outcome, _ = await self._commit(run, write)
+        return outcome
+
+    async def _quiet(
+        self,
+        run: LeasedRun,
+        progress: dict[str, int],
+        checkpoint: dict[str, Any],
+        validators: list[tuple[str, Validator]],
+        last: bool,
+    ) -> Outcome:
+        """Batch a page that writes no records; commit the batch when it is due."""
+        quiet = run.quiet
+        quiet.add(progress, checkpoint, validators)
+        if not last and not quiet.due():
+            return Outcome.CONTINUE
+        write = self._page_write(run, [], 0, quiet.progress, checkpoint, [], last)
+        outcome, _ = await self._commit(run, write)
+        return outcome
+
+    def _page_write(
+        self,
+        run: LeasedRun,
+        rows: list[Row],
+        distinct: int,
+        progress: dict[str, int],
+        checkpoint: dict[str, Any],
+        own: list[tuple[str, Validator]],
+        last: bool = False,
+    ) -> PageWrite:
+        """A commit of `rows` with the batched quiet pages before them."""
+        now = utcnow()
+        ending = None
+        if last:
+            moved = later(run.task_watermark, run.watermark) if run.moves_watermark else None
+            ending = Ending([*run.attempts, run.attempt_entry(None, counted=False)], now, moved)
+        return PageWrite(
+            rows=rows,
+            distinct=distinct,
+            progress=progress,
+            checkpoint=checkpoint,
+            validators=[*run.quiet.validators, *own],
+            lease_until=self.lease_until(),
+            now=now,
+            ending=ending,
+        )
+
+    async def _commit(self, run: LeasedRun, write: PageWrite) -> tuple[Outcome, Written | None]:
+        written = await self._write(run, write)
+        run.quiet.clear()
+        if written.cancel_requested is None:
+            return Outcome.LEASE_LOST, None
+        run.committed_pages += write.progress.get("pages", 0)
+        run.checkpoint = write.checkpoint
+        if written.cancel_requested:
+            await self.cancel(run)
+            return Outcome.CANCELLED, written
+        return (Outcome.FINISHED if write.ending else Outcome.CONTINUE), written
+
+    # ---- ending a run otherwise, and its lease ----------------------------------------
+
+    async def cancel(self, run: LeasedRun) -> None:
+        """End the run as cancelled (its committed pages stay)."""
+        async with autocommit(self.sessionmaker) as session:
+            await session.execute(_end(run, self.owner, "cancelled", None, None))
+
+    async def fail(self, run: LeasedRun, error: dict[str, Any], entry: dict[str, Any]) -> None:
+        """End the run as failed, and count the failure on its task."""
+        async with transaction(self.sessionmaker) as session:
+            ended = await session.execute(_end(run, self.owner, "failed", error, entry))
+            if ended.first() is not None:
+                failures = {"consecutive_failures": TASK.c.consecutive_failures + 1}
+                await session.execute(
+                    update(TASK).where(TASK.c.id == run.task_id).values(**failures)
+                )
+
+    async def retry_later(
+        self, run: LeasedRun, error: dict[str, Any], entry: dict[str, Any], at: datetime
+    ) -> int | None:
+        """Park the run as `retrying` until `at`; returns the attempt number it will
+        resume with, or None when the lease is no longer ours."""
+        values = {
+            "status": "retrying",
+            "attempt": RUN.c.attempt + 1,
+            "next_attempt_at": at,
+            "error": error,
+            "lease_owner": None,
+            "lease_expires_at": None,
+            "attempts": [*run.attempts, entry],
+        }
+        async with autocommit(self.sessionmaker) as session:
+            result = await session.execute(
+                update(RUN)
+                .where(held(run.run_id, self.owner))
+                .values(**values)
+                .returning(RUN.c.attempt)
+            )
+            attempt: int | None = result.scalar_one_or_none()
+        return attempt
+
+    async def renew(self, run: LeasedRun) -> bool:
+        """Extend the lease while a page takes long; False once it is not ours."""
+        async with autocommit(self.sessionmaker) as session:
+            result = await session.execute(
+                update(RUN)
+                .where(held(run.run_id, self.owner))
+                .values(lease_expires_at=self.lease_until())
+                .returning(RUN.c.id)
+            )
+            return result.scalar_one_or_none() is not None
+
+
+# ---- shared SQL (Core: the worker runs these several times per run, and the ORM's
+# bookkeeping cost more CPU than the statements themselves, bench/concurrency.py) -------
+
+CLAIMED_RUN = ("task_id", "attempt", "cancel_requested", "checkpoint", "options", "attempts")
+CLAIMED_TASK = (
+    "tenant_id",
+    "source",
+    "auth_ciphertext",
+    "limits",
+    "retry",
+    "watermark",
+    "record_seq",
+)
+
+
+def claimed_run_update() -> Any:
+    """Queued; retrying and due; or running under an expired lease -> running, ours."""
+    c = RUN.c
+    now = bindparam("now", type_=c.started_at.type)
+    claimable = or_(
+        c.status == "queued",
+        and_(c.status == "retrying", c.next_attempt_at <= now),
+        and_(c.status == "running", or_(c.lease_expires_at.is_(None), c.lease_expires_at < now)),
+    )
+    return (
+        update(RUN)
+        .where(c.id == bindparam("run_id"), claimable)
+        .values(
+            status="running",
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("lease_until", type_=c.lease_expires_at.type),
+            next_attempt_at=None,
+            started_at=func.coalesce(c.started_at, now),
+        )
+        .returning(*(c[name] for name in CLAIMED_RUN))
+    )
+
+
+def claimed_task_columns() -> list[Any]:
+    return [TASK.c[name] for name in CLAIMED_TASK]
+
+
+def held(run_id: Any, owner: Any) -> Any:
+    """The run is running under `owner`'s lease: the fence of every write."""
+    c = RUN.c
+    return and_(c.id == run_id, c.status == "running", c.lease_owner == owner)
+
+
+def _end(
+    run: LeasedRun,
+    owner: str,
+    status: str,
+    error: dict[str, Any] | None,
+    entry: dict[str, Any] | None,
+) -> Any:
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": utcnow(),
+        "error": error,
+        "next_attempt_at": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if entry is not None:
+        values["attempts"] = [*run.attempts, entry]
+    return update(RUN).where(held(run.run_id, owner)).values(**values).returning(RUN.c.id)
+
+
+_VALIDATORS = select(
+    # Core rows, not ORM objects: a conditional resync reads one per page, and building
+    # the objects cost more than the query.
+    VALIDATOR.c.url_key,
+    VALIDATOR.c.etag,
+    VALIDATOR.c.last_modified,
+    VALIDATOR.c.next_page,
+    VALIDATOR.c.digest,
+    VALIDATOR.c.records_seen,
+    VALIDATOR.c.rejected,
+).where(VALIDATOR.c.task_id == bindparam("task_id"))
+
+
+def last_copies(rows: Sequence[Row]) -> tuple[dict[str, Row], dict[str, int]]:
+    """The last copy of each key, and the counts of the earlier copies it supersedes
+    (`unchanged` if equal to the last copy, else `updated`)."""
+    final = {row.key: row for row in rows}
+    counts = {"updated": 0, "unchanged": 0}
+    if len(final) < len(rows):
+        for row in rows:
+            last = final[row.key]
+            if row is not last:
+                counts["unchanged" if row.hash == last.hash else "updated"] += 1
+    return final, counts

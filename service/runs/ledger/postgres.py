@@ -1,0 +1,254 @@
+"""PostgreSQL's ledger: a page's records, validators and its run's progress in one
+statement.
+
+A page that writes is the worker's most frequent transaction. As one statement, sent
+outside any explicit transaction, it is one round trip instead of five or more (BEGIN,
+records, validator, progress, the run's end on its last page, COMMIT), and still all or
+nothing. On a 2-core machine each round trip costs the worker more CPU than the SQL
+it carries (bench/concurrency.py: worker CPU per run; bench/ingest.py: first sync).
+
+The lease fences the page inside the statement: the records, the validators and the
+progress are only written through `held`, the run's row locked while it is still this
+worker's, which finds nothing once the lease is not. The task row is locked before the
+run row, the order a task's deletion takes them in.
+
+Records go straight into the upsert, which writes only the ones whose hash changed and
+says which were new (`xmax = 0`): no separate look-up of the stored hashes (the
+upsert's own index probe does that). Every row sent reserves a `seq`, so a row sent
+unchanged leaves a gap. Pages of a resync are compared first, read-only (`_changed`),
+and only their changed rows are sent.
+
+The last page of a run (`PageWrite.ending`) also ends it and records the task's
+outcome and watermark, unless a cancel was asked for meanwhile: then the page still
+commits, and the ledger ends the run as cancelled.
+
+Arrays travel as one string each (`packed`): asyncpg checks every element of a list
+parameter in Python, which was a fifth of the worker's critical path (bench/ingest.py).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import orjson
+from sqlalchemy import JSON, BindParameter, Executable, TextClause, bindparam, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import autocommit
+from service.models.types import UTCDateTime
+from service.runs.ledger.base import (
+    CLAIMED_TASK,
+    TASK,
+    LeasedRun,
+    PageWrite,
+    RunLedger,
+    Written,
+    claimed_run_update,
+)
+from service.sync import Row
+
+UNIT_SEPARATOR = "\x1f"
+
+
+def packed(values: list[str]) -> str:
+    """A PostgreSQL text array as one parameter: the values joined by U+001F.
+
+    Keys and data are canonical JSON, which escapes every control character, and hashes
+    are hex, so U+001F never occurs inside a value; nor is any value empty (an empty
+    string would vanish from the array).
+    """
+    if "" in values:
+        raise ValueError("an empty value cannot be packed")
+    return UNIT_SEPARATOR.join(values)
+
+
+def _text_array(name: str) -> str:
+    """SQL for the text array in parameter `name`, sent as one string (see `packed`)."""
+    return f"string_to_array(CAST(:{name} AS text), chr(31))"
+
+
+_ROWS = f"unnest({_text_array('keys')}, {_text_array('datas')}, {_text_array('hashes')})"
+"""A page's (key, data, hash) rows from the packed parameters `keys`, `datas`, `hashes`."""
+
+# Which of a page's (key, hash) pairs differ from what is stored, and whether each is
+# new: an unchanged page answers with no rows at all. The stored hash is looked up per
+# key (LATERAL): an index probe each, whatever the planner's statistics say. Right after
+# a large first load the table is not analyzed yet, and a plain join was planned as a
+# hash join over every record of the task.
+_CHANGED = text(
+    "SELECT t.k, r.hash IS NULL FROM unnest("  # noqa: S608 - constant SQL
+    + _text_array("keys")
+    + ", "
+    + _text_array("hashes")
+    + ") AS t(k, h) LEFT JOIN LATERAL (SELECT r.hash FROM record r"
+    " WHERE r.task_id = CAST(:task_id AS varchar) AND r.key = t.k) AS r ON true"
+    " WHERE r.hash IS DISTINCT FROM t.h"
+)
+
+_COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
+_COUNTED = ("inserted", "updated", "unchanged")
+"""Added to what the statement itself counts (earlier copies of a key in the page, and
+the quiet pages before it)."""
+
+_ENDS_RUN = (
+    ", status = CASE WHEN run.cancel_requested THEN run.status ELSE 'succeeded' END"
+    ", finished_at = CASE WHEN run.cancel_requested THEN run.finished_at ELSE :now END"
+    ", attempts = CASE WHEN run.cancel_requested THEN run.attempts ELSE :attempts END"
+    ", error = NULL, next_attempt_at = NULL"
+    ", lease_owner = CASE WHEN run.cancel_requested THEN run.lease_owner END"
+    ", lease_expires_at = CASE WHEN run.cancel_requested THEN :lease_until END"
+)
+_UNLESS_CANCELLED = "CASE WHEN (SELECT cancel_requested FROM held) THEN {column} ELSE {value} END"
+_TASK_OUTCOME = (
+    ", last_success_at = "
+    + _UNLESS_CANCELLED.format(column="last_success_at", value=":now")
+    + ", consecutive_failures = "
+    + _UNLESS_CANCELLED.format(column="consecutive_failures", value="0")
+)
+_TASK_WATERMARK = ", watermark = " + _UNLESS_CANCELLED.format(
+    column="watermark", value="CAST(:watermark AS json)"
+)
+_VALIDATORS = (
+    ", validated AS ("
+    " INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
+    " records_seen, rejected, updated_at)"
+    " SELECT CAST(:task_id AS varchar), v.k, v.e, v.m, CAST(v.n AS json), v.d, v.s, v.r,"
+    " CAST(:now AS timestamptz) FROM unnest(CAST(:v_keys AS text[]),"
+    " CAST(:v_etags AS text[]), CAST(:v_modified AS text[]), CAST(:v_next AS text[]),"
+    " CAST(:v_digests AS text[]), CAST(:v_seen AS int[]), CAST(:v_rejected AS int[]))"
+    " AS v(k, e, m, n, d, s, r) CROSS JOIN held"
+    " ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
+    " last_modified = excluded.last_modified, next_page = excluded.next_page,"
+    " digest = excluded.digest, records_seen = excluded.records_seen,"
+    " rejected = excluded.rejected, updated_at = excluded.updated_at RETURNING 1)"
+)
+_UPSERT_CHANGED = (
+    "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
+    "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
+)
+
+
+@functools.cache
+def _statement(*, validators: bool, ends: bool, watermark: bool) -> TextClause:
+    sql = (
+        "WITH locked_task AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
+        " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
+        "), held AS ("
+        " SELECT id, cancel_requested FROM run WHERE id = :run_id AND status = 'running'"
+        " AND lease_owner = :owner AND EXISTS (SELECT 1 FROM locked_task) FOR UPDATE"
+        "), seq AS ("
+        " UPDATE task SET record_seq = record_seq + :n_rows"
+        + (_TASK_OUTCOME if ends else "")
+        + (_TASK_WATERMARK if watermark else "")
+        + " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
+        " RETURNING record_seq - :n_rows AS base"
+        "), written AS ("
+        " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+        " SELECT CAST(:task_id AS varchar), t.k, t.d, t.h, s.base + t.n,"
+        " CAST(:now AS timestamptz), CAST(:now AS timestamptz)"
+        " FROM "
+        + _ROWS
+        + " WITH ORDINALITY AS t(k, d, h, n) CROSS JOIN seq s "
+        + _UPSERT_CHANGED
+        + " RETURNING xmax = 0 AS is_new"
+        "), counts AS ("
+        " SELECT count(*) FILTER (WHERE is_new) AS n_new, count(*) AS n_changed FROM written"
+        "), progress AS ("
+        " UPDATE run SET "
+        + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
+        + ", inserted = inserted + :inserted + c.n_new,"
+        " updated = updated + :updated + c.n_changed - c.n_new,"
+        " unchanged = unchanged + :unchanged + :distinct - c.n_changed,"
+        " checkpoint = :checkpoint"
+        + (_ENDS_RUN if ends else ", lease_expires_at = :lease_until")
+        + " FROM counts c WHERE run.id = (SELECT id FROM held)"
+        " RETURNING run.cancel_requested)"
+        + (_VALIDATORS if validators else "")
+        + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
+    )
+    binds: list[BindParameter[Any]] = [
+        bindparam("now", type_=UTCDateTime()),
+        bindparam("lease_until", type_=UTCDateTime()),
+        bindparam("checkpoint", type_=JSON()),
+    ]
+    if ends:
+        binds.append(bindparam("attempts", type_=JSON()))
+    if watermark:
+        binds.append(bindparam("watermark", type_=JSON()))
+    return text(sql).bindparams(*binds)
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _validator_params(validators: list[tuple[str, Any]]) -> dict[str, Any]:
+    keys, values = zip(*validators, strict=True)
+    return {
+        "v_keys": list(keys),
+        "v_etags": [v.etag for v in values],
+        "v_modified": [v.last_modified for v in values],
+        "v_next": [None if v.next_page is None else _json(v.next_page) for v in values],
+        "v_digests": [v.digest for v in values],
+        "v_seen": [v.records_seen for v in values],
+        "v_rejected": [v.rejected for v in values],
+    }
+
+
+class PostgresLedger(RunLedger):
+    """Every commit is one statement, fenced inside it (see the module doc)."""
+
+    async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
+        return (await session.execute(_CLAIM, params)).one_or_none()
+
+    async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
+        params = {
+            "task_id": task_id,
+            "keys": packed([row.key for row in rows]),
+            "hashes": packed([row.hash for row in rows]),
+        }
+        async with autocommit(self.sessionmaker) as session:
+            result = await session.execute(_CHANGED, params)
+        return {key: bool(new) for key, new in result.all()}
+
+    async def _write(self, run: LeasedRun, write: PageWrite) -> Written:
+        params: dict[str, Any] = {
+            "run_id": run.run_id,
+            "task_id": run.task_id,
+            "owner": self.owner,
+            "keys": packed([row.key for row in write.rows]),
+            "datas": packed([row.data for row in write.rows]),
+            "hashes": packed([row.hash for row in write.rows]),
+            "n_rows": len(write.rows),
+            "distinct": write.distinct,
+            "checkpoint": write.checkpoint,
+            "lease_until": write.lease_until,
+            "now": write.now,
+            **{name: write.progress.get(name, 0) for name in (*_COUNTERS, *_COUNTED)},
+        }
+        if write.validators:
+            params.update(_validator_params(write.validators))
+        ending = write.ending
+        if ending is not None:
+            params["attempts"] = ending.attempts
+            params["watermark"] = ending.watermark
+        statement = _statement(
+            validators=bool(write.validators),
+            ends=ending is not None,
+            watermark=ending is not None and ending.watermark is not None,
+        )
+        async with autocommit(self.sessionmaker) as session:
+            changed, cancel = (await session.execute(statement, params)).one()
+        return Written(int(changed), None if cancel is None else bool(cancel))
+
+
+def _claim_statement() -> Executable:
+    """The claim and its task in one statement (built once: constructing the CTE took
+    longer than PostgreSQL ran it)."""
+    run = claimed_run_update().cte("claimed")
+    task = [TASK.c[name] for name in CLAIMED_TASK]
+    return select(run, *task).join_from(run, TASK, TASK.c.id == run.c.task_id)
+
+
+_CLAIM = _claim_statement()

@@ -1,0 +1,185 @@
+"""SQLite's ledger: a page is one transaction.
+
+SQLite runs in the worker's own process, so a statement costs no round trip and a
+transaction is the natural unit. It takes the database's write lock at its first
+write and holds it to the commit, which orders pages (and their seqs) across every
+process sharing the file.
+
+What a commit does, in order, all in one transaction:
+1. the rows that differ from what is stored (compared inside the transaction), each
+   reserving a `seq` from the task row, upserted;
+2. the page validators;
+3. the run's counters, checkpoint and lease, fenced by the lease: if this worker lost
+   the run, nothing of the page is committed;
+4. on the last page (unless a cancel was asked for), the run's success and the task's
+   outcome and watermark.
+
+Rows go in as one JSON document read with `json_each`: one statement whatever the
+page size.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.dialects.sqlite import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.db import transaction
+from service.models.types import UTCDateTime
+from service.runs.ledger.base import (
+    CLAIMED_TASK,
+    RUN,
+    TASK,
+    VALIDATOR,
+    LeasedRun,
+    PageWrite,
+    RunLedger,
+    Written,
+    claimed_run_update,
+    held,
+)
+from service.sync import Row
+
+_CHANGED = text(
+    "SELECT j.value ->> 0, r.hash IS NULL FROM json_each(:pairs) AS j "
+    "LEFT JOIN record r ON r.task_id = :task_id AND r.key = j.value ->> 0 "
+    "WHERE r.hash IS NOT (j.value ->> 1)"
+)
+_UPSERT = text(
+    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "
+    "SELECT :task_id, j.value ->> 0, j.value ->> 1, j.value ->> 2, :base + j.key, :now, :now "
+    "FROM json_each(:rows) AS j WHERE true "
+    "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
+    "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_CLAIM_RUN = claimed_run_update()
+_READ_TASK = select(*(TASK.c[name] for name in CLAIMED_TASK)).where(
+    TASK.c.id == bindparam("task_id")
+)
+_COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
+
+
+class SqliteLedger(RunLedger):
+    """Every commit is one transaction (see the module doc)."""
+
+    async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
+        """SQLite's RETURNING cannot see other tables, nor can its CTEs write: the task
+        is read in a second statement. The write comes first, so the transaction holds
+        the write lock from the start instead of failing to upgrade a read snapshot."""
+        run = (await session.execute(_CLAIM_RUN, params)).one_or_none()
+        if run is None:
+            return None
+        task = (await session.execute(_READ_TASK, {"task_id": run.task_id})).one_or_none()
+        return None if task is None else (*run, *task)
+
+    async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
+        async with self.sessionmaker() as session:
+            return await _changed_keys(session, task_id, rows)
+
+    async def _write(self, run: LeasedRun, write: PageWrite) -> Written:
+        async with transaction(self.sessionmaker) as session:
+            counts = await self._store_rows(session, run.task_id, write)
+            if counts is None:
+                await session.rollback()
+                return Written(0, None)
+            inserted, changed = counts
+            for url_key, validator in write.validators:
+                values = {
+                    "etag": validator.etag,
+                    "last_modified": validator.last_modified,
+                    "next_page": validator.next_page,
+                    "digest": validator.digest,
+                    "records_seen": validator.records_seen,
+                    "rejected": validator.rejected,
+                    "updated_at": write.now,
+                }
+                await session.execute(
+                    insert(VALIDATOR)
+                    .values(task_id=run.task_id, url_key=url_key, **values)
+                    .on_conflict_do_update(index_elements=["task_id", "url_key"], set_=values)
+                )
+            cancel = await self._progress(session, run, write, inserted, changed)
+            if cancel is None:
+                await session.rollback()
+                return Written(0, None)
+            if write.ending is not None and not cancel:
+                await self._end(session, run, write)
+        return Written(changed, cancel)
+
+    async def _store_rows(
+        self, session: AsyncSession, task_id: str, write: PageWrite
+    ) -> tuple[int, int] | None:
+        """Upsert the rows that differ from what is stored; (inserted, changed), or None
+        when the task is gone. Compared here even when the caller compared already: in
+        the transaction it costs no round trip, and it says which rows are new."""
+        changed = await _changed_keys(session, task_id, write.rows) if write.rows else {}
+        rows = [row for row in write.rows if row.key in changed]
+        base = await session.execute(
+            update(TASK)
+            .where(TASK.c.id == task_id)
+            .values(record_seq=TASK.c.record_seq + len(rows))
+            .returning(TASK.c.record_seq - len(rows))
+        )
+        first = base.scalar_one_or_none()
+        if first is None:
+            return None
+        if rows:
+            payload = orjson.dumps([(row.key, row.data, row.hash) for row in rows]).decode()
+            params = {"task_id": task_id, "base": first + 1, "now": write.now, "rows": payload}
+            await session.execute(_UPSERT, params)
+        return sum(changed.values()), len(rows)
+
+    async def _progress(
+        self, session: AsyncSession, run: LeasedRun, write: PageWrite, inserted: int, changed: int
+    ) -> bool | None:
+        """Counters, checkpoint and lease, fenced; returns `cancel_requested`, or None
+        when the lease is no longer ours."""
+        c = RUN.c
+        counters = {name: c[name] + write.progress.get(name, 0) for name in _COUNTERS}
+        progress = write.progress
+        result = await session.execute(
+            update(RUN)
+            .where(held(run.run_id, self.owner))
+            .values(
+                **counters,
+                inserted=c.inserted + progress.get("inserted", 0) + inserted,
+                updated=c.updated + progress.get("updated", 0) + changed - inserted,
+                unchanged=c.unchanged + progress.get("unchanged", 0) + write.distinct - changed,
+                checkpoint=write.checkpoint,
+                lease_expires_at=write.lease_until,
+            )
+            .returning(c.cancel_requested)
+        )
+        row = result.first()
+        return None if row is None else bool(row[0])
+
+    async def _end(self, session: AsyncSession, run: LeasedRun, write: PageWrite) -> None:
+        """The run succeeds with its last page; the task records the outcome."""
+        ending = write.ending
+        assert ending is not None
+        await session.execute(
+            update(RUN)
+            .where(held(run.run_id, self.owner))
+            .values(
+                status="succeeded",
+                finished_at=ending.now,
+                error=None,
+                next_attempt_at=None,
+                lease_owner=None,
+                lease_expires_at=None,
+                attempts=ending.attempts,
+            )
+        )
+        task: dict[str, Any] = {"last_success_at": ending.now, "consecutive_failures": 0}
+        if ending.watermark is not None:
+            task["watermark"] = ending.watermark
+        await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
+
+
+async def _changed_keys(session: AsyncSession, task_id: str, rows: list[Row]) -> dict[str, bool]:
+    pairs = orjson.dumps([(row.key, row.hash) for row in rows]).decode()
+    result = await session.execute(_CHANGED, {"task_id": task_id, "pairs": pairs})
+    return {key: bool(new) for key, new in result.all()}

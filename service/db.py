@@ -82,12 +82,6 @@ def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
 
 
-def dialect_of(sessionmaker: SessionMaker) -> str:
-    bind = sessionmaker.kw["bind"]
-    assert isinstance(bind, AsyncEngine)
-    return bind.dialect.name
-
-
 @asynccontextmanager
 async def transaction(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
     """The unit of work for jobs and the CLI: commit on success, roll back on error."""

@@ -3,13 +3,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import and_, or_, select, text
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import TextualSelect, and_, bindparam, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
-from service.models import ACTIVE_STATUSES, Run
+from service.models import ACTIVE_STATUSES, Run, metadata
 from service.models.run import ACTIVE_SQL
 
 
@@ -35,14 +33,25 @@ async def insert_unless_active(session: AsyncSession, run: Run) -> Run | None:
     """Insert `run`, or nothing when its task already has an active run (the partial
     unique index decides, so racing API processes still make one): one statement, with
     no savepoint to recover from a unique violation."""
-    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
-    statement = (
-        insert(Run)
-        .values(**run.model_dump())
-        .on_conflict_do_nothing(index_elements=["task_id"], index_where=text(ACTIVE_SQL))
-        .returning(Run)
+    statement = select(Run).from_statement(_INSERT_UNLESS_ACTIVE)
+    return (await session.scalars(statement, run.model_dump())).one_or_none()
+
+
+def _insert_unless_active() -> TextualSelect:
+    """Written out, because PostgreSQL and SQLite spell this insert the same while
+    SQLAlchemy builds it only per database."""
+    columns = list(metadata.tables["run"].columns)
+    names = ", ".join(column.name for column in columns)
+    values = ", ".join(f":{column.name}" for column in columns)
+    sql = (
+        f"INSERT INTO run ({names}) VALUES ({values}) "  # noqa: S608 - constant SQL
+        f"ON CONFLICT (task_id) WHERE {ACTIVE_SQL} DO NOTHING RETURNING {names}"
     )
-    return (await session.scalars(statement)).one_or_none()
+    binds = [bindparam(column.name, type_=column.type) for column in columns]
+    return text(sql).bindparams(*binds).columns(*columns)
+
+
+_INSERT_UNLESS_ACTIVE = _insert_unless_active()
 
 
 async def page_for_task(

@@ -167,6 +167,10 @@ def _statement(*, validators: bool, ends: bool, watermark: bool) -> TextClause:
         + (_VALIDATORS if validators else "")
         + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
     )
+    return text(sql).bindparams(*_binds(ends=ends, watermark=watermark))
+
+
+def _binds(*, ends: bool, watermark: bool) -> list[BindParameter[Any]]:
     binds: list[BindParameter[Any]] = [
         bindparam("now", type_=UTCDateTime()),
         bindparam("lease_until", type_=UTCDateTime()),
@@ -176,7 +180,7 @@ def _statement(*, validators: bool, ends: bool, watermark: bool) -> TextClause:
         binds.append(bindparam("attempts", type_=JSON()))
     if watermark:
         binds.append(bindparam("watermark", type_=JSON()))
-    return text(sql).bindparams(*binds)
+    return binds
 
 
 def _json(value: Any) -> str:

@@ -24,7 +24,6 @@ from typing import Any
 
 import orjson
 from sqlalchemy import bindparam, select, text, update
-from sqlalchemy.dialects.sqlite import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import transaction
@@ -33,7 +32,6 @@ from service.runs.ledger.base import (
     CLAIMED_TASK,
     RUN,
     TASK,
-    VALIDATOR,
     LeasedRun,
     PageWrite,
     RunLedger,
@@ -54,6 +52,16 @@ _UPSERT = text(
     "FROM json_each(:rows) AS j WHERE true "
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
     "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+_REMEMBER = text(
+    "INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
+    " records_seen, rejected, updated_at) SELECT :task_id, j.value ->> 0, j.value ->> 1,"
+    " j.value ->> 2, CASE WHEN j.value ->> 3 IS NULL THEN NULL ELSE j.value -> 3 END,"
+    " j.value ->> 4, j.value ->> 5, j.value ->> 6, :now FROM json_each(:validators) AS j"
+    " WHERE true ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
+    " last_modified = excluded.last_modified, next_page = excluded.next_page,"
+    " digest = excluded.digest, records_seen = excluded.records_seen,"
+    " rejected = excluded.rejected, updated_at = excluded.updated_at"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _CLAIM_RUN = claimed_run_update()
 _READ_TASK = select(*(TASK.c[name] for name in CLAIMED_TASK)).where(
@@ -86,21 +94,8 @@ class SqliteLedger(RunLedger):
                 await session.rollback()
                 return Written(0, None)
             inserted, changed = counts
-            for url_key, validator in write.validators:
-                values = {
-                    "etag": validator.etag,
-                    "last_modified": validator.last_modified,
-                    "next_page": validator.next_page,
-                    "digest": validator.digest,
-                    "records_seen": validator.records_seen,
-                    "rejected": validator.rejected,
-                    "updated_at": write.now,
-                }
-                await session.execute(
-                    insert(VALIDATOR)
-                    .values(task_id=run.task_id, url_key=url_key, **values)
-                    .on_conflict_do_update(index_elements=["task_id", "url_key"], set_=values)
-                )
+            if write.validators:
+                await session.execute(_REMEMBER, _validator_params(run.task_id, write))
             cancel = await self._progress(session, run, write, inserted, changed)
             if cancel is None:
                 await session.rollback()
@@ -177,6 +172,14 @@ class SqliteLedger(RunLedger):
         if ending.watermark is not None:
             task["watermark"] = ending.watermark
         await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
+
+
+def _validator_params(task_id: str, write: PageWrite) -> dict[str, Any]:
+    validators = [
+        (key, v.etag, v.last_modified, v.next_page, v.digest, v.records_seen, v.rejected)
+        for key, v in write.validators
+    ]
+    return {"task_id": task_id, "now": write.now, "validators": orjson.dumps(validators).decode()}
 
 
 async def _changed_keys(session: AsyncSession, task_id: str, rows: list[Row]) -> dict[str, bool]:

@@ -1,0 +1,373 @@
+"""The run ledger's contract, held by every ledger: the same tests against SQLite's and
+PostgreSQL's.
+
+Both run in every pass of the suite: SQLite on a file of its own, PostgreSQL on the
+suite's database when it is PostgreSQL, else on a database of its own on the server
+at `BACKSYNC_TEST_POSTGRES_URL` (default: the local one). Only when no PostgreSQL
+server answers is the PostgreSQL half skipped, and the skip says so (`-ra`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.engine import make_url
+
+from service.config import Settings
+from service.db import SessionMaker, create_engine, create_sessionmaker
+from service.ids import new_id
+from service.migrations import upgrade
+from service.models import Run, Task, Tenant
+from service.runs.ledger import LeasedRun, Outcome, RunLedger, ledger_for
+from service.runs.ledger.quiet import QuietPages
+from service.sync import Page, PageRequest, Validator
+from service.sync.extract import extract
+from service.sync.fetch import FetchedPage
+from tests.fixtures.services import CONFIGURED_DB, _create_pg_database, _drop_pg_database, wipe
+
+POSTGRES_URL = os.environ.get(
+    "BACKSYNC_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+async def _reachable(url: str) -> bool:
+    engine = create_engine(Settings(database_url=url).database_url)
+    try:
+        async with asyncio.timeout(3), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+        return True
+    except Exception:
+        return False
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def ledger_database(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A migrated database of the kind the test is parametrized with."""
+    kind = request.param
+    suite = Settings(database_url=CONFIGURED_DB).database_url if CONFIGURED_DB else ""
+    if kind == "sqlite":
+        path: Path = tmp_path_factory.mktemp("ledger") / "ledger.db"
+        url = f"sqlite+aiosqlite:///{path}"
+        asyncio.run(upgrade(url))
+        yield url
+        return
+    if suite.startswith("postgresql"):  # CI's second pass: the suite's own server
+        admin = suite
+    elif asyncio.run(_reachable(POSTGRES_URL)):
+        admin = Settings(database_url=POSTGRES_URL).database_url
+    else:
+        pytest.skip(
+            f"PostgreSQL ledger contract NOT run: no PostgreSQL server at {POSTGRES_URL} "
+            "(set BACKSYNC_TEST_POSTGRES_URL, or run the suite with BACKSYNC_DATABASE_URL)"
+        )
+    name = f"backsync_ledger_{os.getpid()}"
+    url = make_url(admin).set(database=name).render_as_string(hide_password=False)
+    asyncio.run(_create_pg_database(admin, name))
+    asyncio.run(upgrade(url))
+    yield url
+    asyncio.run(_drop_pg_database(admin, name))
+
+
+pytestmark = pytest.mark.parametrize("ledger_database", ["sqlite", "postgresql"], indirect=True)
+
+
+class Book:
+    """A task with one run, a ledger on its database, and ways to look behind it."""
+
+    def __init__(self, sessionmaker: SessionMaker, ledger: RunLedger) -> None:
+        self.sessionmaker, self.ledger = sessionmaker, ledger
+        self.task_id, self.run_id = new_id("tsk"), new_id("run")
+
+    async def add_run(self, *, incremental: bool = False, **run: Any) -> None:
+        source: dict[str, Any] = {"url": "http://upstream.test/items", "primary_key": "id"}
+        if incremental:
+            source["incremental"] = {"cursor_path": "at", "param": "since"}
+        async with self.sessionmaker() as session:
+            if await session.get(Tenant, "ten_1") is None:
+                session.add(Tenant(id="ten_1", name="acme"))
+                await session.flush()
+            if await session.get(Task, self.task_id) is None:
+                session.add(
+                    Task(
+                        id=self.task_id,
+                        tenant_id="ten_1",
+                        name=self.task_id,
+                        source=source,
+                        retry={},
+                        limits={},
+                    )
+                )
+                await session.flush()
+            session.add(Run(id=self.run_id, task_id=self.task_id, tenant_id="ten_1", **run))
+            await session.commit()
+
+    async def claim(self) -> LeasedRun:
+        run = await self.ledger.claim(self.run_id)
+        assert run is not None
+        return run
+
+    async def sql(self, statement: str, **params: Any) -> list[Any]:
+        async with self.sessionmaker() as session:
+            result = await session.execute(text(statement), params)
+            rows = list(result.all()) if statement.startswith("SELECT") else []
+            await session.commit()
+            return rows
+
+    async def records(self) -> dict[str, tuple[str, int]]:
+        rows = await self.sql(
+            "SELECT key, data, seq FROM record WHERE task_id = :t", t=self.task_id
+        )
+        return {key: (data, seq) for key, data, seq in rows}
+
+    async def run_row(self) -> dict[str, Any]:
+        rows = await self.sql(
+            "SELECT status, pages, inserted, updated, unchanged, not_modified, checkpoint,"
+            " lease_owner FROM run WHERE id = :r",
+            r=self.run_id,
+        )
+        keys = ("status", "pages", "inserted", "updated", "unchanged", "not_modified")
+        row = dict(zip((*keys, "checkpoint", "lease_owner"), rows[0], strict=True))
+        if isinstance(row["checkpoint"], str):
+            import orjson
+
+            row["checkpoint"] = orjson.loads(row["checkpoint"])
+        return row
+
+
+@pytest.fixture
+async def book(ledger_database: str) -> AsyncIterator[Book]:
+    await wipe(ledger_database)
+    engine = create_engine(ledger_database)
+    sessionmaker = create_sessionmaker(engine)
+    try:
+        yield Book(sessionmaker, ledger_for(sessionmaker, "worker-1", 30))
+    finally:
+        await engine.dispose()
+
+
+def page(
+    records: list[dict[str, Any]],
+    index: int,
+    *,
+    last: bool = False,
+    not_modified: bool = False,
+    watermark: Any = None,
+) -> Page:
+    """Page `index` of `http://upstream.test/items?page=`, holding `records`."""
+    request = PageRequest("http://upstream.test/items", {"page": index}, index)
+    following = (
+        None if last else PageRequest("http://upstream.test/items", {"page": index + 1}, index + 1)
+    )
+    if not_modified:
+        known = Validator('"v1"', None, None if last else following.to_json())  # type: ignore[union-attr]
+        fetched = FetchedPage(304, None, httpx.Headers(), request.url, 0)
+        return Page(request, fetched, extract([], "id"), following, not_modified=True, known=known)
+    fetched = FetchedPage(200, records, httpx.Headers(), request.url, 100)
+    return Page(request, fetched, extract(records, "id"), following, watermark=watermark)
+
+
+def items(*pairs: tuple[int, str]) -> list[dict[str, Any]]:
+    return [{"id": key, "v": value} for key, value in pairs]
+
+
+async def test_a_page_commits_its_records_and_the_run_progress_together(book: Book) -> None:
+    await book.add_run()
+    run = await book.claim()
+
+    assert await book.ledger.commit(run, page(items((1, "a"), (2, "b")), 0)) is Outcome.CONTINUE
+
+    stored = await book.records()
+    assert sorted(stored) == ["1", "2"]
+    row = await book.run_row()
+    assert (row["status"], row["pages"], row["inserted"]) == ("running", 1, 2)
+    assert row["checkpoint"]["params"] == {"page": 1}
+
+
+async def test_a_commit_under_a_lost_lease_writes_nothing(book: Book) -> None:
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a")), 0))
+    await book.sql("UPDATE run SET lease_owner = 'elsewhere' WHERE id = :r", r=book.run_id)
+
+    outcome = await book.ledger.commit(run, page(items((2, "b"), (3, "c")), 1, last=True))
+
+    assert outcome is Outcome.LEASE_LOST
+    assert sorted(await book.records()) == ["1"]
+    row = await book.run_row()
+    assert (row["status"], row["pages"], row["lease_owner"]) == ("running", 1, "elsewhere")
+    assert await book.ledger.renew(run) is False
+
+
+async def test_a_cancel_during_a_page_keeps_the_page_and_ends_the_run(book: Book) -> None:
+    await book.add_run()
+    run = await book.claim()
+    await book.sql("UPDATE run SET cancel_requested = true WHERE id = :r", r=book.run_id)
+
+    assert await book.ledger.commit(run, page(items((1, "a")), 0)) is Outcome.CANCELLED
+
+    assert sorted(await book.records()) == ["1"]
+    row = await book.run_row()
+    assert (row["status"], row["pages"], row["lease_owner"]) == ("cancelled", 1, None)
+
+
+async def test_a_cancel_during_the_last_page_wins_over_success(book: Book) -> None:
+    await book.add_run()
+    run = await book.claim()
+    await book.sql("UPDATE run SET cancel_requested = true WHERE id = :r", r=book.run_id)
+
+    assert await book.ledger.commit(run, page(items((1, "a")), 0, last=True)) is Outcome.CANCELLED
+
+    assert (await book.run_row())["status"] == "cancelled"
+    task = await book.sql("SELECT last_success_at FROM task WHERE id = :t", t=book.task_id)
+    assert task[0][0] is None
+
+
+async def test_the_last_page_ends_the_run_and_moves_the_task_watermark(book: Book) -> None:
+    await book.add_run(incremental=True)
+    run = await book.claim()
+
+    first = page(items((1, "a")), 0, watermark="2026-01-02T00:00:00Z")
+    assert await book.ledger.commit(run, first) is Outcome.CONTINUE
+    last = page(items((2, "b")), 1, last=True, watermark="2026-01-01T00:00:00Z")
+    assert await book.ledger.commit(run, last) is Outcome.FINISHED
+
+    row = await book.run_row()
+    assert (row["status"], row["pages"], row["lease_owner"]) == ("succeeded", 2, None)
+    assert row["checkpoint"]["done"] is True
+    task = await book.sql(
+        "SELECT watermark, consecutive_failures, last_success_at FROM task WHERE id = :t",
+        t=book.task_id,
+    )
+    watermark, failures, last_success = task[0]
+    assert watermark in ('"2026-01-02T00:00:00Z"', "2026-01-02T00:00:00Z")  # the larger one
+    assert failures == 0 and last_success is not None
+    attempts = await book.sql("SELECT attempts FROM run WHERE id = :r", r=book.run_id)
+    assert "counted" in str(attempts[0][0])
+
+
+async def test_seqs_increase_in_commit_order_and_only_changed_rows_take_new_ones(
+    book: Book,
+) -> None:
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a"), (2, "b"), (3, "c")), 0))
+    before = await book.records()
+    assert [before[k][1] for k in ("1", "2", "3")] == sorted(before[k][1] for k in before)
+
+    # Page 2 repeats 1 unchanged, changes 2 and adds 4; within a page the last copy wins.
+    again = items((1, "a"), (2, "x"), (4, "d"), (2, "B"))
+    assert await book.ledger.commit(run, page(again, 1, last=True)) is Outcome.FINISHED
+
+    after = await book.records()
+    assert after["1"] == before["1"] and after["3"] == before["3"]
+    assert '"B"' in after["2"][0]
+    highest_before = max(seq for _, seq in before.values())
+    assert highest_before < after["2"][1] < after["4"][1]  # page order, after all earlier
+    row = await book.run_row()
+    # 3 inserted, then 1 inserted + 1 updated (+1 earlier copy superseded) + 1 unchanged.
+    assert (row["inserted"], row["updated"], row["unchanged"]) == (4, 2, 1)
+
+
+async def test_a_resync_compares_first_and_batches_unchanged_pages(book: Book) -> None:
+    await book.add_run()
+    first = await book.claim()
+    await book.ledger.commit(first, page(items((1, "a"), (2, "b")), 0, last=True))
+    seqs = await book.records()
+    book.run_id = new_id("run")
+    await book.add_run()
+    run = await book.claim()
+    assert run.changing is False  # the task has records: pages are compared first
+
+    assert await book.ledger.commit(run, page(items((1, "a"), (2, "b")), 0)) is Outcome.CONTINUE
+    row = await book.run_row()
+    assert row["pages"] == 0  # batched, not committed yet
+    assert await book.records() == seqs
+
+    assert await book.ledger.commit(run, page(items((2, "c")), 1, last=True)) is Outcome.FINISHED
+    row = await book.run_row()
+    assert (row["pages"], row["updated"], row["unchanged"], row["status"]) == (
+        2,
+        1,
+        2,
+        "succeeded",
+    )
+    after = await book.records()
+    assert after["1"] == seqs["1"] and after["2"][1] > seqs["2"][1]
+
+
+async def test_quiet_pages_commit_in_batches_and_with_the_next_page_that_writes(
+    book: Book, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(QuietPages, "MAX_PAGES", 3)
+    monkeypatch.setattr(QuietPages, "MAX_SECONDS", 3600.0)
+    await book.add_run()
+    run = await book.claim()
+
+    for index in range(2):
+        assert await book.ledger.commit(run, page([], index, not_modified=True)) is Outcome.CONTINUE
+    assert (await book.run_row())["pages"] == 0
+    assert await book.ledger.commit(run, page([], 2, not_modified=True)) is Outcome.CONTINUE
+    row = await book.run_row()
+    assert (row["pages"], row["not_modified"]) == (3, 3)  # the batch was due
+    assert row["checkpoint"]["params"] == {"page": 3}
+
+    await book.ledger.commit(run, page([], 3, not_modified=True))
+    assert await book.ledger.commit(run, page(items((1, "a")), 4)) is Outcome.CONTINUE
+    row = await book.run_row()
+    assert (row["pages"], row["not_modified"], row["inserted"]) == (5, 4, 1)
+
+    await book.ledger.commit(run, page([], 5, not_modified=True))
+    assert await book.ledger.settle(run) is Outcome.CONTINUE  # before a failure: keep it
+    assert (await book.run_row())["pages"] == 6
+    assert run.committed_pages == 6
+
+
+async def test_a_resumed_run_whose_last_page_was_committed_only_ends(book: Book) -> None:
+    await book.add_run(status="running", checkpoint={"done": True}, pages=3, inserted=5)
+    await book.sql(
+        "UPDATE run SET lease_expires_at = NULL, started_at = created_at WHERE id = :r",
+        r=book.run_id,
+    )
+    run = await book.claim()  # the lease expired: another worker resumes it
+    assert run.done
+
+    assert await book.ledger.succeed(run) is Outcome.FINISHED
+
+    row = await book.run_row()
+    assert (row["status"], row["pages"], row["inserted"]) == ("succeeded", 3, 5)
+    assert await book.records() == {}
+    assert await book.ledger.claim(book.run_id) is None  # a job delivered again: nothing
+
+
+async def test_a_failed_attempt_is_recorded_and_the_retry_resumes_from_the_checkpoint(
+    book: Book,
+) -> None:
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a")), 0))
+    error = {"code": "upstream_status", "message": "503", "http_status": 503, "retryable": True}
+    entry = run.attempt_entry(error, counted=False)
+
+    from service.models.types import utcnow
+
+    assert await book.ledger.retry_later(run, error, entry, utcnow()) == 2
+
+    again = await book.claim()
+    assert again.attempt == 2 and again.checkpoint["params"] == {"page": 1}
+    assert again.attempts[0]["pages"] == 1 and again.attempts[0]["counted"] is False
+    await book.ledger.fail(again, error, again.attempt_entry(error, counted=True))
+    row = await book.run_row()
+    assert row["status"] == "failed"
+    failures = await book.sql("SELECT consecutive_failures FROM task WHERE id = :t", t=book.task_id)
+    assert failures[0][0] == 1

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import Column, Index, Text
+from sqlalchemy import Column, Index, Text, false
 from sqlmodel import Field, SQLModel
 
 from service.models.types import BigInt, UTCDateTime, utcnow
@@ -30,3 +30,8 @@ class Record(SQLModel, table=True):
     seq: int = Field(sa_type=BigInt)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    deleted: bool = Field(default=False, sa_column_kwargs={"server_default": false()})
+    """Gone from the upstream (`detect_deletions`): kept, with a new seq, so the change
+    feed can tell clients to remove it; a record that comes back is written again."""
+    seen_run: str | None = Field(default=None, max_length=40)
+    """The last run that saw this record (only runs that detect deletions mark it)."""

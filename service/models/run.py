@@ -51,6 +51,7 @@ class Run(SQLModel, table=True):
     updated: int = Field(default=0, sa_type=BigInt)
     unchanged: int = Field(default=0, sa_type=BigInt)
     rejected: int = Field(default=0, sa_type=BigInt)
+    deleted: int = Field(default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"})
     bytes: int = Field(default=0, sa_type=BigInt)
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     attempts: list[dict[str, Any]] = Field(

@@ -99,8 +99,7 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
     if run.done:
         return await deps.ledger.succeed(run)
     source = _source(deps.secrets, run)
-    rereads = run.record_seq == 0 or bool(run.options.get("full_refresh"))
-    known = {} if rereads else await deps.ledger.validators(run)
+    known = {} if run.rereads else await deps.ledger.validators(run)
 
     async def validators(url_key: str) -> Any:
         return known.get(url_key)

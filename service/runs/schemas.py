@@ -50,6 +50,9 @@ class RunStats(BaseModel):
     updated: int = 0
     unchanged: int = 0
     rejected: int = 0
+    deleted: int = Field(
+        default=0, description="Stored records this run found gone (`detect_deletions`)."
+    )
     bytes: int = 0
 
 
@@ -73,6 +76,7 @@ RUN_EXAMPLE: dict[str, Any] = {
         "updated": 5,
         "unchanged": 3,
         "rejected": 2,
+        "deleted": 0,
         "bytes": 81234,
     },
     "error": None,

@@ -168,6 +168,15 @@ class Source(_Strict):
     pagination: Pagination = Field(default_factory=NoPagination)
     incremental: Incremental | None = None
     conditional: bool = False
+    detect_deletions: bool = Field(
+        default=False,
+        description=(
+            "After a successful run that read the whole collection (every run without"
+            " `incremental`, or a `full_refresh` run), mark the stored records that run did"
+            " not see as deleted: the change feed shows them as `deleted: true`. Such runs"
+            " read every page (no 304 or digest shortcut): absence needs every key."
+        ),
+    )
 
     @field_validator("url")
     @classmethod

@@ -30,6 +30,7 @@ async def test_resync_counts_inserted_updated_unchanged_and_only_changes_reach_t
         "updated": 0,
         "unchanged": 0,
         "rejected": 0,
+        "deleted": 0,
         "bytes": 0,
     }
     before = await feed(client, auth, task["id"])

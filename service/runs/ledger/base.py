@@ -42,6 +42,8 @@ from service.sync import Page, Row, Validator, Watermark, later, page_key
 RUN: Table = metadata.tables["run"]
 TASK: Table = metadata.tables["task"]
 VALIDATOR: Table = metadata.tables["page_validator"]
+RECORD: Table = metadata.tables["record"]
+_LOCK_TASK = select(TASK.c.id).where(TASK.c.id == bindparam("task_id")).with_for_update()
 
 _DONE: dict[str, Any] = {"done": True}
 
@@ -95,6 +97,20 @@ class LeasedRun:
     def done(self) -> bool:
         """The last page was committed before an interruption: only the end is left."""
         return bool(self.checkpoint.get("done"))
+
+    @property
+    def sweeps(self) -> bool:
+        """This run reads the whole collection of a task that detects deletions: it
+        marks every record it sees, and at its end, deletes the ones it did not."""
+        whole = self.source.get("incremental") is None or bool(self.options.get("full_refresh"))
+        return bool(self.source.get("detect_deletions")) and whole
+
+    @property
+    def rereads(self) -> bool:
+        """Stored validators and digests are ignored: a task with no records has none
+        that could match, a full refresh reads every page again, and a sweep must see
+        every key."""
+        return self.record_seq == 0 or bool(self.options.get("full_refresh")) or self.sweeps
 
     @property
     def moves_watermark(self) -> bool:
@@ -195,7 +211,7 @@ class RunLedger(abc.ABC):
             return None
         values = dict(zip((*CLAIMED_RUN, *CLAIMED_TASK), row, strict=True))
         checkpoint = values.pop("checkpoint") or {}
-        return LeasedRun(
+        run = LeasedRun(
             run_id=run_id,
             task_id=values["task_id"],
             tenant_id=values["tenant_id"],
@@ -211,8 +227,9 @@ class RunLedger(abc.ABC):
             task_watermark=values["watermark"],
             record_seq=values["record_seq"],
             watermark=checkpoint.get("watermark"),
-            changing=values["record_seq"] == 0,
         )
+        run.changing = run.record_seq == 0 or run.sweeps
+        return run
 
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:
         """Every validator of the run's task, by page key: one query per run."""
@@ -238,9 +255,12 @@ class RunLedger(abc.ABC):
                 return await self._quiet(run, progress, checkpoint, own, last)
             rows = [final[key] for key in changed]
         progress = run.quiet.merged(page_progress(page, **earlier))
-        write = self._page_write(run, rows, len(final), progress, checkpoint, own, last)
+        ends = last and not run.sweeps  # a sweep ends in `succeed`, after its last page
+        write = self._page_write(run, rows, len(final), progress, checkpoint, own, ends)
         outcome, written = await self._commit(run, write)
-        run.changing = written is not None and written.changed > 0
+        run.changing = run.sweeps or (written is not None and written.changed > 0)
+        if last and outcome is Outcome.CONTINUE:
+            return await self.succeed(run)
         return outcome
 
     async def settle(self, run: LeasedRun) -> Outcome:
@@ -254,10 +274,25 @@ class RunLedger(abc.ABC):
         return outcome
 
     async def succeed(self, run: LeasedRun) -> Outcome:
-        """End a run whose last page was committed before an interruption."""
-        write = self._page_write(run, [], 0, {}, run.checkpoint, [], last=True)
-        outcome, _ = await self._commit(run, write)
-        return outcome
+        """End a run whose last page is committed: one resumed after its last page, or
+        one that detects deletions, whose sweep commits with its end. The task row is
+        locked first, as every page commit and a task's deletion take it."""
+        ending = self._page_write(run, [], 0, {}, run.checkpoint, [], last=True).ending
+        assert ending is not None
+        async with transaction(self.sessionmaker) as session:
+            await session.execute(_LOCK_TASK, {"task_id": run.task_id})
+            fence = update(RUN).where(held(run.run_id, self.owner))
+            fence = fence.values(lease_expires_at=self.lease_until())
+            row = (await session.execute(fence.returning(RUN.c.cancel_requested))).first()
+            if row is None:
+                return Outcome.LEASE_LOST
+            if not row[0]:
+                deleted = await sweep(session, run, ending.now) if run.sweeps else 0
+                await end_run(session, run, self.owner, ending, deleted)
+        if row[0]:
+            await self.cancel(run)
+            return Outcome.CANCELLED
+        return Outcome.FINISHED
 
     async def _quiet(
         self,
@@ -414,6 +449,59 @@ def held(run_id: Any, owner: Any) -> Any:
     """The run is running under `owner`'s lease: the fence of every write."""
     c = RUN.c
     return and_(c.id == run_id, c.status == "running", c.lease_owner == owner)
+
+
+async def end_run(
+    session: AsyncSession, run: LeasedRun, owner: str, ending: Ending, deleted: int = 0
+) -> None:
+    """The run succeeds (fenced) and its task records the outcome and watermark."""
+    await session.execute(
+        update(RUN)
+        .where(held(run.run_id, owner))
+        .values(
+            status="succeeded",
+            finished_at=ending.now,
+            error=None,
+            next_attempt_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=ending.attempts,
+            deleted=RUN.c.deleted + deleted,
+        )
+    )
+    task: dict[str, Any] = {"last_success_at": ending.now, "consecutive_failures": 0}
+    if ending.watermark is not None:
+        task["watermark"] = ending.watermark
+    await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
+
+
+async def sweep(session: AsyncSession, run: LeasedRun, now: datetime) -> int:
+    """Mark the task's records this run did not see as deleted, each with a new seq
+    (so the change feed carries the deletion); returns how many."""
+    c = RECORD.c
+    unseen = and_(
+        c.task_id == run.task_id,
+        c.deleted.is_(False),
+        or_(c.seen_run.is_(None), c.seen_run != run.run_id),
+    )
+    count = (await session.execute(select(func.count()).where(unseen))).scalar_one()
+    if not count:
+        return 0
+    reserved = await session.execute(
+        update(TASK)
+        .where(TASK.c.id == run.task_id)
+        .values(record_seq=TASK.c.record_seq + count)
+        .returning(TASK.c.record_seq - count)
+    )
+    base = reserved.scalar_one()
+    gone = select(c.key, func.row_number().over(order_by=c.seq).label("n")).where(unseen)
+    gone_rows = gone.subquery()
+    await session.execute(
+        update(RECORD)
+        .where(c.task_id == run.task_id, c.key == gone_rows.c.key)
+        .values(deleted=True, seq=base + gone_rows.c.n, updated_at=now)
+    )
+    return int(count)
 
 
 def _end(

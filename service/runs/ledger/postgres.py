@@ -15,8 +15,9 @@ run row, the order a task's deletion takes them in.
 Records go straight into the upsert, which writes only the ones whose hash changed and
 says which were new (`xmax = 0`): no separate look-up of the stored hashes (the
 upsert's own index probe does that). Every row sent reserves a `seq`, so a row sent
-unchanged leaves a gap. Pages of a resync are compared first, read-only (`_changed`),
-and only their changed rows are sent.
+unchanged leaves a gap. A run that detects deletions marks every row it sends as seen
+by it (`seen_run`); its sweep commits with its end (`RunLedger.succeed`). Pages of a
+resync are compared first, read-only (`_changed`), and only their changed rows are sent.
 
 The last page of a run (`PageWrite.ending`) also ends it and records the task's
 outcome and watermark, unless a cancel was asked for meanwhile: then the page still
@@ -123,14 +124,24 @@ _VALIDATORS = (
     " digest = excluded.digest, records_seen = excluded.records_seen,"
     " rejected = excluded.rejected, updated_at = excluded.updated_at RETURNING 1)"
 )
+_CHANGES = "(record.hash <> excluded.hash OR record.deleted)"
 _UPSERT_CHANGED = (
-    "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
-    "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
+    "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
+    " seq = excluded.seq, updated_at = excluded.updated_at, deleted = false"
+    f" WHERE {_CHANGES} RETURNING xmax = 0 AS is_new, true AS changed"
+)
+_UPSERT_MARKING = (
+    # A sweeping run (detect_deletions) marks every row it sees; only changed rows move.
+    "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
+    f" seq = CASE WHEN {_CHANGES} THEN excluded.seq ELSE record.seq END,"
+    f" updated_at = CASE WHEN {_CHANGES} THEN excluded.updated_at ELSE record.updated_at END,"
+    " deleted = false, seen_run = excluded.seen_run"
+    " RETURNING xmax = 0 AS is_new, updated_at = CAST(:now AS timestamptz) AS changed"
 )
 
 
 @functools.cache
-def _statement(*, validators: bool, ends: bool, watermark: bool) -> TextClause:
+def _statement(*, validators: bool, ends: bool, watermark: bool, marks: bool) -> TextClause:
     sql = (
         "WITH locked_task AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
         " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
@@ -144,16 +155,17 @@ def _statement(*, validators: bool, ends: bool, watermark: bool) -> TextClause:
         + " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
         " RETURNING record_seq - :n_rows AS base"
         "), written AS ("
-        " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+        " INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at, seen_run)"
         " SELECT CAST(:task_id AS varchar), t.k, t.d, t.h, s.base + t.n,"
-        " CAST(:now AS timestamptz), CAST(:now AS timestamptz)"
-        " FROM "
+        " CAST(:now AS timestamptz), CAST(:now AS timestamptz), "
+        + ("CAST(:run_id AS varchar)" if marks else "NULL")
+        + " FROM "
         + _ROWS
         + " WITH ORDINALITY AS t(k, d, h, n) CROSS JOIN seq s "
-        + _UPSERT_CHANGED
-        + " RETURNING xmax = 0 AS is_new"
-        "), counts AS ("
-        " SELECT count(*) FILTER (WHERE is_new) AS n_new, count(*) AS n_changed FROM written"
+        + (_UPSERT_MARKING if marks else _UPSERT_CHANGED)
+        + "), counts AS ("
+        " SELECT count(*) FILTER (WHERE is_new) AS n_new,"
+        " count(*) FILTER (WHERE changed) AS n_changed FROM written"
         "), progress AS ("
         " UPDATE run SET "
         + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
@@ -241,6 +253,7 @@ class PostgresLedger(RunLedger):
             validators=bool(write.validators),
             ends=ending is not None,
             watermark=ending is not None and ending.watermark is not None,
+            marks=run.sweeps,
         )
         async with autocommit(self.sessionmaker) as session:
             changed, cancel = (await session.execute(statement, params)).one()

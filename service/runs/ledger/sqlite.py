@@ -14,6 +14,9 @@ What a commit does, in order, all in one transaction:
 4. on the last page (unless a cancel was asked for), the run's success and the task's
    outcome and watermark.
 
+A run that detects deletions also marks every row of the page as seen by it (`seen_run`);
+its sweep commits with its end (`RunLedger.succeed`).
+
 Rows go in as one JSON document read with `json_each`: one statement whatever the
 page size.
 """
@@ -37,6 +40,7 @@ from service.runs.ledger.base import (
     RunLedger,
     Written,
     claimed_run_update,
+    end_run,
     held,
 )
 from service.sync import Row
@@ -44,15 +48,20 @@ from service.sync import Row
 _CHANGED = text(
     "SELECT j.value ->> 0, r.hash IS NULL FROM json_each(:pairs) AS j "
     "LEFT JOIN record r ON r.task_id = :task_id AND r.key = j.value ->> 0 "
-    "WHERE r.hash IS NOT (j.value ->> 1)"
+    "WHERE r.hash IS NOT (j.value ->> 1) OR r.deleted"
 )
 _UPSERT = text(
     "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "
     "SELECT :task_id, j.value ->> 0, j.value ->> 1, j.value ->> 2, :base + j.key, :now, :now "
     "FROM json_each(:rows) AS j WHERE true "
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
-    "seq = excluded.seq, updated_at = excluded.updated_at WHERE record.hash <> excluded.hash"
+    "seq = excluded.seq, updated_at = excluded.updated_at, deleted = false "
+    "WHERE record.hash <> excluded.hash OR record.deleted"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
+_MARK_SEEN = text(
+    "UPDATE record SET seen_run = :run_id WHERE task_id = :task_id"
+    " AND key IN (SELECT value FROM json_each(:keys))"
+)
 _REMEMBER = text(
     "INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
     " records_seen, rejected, updated_at) SELECT :task_id, j.value ->> 0, j.value ->> 1,"
@@ -90,6 +99,10 @@ class SqliteLedger(RunLedger):
     async def _write(self, run: LeasedRun, write: PageWrite) -> Written:
         async with transaction(self.sessionmaker) as session:
             counts = await self._store_rows(session, run.task_id, write)
+            if run.sweeps and write.rows:  # every row this run saw, changed or not
+                keys = orjson.dumps([row.key for row in write.rows]).decode()
+                params = {"run_id": run.run_id, "task_id": run.task_id, "keys": keys}
+                await session.execute(_MARK_SEEN, params)
             if counts is None:
                 await session.rollback()
                 return Written(0, None)
@@ -101,7 +114,7 @@ class SqliteLedger(RunLedger):
                 await session.rollback()
                 return Written(0, None)
             if write.ending is not None and not cancel:
-                await self._end(session, run, write)
+                await end_run(session, run, self.owner, write.ending)
         return Written(changed, cancel)
 
     async def _store_rows(
@@ -150,28 +163,6 @@ class SqliteLedger(RunLedger):
         )
         row = result.first()
         return None if row is None else bool(row[0])
-
-    async def _end(self, session: AsyncSession, run: LeasedRun, write: PageWrite) -> None:
-        """The run succeeds with its last page; the task records the outcome."""
-        ending = write.ending
-        assert ending is not None
-        await session.execute(
-            update(RUN)
-            .where(held(run.run_id, self.owner))
-            .values(
-                status="succeeded",
-                finished_at=ending.now,
-                error=None,
-                next_attempt_at=None,
-                lease_owner=None,
-                lease_expires_at=None,
-                attempts=ending.attempts,
-            )
-        )
-        task: dict[str, Any] = {"last_success_at": ending.now, "consecutive_failures": 0}
-        if ending.watermark is not None:
-            task["watermark"] = ending.watermark
-        await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
 
 
 def _validator_params(task_id: str, write: PageWrite) -> dict[str, Any]:

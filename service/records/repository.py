@@ -13,8 +13,9 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, delete, select, text, update
+from sqlalchemy import bindparam, delete, inspect, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.sql.selectable import TextualSelect
 from sqlmodel import col
 
 from service.models import Record, Task
@@ -213,4 +214,66 @@ async def feed(session: AsyncSession, task_id: str, after: int, limit: int) -> S
         .order_by(col(Record.seq))
         .limit(limit)
     )
+    return result.scalars().all()
+
+
+# A user's change feed: the records of the tenant's tasks of `user_id` after each task's
+# position (`positions`, a JSON object task id -> seq; absent means 0), in (seq, task_id)
+# order. No task can contribute more than `limit` rows, so each task's range ends at its
+# `limit`-th seq after its position (`upto`, a walk along the (task_id, seq) index) and
+# the join reads at most `limit` rows per task, each task a range of that index, however
+# many records the user has: about a millisecond for 3 tasks of 200,000 records on
+# either database. The CROSS JOIN makes SQLite (which has no statistics unless ANALYZE
+# ran) read the positions before the records; joined the other way round it read every
+# record of each task (4.7 s there). PostgreSQL plans it as a plain join.
+_USER_CHANGES = """
+WITH pos AS (
+ SELECT t.id AS task_id, COALESCE(CAST(p.value AS bigint), 0) AS after_seq
+ FROM task t LEFT JOIN {positions} AS p ON p.key = t.id
+ WHERE t.tenant_id = :tenant_id AND t.user_id = :user_id
+), span AS (
+ SELECT pos.task_id, pos.after_seq, COALESCE((
+  SELECT r.seq FROM record r WHERE r.task_id = pos.task_id AND r.seq > pos.after_seq
+  ORDER BY r.seq LIMIT 1 OFFSET :last
+ ), 9223372036854775807) AS upto FROM pos
+)
+SELECT {columns}
+FROM span s CROSS JOIN record r
+WHERE r.task_id = s.task_id AND r.seq > s.after_seq AND r.seq <= s.upto
+ORDER BY r.seq, r.task_id
+LIMIT :limit
+"""
+
+
+def _user_changes(positions: str) -> TextualSelect:
+    """The statement, with the JSON table function of a database for the positions. Its
+    columns are typed, so the ORM loads `Record`s (and `updated_at` is a UTC datetime)."""
+    columns = inspect(Record).columns
+    sql = _USER_CHANGES.format(
+        positions=positions, columns=", ".join(f"r.{column.name}" for column in columns)
+    )
+    return text(sql).columns(*columns)
+
+
+_PG_USER_CHANGES = _user_changes("json_each_text(CAST(:positions AS json))")
+_SQLITE_USER_CHANGES = _user_changes("json_each(:positions)")
+
+
+async def user_changes(
+    session: AsyncSession,
+    tenant_id: str,
+    user_id: str,
+    positions: dict[str, int],
+    limit: int,
+) -> Sequence[Record]:
+    """Up to `limit` records of the user's tasks after `positions`, by (seq, task_id)."""
+    statement = _PG_USER_CHANGES if _is_pg(session) else _SQLITE_USER_CHANGES
+    params = {
+        "tenant_id": tenant_id,
+        "user_id": user_id,
+        "positions": orjson.dumps(positions).decode(),
+        "last": limit - 1,
+        "limit": limit,
+    }
+    result = await session.execute(select(Record).from_statement(statement), params)
     return result.scalars().all()

@@ -38,3 +38,41 @@ class RecordFeed(BaseModel):
     next_after: int = Field(
         description="Store it; ask `?after=` it next time for only what changed."
     )
+
+
+class ChangeOut(RecordOut):
+    """A record in a user's change feed: a task's feed item, naming its task."""
+
+    task_id: str = Field(
+        description="The task the record belongs to.", examples=["tsk_ag2m3kq7aaaaaaaaaaaaaaaaaa"]
+    )
+
+
+class ChangeFeed(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "items": [
+                        {
+                            "key": "evt_1",
+                            "data": {"id": "evt_1", "steps": 8123},
+                            "seq": 17,
+                            "updated_at": "2026-11-22T10:00:00Z",
+                            "task_id": "tsk_ag2m3kq7aaaaaaaaaaaaaaaaaa",
+                        }
+                    ],
+                    "next_after": "eyJ0c2tfYWcybTNrcTdhYWFhYWFhYWFhYWFhYWFhYWEiOjE3fQ",
+                }
+            ]
+        }
+    )
+
+    items: list[ChangeOut] = Field(
+        description="In (seq, task_id) order: each task's records in the order they "
+        "changed, the tasks interleaved by seq."
+    )
+    next_after: str = Field(
+        description="An opaque cursor: store it and ask `?after=` it next time for only "
+        "what changed since, in any of the user's tasks. Unchanged when nothing is new."
+    )

@@ -55,5 +55,5 @@ def test_v1_operations_document_problem_errors_with_examples() -> None:
 def test_request_and_response_models_carry_examples() -> None:
     document = json.loads(render_openapi())
     schemas = document["components"]["schemas"]
-    for name in ("TaskIn", "TaskOut", "RunOut", "RecordFeed", "Problem", "TaskPatch"):
+    for name in ("TaskIn", "TaskOut", "RunOut", "RecordFeed", "ChangeFeed", "Problem", "TaskPatch"):
         assert schemas[name].get("examples"), f"{name} has no example"

@@ -9,10 +9,12 @@ from service.sync.engine import Page, fetch_one, iter_pages
 from service.sync.errors import BadConfig, HostHeld, SyncError, TargetRefused
 from service.sync.paginators import PageRequest, first_request
 from service.sync.records import ExtractedPage, Row
+from service.sync.request_retry import REQUEST_RETRY, RequestRetry
 from service.sync.spec import SECRET_FIELDS, Auth, Limits, Pagination, Retry, Source
 from service.sync.ssrf import GuardedBackend, TargetPolicy, check_target
 
 __all__ = [
+    "REQUEST_RETRY",
     "SECRET_FIELDS",
     "Auth",
     "BadConfig",
@@ -25,6 +27,7 @@ __all__ = [
     "Page",
     "PageRequest",
     "Pagination",
+    "RequestRetry",
     "Retry",
     "Row",
     "Source",

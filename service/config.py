@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     beyond it the attempt ends as retryable `upstream_held` and frees the worker."""
     upstream_max_hold_seconds: float = 3600.0
     """Cap on how long one `Retry-After` holds back every task on a host."""
+    upstream_retry_delay_seconds: float = Field(default=0.5, gt=0, le=60)
+    """The first in-place retry of a failed request waits up to this long, the next ones
+    twice as long each (full jitter; `service.sync.request_retry`)."""
 
     @field_validator("secret_keys", "allowed_targets", mode="before")
     @classmethod

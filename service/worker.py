@@ -22,6 +22,7 @@ from service.runs.jobs import sync_run
 from service.runs.ledger import ledger_for
 from service.runs.recovery import reconcile_forever
 from service.runs.runner import RunnerDeps
+from service.sync import RequestRetry
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,10 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             secrets=SecretBox(settings.secret_keys),
             queue=queue,
             budget=budget,
+            request_retry=RequestRetry(
+                base_delay=settings.upstream_retry_delay_seconds,
+                max_delay=8 * settings.upstream_retry_delay_seconds,
+            ),
         )
         if not burst:
             ctx["reconciler"] = asyncio.create_task(

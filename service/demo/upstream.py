@@ -1,8 +1,9 @@
 """A stand-in wearable API (think Oura or Fitbit "daily activity"), served on loopback.
 
 It behaves like the real ones do: a bearer token, `start_date` filtering, cursor
-pagination through `next_token`, ETags with 304s, and one `503 Retry-After: 1` on the
-first visit to page 3, so the demo shows a retry.
+pagination through `next_token`, ETags with 304s, and `503 Retry-After: 1` on the first
+visits to page 3: as many as the engine tries a request in place, so the first attempt
+ends there and the demo shows the run's next attempt resuming at page 3.
 """
 
 from __future__ import annotations
@@ -20,10 +21,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from service.sync import REQUEST_RETRY
+
 TOKEN = "demo-wearable-token-4242"  # noqa: S105 - a demo credential, shown to the user
 PATH = "/v2/usercollection/daily_activity"
 PAGE_SIZE = 25
 DAYS = 120
+OUTAGE = REQUEST_RETRY.tries
+"""Requests for page 3 answered 503: every try of the first attempt."""
 
 
 def _day(index: int) -> dict[str, Any]:
@@ -42,7 +47,7 @@ def _day(index: int) -> dict[str, Any]:
 class DemoUpstream:
     def __init__(self) -> None:
         self.records = [_day(i) for i in range(DAYS)]
-        self._failed_once = False
+        self._failures = 0
         app = Starlette(routes=[Route(PATH, self._daily_activity)])
         self._server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
@@ -67,8 +72,8 @@ class DemoUpstream:
         if request.headers.get("authorization") != f"Bearer {TOKEN}":
             return JSONResponse({"detail": "invalid token"}, status_code=401)
         start = int(request.query_params.get("next_token") or 0)
-        if start == 2 * PAGE_SIZE and not self._failed_once:
-            self._failed_once = True
+        if start == 2 * PAGE_SIZE and self._failures < OUTAGE:
+            self._failures += 1
             return JSONResponse({"detail": "busy"}, status_code=503, headers={"Retry-After": "1"})
         since = request.query_params.get("start_date", "")
         matching = [r for r in self.records if r["day"] >= since]

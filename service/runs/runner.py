@@ -30,9 +30,11 @@ from service.logs import bind_log_context
 from service.models.types import utcnow
 from service.runs.ledger import LeasedRun, Outcome, RunLedger
 from service.sync import (
+    REQUEST_RETRY,
     HostBudget,
     Limits,
     PageRequest,
+    RequestRetry,
     Retry,
     Source,
     SyncError,
@@ -70,6 +72,8 @@ class RunnerDeps:
     queue: Queue
     budget: HostBudget | None = None
     """Shared per-host request budget (rate limits, Retry-After holds) across workers."""
+    request_retry: RequestRetry = REQUEST_RETRY
+    """How a failed request is tried again in place, before it ends the attempt."""
 
 
 async def execute_run(deps: RunnerDeps, run_id: str) -> None:
@@ -112,6 +116,7 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
         budget=deps.budget,
         validators=validators,
         ahead=PAGES_AHEAD,
+        retry=deps.request_retry,
     )
     async with contextlib.aclosing(pages):
         async for page in pages:

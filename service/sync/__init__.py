@@ -15,11 +15,13 @@ from service.sync.extract import Row, records_of
 from service.sync.incremental import Watermark, later, start_params
 from service.sync.pages import Page, fetch_one, iter_pages
 from service.sync.paginators import PageRequest, first_request
+from service.sync.request_retry import REQUEST_RETRY, RequestRetry
 from service.sync.spec import SECRET_FIELDS, Limits, Retry, Source
 from service.sync.ssrf import GuardedBackend, Resolver, TargetPolicy, check_target, system_resolver
 
 __all__ = [
     "DEFAULT_MAX_HOLD",
+    "REQUEST_RETRY",
     "SECRET_FIELDS",
     "GuardedBackend",
     "Holds",
@@ -27,6 +29,7 @@ __all__ = [
     "Limits",
     "Page",
     "PageRequest",
+    "RequestRetry",
     "Resolver",
     "Retry",
     "Row",

@@ -1,5 +1,5 @@
 """How long to wait before the next attempt: the task's policy, or the upstream's
-`Retry-After` when that is longer."""
+`Retry-After` when that is longer. (A request retried in place: `request_retry`.)"""
 
 from __future__ import annotations
 
@@ -18,8 +18,12 @@ def backoff_delay(policy: Retry, failed_attempt: int, rng: random.Random | None 
     """
     if policy.backoff == "linear":
         return min(policy.max_delay_seconds, policy.initial_delay_seconds * failed_attempt)
-    cap = min(policy.max_delay_seconds, policy.initial_delay_seconds * 2 ** (failed_attempt - 1))
-    return (rng or random).uniform(0, cap)
+    return full_jitter(policy.initial_delay_seconds, policy.max_delay_seconds, failed_attempt, rng)
+
+
+def full_jitter(initial: float, cap: float, failed: int, rng: random.Random | None = None) -> float:
+    """Uniform in [0, min(cap, initial * 2^(failed-1))]: exponential backoff, full jitter."""
+    return (rng or random).uniform(0, min(cap, initial * 2 ** (failed - 1)))
 
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:

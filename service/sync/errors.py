@@ -57,11 +57,24 @@ class UpstreamUnavailable(SyncError):
     retryable = True
 
 
+class UpstreamTimeout(UpstreamUnavailable):
+    """No whole answer within `limits.timeout_seconds`: told apart from a refused or reset
+    connection because each try costs a whole timeout (`request_retry` tries it less)."""
+
+    code = "upstream_timeout"
+
+
 class InvalidBody(SyncError):
     """Not JSON, or truncated: a broken response, so another attempt may get a good one."""
 
     code = "invalid_body"
     retryable = True
+
+
+class CutOff(InvalidBody):
+    """The connection closed before the answer was whole (or before there was one, as when
+    a kept-alive connection is closed under us): a network blip, as transient as a reset,
+    whereas a whole body that is not JSON is likely to come back the same."""
 
 
 class TooManyRedirects(SyncError):

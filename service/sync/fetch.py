@@ -1,5 +1,6 @@
 """One HTTP request for one page: auth applied, redirects followed and checked hop by hop,
-the host's budget respected, size capped while streaming, JSON decoded."""
+the host's budget respected, size capped while streaming, JSON decoded, a transient
+failure tried again in place (`request_retry`)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,16 @@ from service.sync.client import UpstreamClient
 from service.sync.conditional import page_digest
 from service.sync.errors import (
     BadRedirect,
+    CutOff,
     InvalidBody,
     ResponseTooLarge,
     TooManyRedirects,
     UpstreamStatusError,
+    UpstreamTimeout,
     UpstreamUnavailable,
 )
 from service.sync.paginators import PageRequest
+from service.sync.request_retry import REQUEST_RETRY, RequestRetry, RetryCount, with_retries
 from service.sync.spec import BasicAuth, BearerAuth, HeaderAuth, Limits, QueryAuth, Source
 from service.sync.ssrf import check_url, default_port
 
@@ -47,6 +51,9 @@ class FetchedPage:
     nbytes: int
     digest: str | None = None
     """`page_digest` of the body, when asked for with `digest_seed`."""
+    retries: int = 0
+    """Requests for this page before the one that answered: transient failures tried
+    again in place (`request_retry`)."""
 
 
 def _auth_parts(source: Source) -> tuple[dict[str, str], dict[str, str]]:
@@ -124,6 +131,8 @@ async def fetch_page(
     extra_headers: dict[str, str] | None = None,
     digest_seed: bytes | None = None,
     undecoded_if: str | None = None,
+    retry: RequestRetry = REQUEST_RETRY,
+    retries: RetryCount | None = None,
 ) -> FetchedPage:
     """One page, following up to `MAX_REDIRECTS` redirects by hand; with `digest_seed`,
     the body's digest too, and the body is left undecoded (None) when the digest is
@@ -132,7 +141,31 @@ async def fetch_page(
     By hand, so each hop is a request like the first: its URL's shape checked, its
     host's budget waited on, credentials kept only within the origin. (Addresses are
     checked where the connection is made: `ssrf.GuardedBackend`.)
+
+    A transient failure is tried again from the first hop as `retry` allows; each try
+    waits on the budget again. `retries` (kept by the caller) counts them as they go.
     """
+    count = retries if retries is not None else RetryCount()
+    fetched = await with_retries(
+        lambda: _fetch_once(
+            client, source, page, limits, budget, extra_headers, digest_seed, undecoded_if
+        ),
+        retry,
+        count,
+    )
+    return replace(fetched, retries=count.value) if count.value else fetched
+
+
+async def _fetch_once(
+    client: UpstreamClient,
+    source: Source,
+    page: PageRequest,
+    limits: Limits,
+    budget: HostBudget | None,
+    extra_headers: dict[str, str] | None,
+    digest_seed: bytes | None,
+    undecoded_if: str | None,
+) -> FetchedPage:
     url = check_url(page.url)  # as written: httpx would read `file:/x` as a relative URL
     request = build_request(client, source, page, limits, url)
     if extra_headers:
@@ -183,12 +216,11 @@ def _translated(timeout: float) -> Iterator[None]:
     try:
         yield
     except (httpx.TimeoutException, TimeoutError) as exc:
-        raise UpstreamUnavailable(
-            f"upstream timed out after {timeout:g}s ({type(exc).__name__})",
-            code="upstream_timeout",
+        raise UpstreamTimeout(
+            f"upstream timed out after {timeout:g}s ({type(exc).__name__})"
         ) from exc
     except httpx.RemoteProtocolError as exc:
-        raise InvalidBody("upstream closed the connection mid-response") from exc
+        raise CutOff("upstream closed the connection mid-response") from exc
     except httpx.TransportError as exc:
         raise UpstreamUnavailable(f"could not reach upstream ({type(exc).__name__})") from exc
     except httpx.DecodingError as exc:

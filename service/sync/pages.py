@@ -29,6 +29,7 @@ from service.sync.extract import ExtractedPage, extract, records_of
 from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
 from service.sync.incremental import Watermark, page_watermark
 from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
+from service.sync.request_retry import REQUEST_RETRY, RequestRetry, RetryCount
 from service.sync.spec import Limits, Source
 
 
@@ -45,10 +46,21 @@ class Page:
     known: Validator | None = None
     """What was remembered for this page URL before."""
     discarded: int = 0
-    """Requests made for predicted pages that this page proved wrong (`_Flight`)."""
+    """Requests made for predicted pages that this page proved wrong (`_Flight`), their
+    retries included."""
     watermark: Watermark | None = None
     """The largest incremental cursor among this page's records (incremental sources;
     None for a page that was not decoded: its records are the stored ones)."""
+
+    @property
+    def retries(self) -> int:
+        """Requests for this page before the one that answered (`FetchedPage.retries`)."""
+        return self.fetched.retries
+
+    @property
+    def requests(self) -> int:
+        """Every request this page cost: its own, its retries, the predictions it dropped."""
+        return 1 + self.retries + self.discarded
 
     @property
     def same_as_before(self) -> bool:
@@ -70,15 +82,18 @@ async def iter_pages(
     budget: HostBudget | None = None,
     validators: ValidatorLookup | None = None,
     ahead: int = 0,
+    retry: RequestRetry = REQUEST_RETRY,
 ) -> AsyncGenerator[Page, None]:
     """Pages from `start` (or the first) to the last, in order; `budget` shares each
     upstream host's politeness with every other task (see `service.sync.budget`);
-    `validators` finds what each page said last time (`service.sync.conditional`).
+    `validators` finds what each page said last time (`service.sync.conditional`);
+    `retry` says how a transient failure of a page's request is tried again in place
+    (`service.sync.request_retry`) before it ends the loop.
 
     With `ahead`, up to that many fetches are under way while the caller stores a page
     (see `_Flight`); with 0, a page is only fetched when asked for.
     """
-    flight = _Flight(client, source, limits, budget, validators, digest_seed(source), ahead)
+    flight = _Flight(client, source, limits, budget, validators, digest_seed(source), ahead, retry)
     request: PageRequest | None = start or first_request(source)
     try:
         while request is not None:
@@ -98,6 +113,7 @@ class _Fetch:
     request: PageRequest
     known: Validator | None
     task: asyncio.Task[Page]
+    retries: RetryCount
 
 
 class _Flight:
@@ -127,9 +143,11 @@ class _Flight:
         validators: ValidatorLookup | None,
         seed: bytes,
         ahead: int,
+        retry: RequestRetry,
     ) -> None:
         self._client, self._source, self._limits = client, source, limits
         self._budget, self._validators, self._seed = budget, validators, seed
+        self._retry = retry
         self._queue: deque[_Fetch] = deque()
         self._ahead = ahead
         self._depth = ahead
@@ -168,6 +186,7 @@ class _Flight:
 
     async def _launch(self, request: PageRequest) -> None:
         known = await self._validators(page_key(request)) if self._validators else None
+        retries = RetryCount()
         fetch = fetch_one(
             self._client,
             self._source,
@@ -176,11 +195,14 @@ class _Flight:
             budget=self._budget,
             validator=known,
             seed=self._seed,
+            retry=self._retry,
+            retries=retries,
         )
-        self._queue.append(_Fetch(request, known, asyncio.ensure_future(fetch)))
+        self._queue.append(_Fetch(request, known, asyncio.ensure_future(fetch), retries))
 
     async def drop(self) -> int:
-        """Cancel every fetch under way; returns how many there were."""
+        """Cancel every fetch under way; returns how many requests they made (one each,
+        and the retries each had begun)."""
         dropped = list(self._queue)
         self._queue.clear()
         for fetch in dropped:
@@ -188,7 +210,7 @@ class _Flight:
         for fetch in dropped:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await fetch.task
-        return len(dropped)
+        return sum(1 + fetch.retries.value for fetch in dropped)
 
 
 async def fetch_one(
@@ -200,9 +222,14 @@ async def fetch_one(
     budget: HostBudget | None = None,
     validator: Validator | None = None,
     seed: bytes | None = None,
+    retry: RequestRetry = REQUEST_RETRY,
+    retries: RetryCount | None = None,
 ) -> Page:
     """Fetch and interpret one page; also the dry run's whole job. With `seed`
-    (`digest_seed`), a page whose bytes match `validator`'s digest is not decoded."""
+    (`digest_seed`), a page whose bytes match `validator`'s digest is not decoded.
+
+    A transient failure of the request is tried again in place as `retry` allows
+    (`Page.retries` counts them; `retries`, if given, as they go: see `fetch_page`)."""
     conditional = source.conditional and validator is not None
     fetched = await fetch_page(
         client,
@@ -213,6 +240,8 @@ async def fetch_one(
         extra_headers=conditional_headers(validator) if validator and conditional else None,
         digest_seed=seed,
         undecoded_if=validator.digest if validator else None,
+        retry=retry,
+        retries=retries,
     )
     if fetched.status == 304 or fetched.body is None:
         if validator is None or (fetched.status == 304 and not conditional):

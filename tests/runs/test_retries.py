@@ -1,4 +1,7 @@
-"""Retryable failures become further attempts of the same run, resuming at its checkpoint."""
+"""Retryable failures become further attempts of the same run, resuming at its checkpoint.
+
+A failure ends an attempt only once the engine has tried the request in place
+(`service.sync.request_retry`): the upstreams here fail `TRIES` times in a row for that."""
 
 from __future__ import annotations
 
@@ -10,10 +13,13 @@ import httpx
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from service.sync import REQUEST_RETRY
 from tests.fixtures.upstream import Upstream, cursor, make_records
 from tests.helpers import create_task, feed, http_task, sync, trigger, wait_run
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
+TRIES = REQUEST_RETRY.tries
+"""Requests for one page before its failure ends the attempt."""
 FAST_RETRY = {
     "max_attempts": 4,
     "backoff": "linear",
@@ -40,7 +46,7 @@ async def test_a_flaky_page_is_retried_and_the_run_resumes_at_its_checkpoint(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
 ) -> None:
     records = make_records(50)
-    url = upstream.route("/flaky", failing_first(cursor(records, size=10), {"20": 2}))
+    url = upstream.route("/flaky", failing_first(cursor(records, size=10), {"20": 2 * TRIES}))
     body = {**http_task(url, records_path="data", pagination=CURSOR), "retry": FAST_RETRY}
     task = await create_task(client, auth, body)
 
@@ -55,7 +61,8 @@ async def test_a_flaky_page_is_retried_and_the_run_resumes_at_its_checkpoint(
         None,
     ]
     asked = [seen.query.get("next_token", "") for seen in upstream.hits("/flaky")]
-    assert asked == ["", "10", "20", "20", "20", "30", "40"]  # pages before the failure: once
+    # pages before the failure: once
+    assert asked == ["", "10", *["20"] * (2 * TRIES + 1), "30", "40"]
     assert run["error"] is None
     assert [item["data"] for item in await feed(client, auth, task["id"])] == records
     assert run["stats"]["inserted"] == 50
@@ -75,13 +82,13 @@ async def test_retries_run_out_and_the_run_fails_with_the_last_error(
     assert len(run["attempts"]) == 3
     assert run["error"]["http_status"] == 502
     assert run["error"]["retryable"] is True
-    assert len(upstream.hits("/down")) == 3
+    assert len(upstream.hits("/down")) == 3 * TRIES
 
 
 async def test_while_waiting_the_run_is_retrying_with_next_attempt_at(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
 ) -> None:
-    failures = {"": 1}
+    failures = {"": TRIES}
     url = upstream.route("/later", failing_first(lambda _r: JSONResponse([{"id": 1}]), failures))
     body = {
         **http_task(url),
@@ -119,7 +126,7 @@ async def test_cancelling_a_retrying_run_ends_it_at_once(
 
     assert cancelled.json()["status"] == "cancelled"
     assert cancelled.json()["next_attempt_at"] is None
-    assert len(upstream.hits("/503")) == 1
+    assert len(upstream.hits("/503")) == TRIES
 
 
 async def test_a_retry_after_unchanged_pages_resumes_after_them(
@@ -133,7 +140,7 @@ async def test_a_retry_after_unchanged_pages_resumes_after_them(
     body = {**http_task(url, records_path="data", pagination=CURSOR), "retry": FAST_RETRY}
     task = await create_task(client, auth, body)
     await sync(client, auth, task["id"])
-    failures["80"] = 1
+    failures["80"] = TRIES
     before = len(upstream.hits("/quiet"))
 
     run = await sync(client, auth, task["id"])
@@ -144,7 +151,7 @@ async def test_a_retry_after_unchanged_pages_resumes_after_them(
     assert run["stats"]["pages"] == 10
     asked = Counter(seen.query.get("next_token", "") for seen in upstream.hits("/quiet")[before:])
     assert all(asked[token] == 1 for token in ["", "10", "20", "30", "40", "50", "60", "70"])
-    assert asked["80"] == 2  # failed, then fetched again by the retry, and only it
+    assert asked["80"] == TRIES + 1  # failed, then fetched again by the retry, and only it
     # 90 once by the retry, and perhaps once before: fetched ahead while 80 failed
     assert asked["90"] in (1, 2)
     assert run["stats"]["requests"] >= 10

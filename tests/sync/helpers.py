@@ -6,8 +6,15 @@ from typing import Any
 
 import orjson
 
-from service.sync import Limits, Page, PageRequest, Source, SyncError, iter_pages
+from service.sync import Limits, Page, PageRequest, RequestRetry, Source, SyncError, iter_pages
 from service.sync.client import UpstreamClient
+
+QUICK = RequestRetry(base_delay=0.01, max_delay=0.02)
+"""The engine's tries, with waits too short to slow a test down (a `Retry-After` is still
+honoured: the waits are never shorter than it)."""
+
+ONCE = RequestRetry(tries=1)
+"""No retry in place: for tests about what one answer does."""
 
 
 def source(url: str, **fields: Any) -> Source:
@@ -20,8 +27,10 @@ async def collect(
     src: Source,
     limits: Limits | None = None,
     start: PageRequest | None = None,
+    retry: RequestRetry = QUICK,
 ) -> list[Page]:
-    return [page async for page in iter_pages(client, src, limits or Limits(), start)]
+    pages = iter_pages(client, src, limits or Limits(), start, retry=retry)
+    return [page async for page in pages]
 
 
 def rows(pages: list[Page]) -> list[Any]:
@@ -39,11 +48,12 @@ async def collect_until_error(
     src: Source,
     limits: Limits | None = None,
     start: PageRequest | None = None,
+    retry: RequestRetry = QUICK,
 ) -> tuple[list[Page], SyncError]:
     """The pages the loop yielded before it failed, and the failure."""
     pages: list[Page] = []
     try:
-        async for page in iter_pages(client, src, limits or Limits(), start):
+        async for page in iter_pages(client, src, limits or Limits(), start, retry=retry):
             pages.append(page)
     except SyncError as exc:
         return pages, exc

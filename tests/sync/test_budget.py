@@ -18,7 +18,7 @@ from service.sync.budget import MemoryBudget, host_key
 from service.sync.client import UpstreamClient
 from service.sync.errors import HostHeld, UpstreamStatusError
 from tests.fixtures.upstream import Handler, Upstream, make_records, page_number
-from tests.sync.helpers import rows, source
+from tests.sync.helpers import ONCE, rows, source
 
 
 async def collect(
@@ -28,7 +28,10 @@ async def collect(
     *,
     budget: HostBudget | None = None,
 ) -> list[Page]:
-    return [page async for page in iter_pages(client, src, limits or Limits(), budget=budget)]
+    """One request per page (`ONCE`): these tests are about what one answer does; how a
+    request is tried again, and waits out its own Retry-After, is test_request_retry's."""
+    pages = iter_pages(client, src, limits or Limits(), budget=budget, retry=ONCE)
+    return [page async for page in pages]
 
 
 def stamped(

@@ -3,6 +3,7 @@ handed over only in order; predictions a page proves wrong cost requests, never 
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -10,12 +11,12 @@ import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from service.sync import Limits, Page, Source, iter_pages
+from service.sync import Limits, Page, RequestRetry, Source, iter_pages
 from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, page_key
 from service.sync.errors import PageLimitReached
 from tests.fixtures.upstream import Handler, Upstream, cursor, make_records, slowly
-from tests.sync.helpers import rows, source
+from tests.sync.helpers import QUICK, rows, source
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
 
@@ -54,11 +55,12 @@ async def walk(
     *,
     ahead: int = 4,
     limits: Limits | None = None,
+    retry: RequestRetry = QUICK,
 ) -> list[Page]:
     async def lookup(key: str) -> Validator | None:
         return (known or {}).get(key)
 
-    pages = iter_pages(client, src, limits or Limits(), validators=lookup, ahead=ahead)
+    pages = iter_pages(client, src, limits or Limits(), validators=lookup, ahead=ahead, retry=retry)
     return [page async for page in pages]
 
 
@@ -106,8 +108,8 @@ async def test_a_page_that_leads_elsewhere_drops_the_predictions(
             start = int(token[1:] or 0)
             following = f"m{start + 5}" if start + 5 < len(moved) else None
             return JSONResponse({"data": moved[start : start + 5], "next_token": following})
-        if stale == "error":  # an old page that no longer exists
-            return JSONResponse({"error": "gone"}, status_code=500)
+        if stale == "error":  # an old page that no longer exists (not retried in place)
+            return JSONResponse({"error": "gone"}, status_code=404)
         return JSONResponse({"data": make_records(5, prefix=f"old{token}"), "next_token": None})
 
     src = source_at(upstream.route("/m", InFlight().around(handler)))
@@ -126,6 +128,36 @@ async def test_a_page_that_leads_elsewhere_drops_the_predictions(
     # counted: every prediction made, on the page that proved it wrong
     assert again[0].discarded == 3
     assert sum(page.discarded for page in again) == 3
+
+
+async def test_a_dropped_prediction_counts_the_retries_it_made(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    """Predicted pages that fail are tried again in place while the first page is on its
+    way; when it leads elsewhere, every request they made is counted, retries included."""
+    state = {"version": 1}
+    moved = make_records(5, prefix="moved")
+    serve = cursor(make_records(40), size=5)
+
+    async def handler(request: Request) -> Response:
+        if state["version"] == 1:
+            return serve(request)  # type: ignore[return-value]
+        if not request.query_params.get("next_token"):  # slow, and now the only page
+            await asyncio.sleep(1)
+            return JSONResponse({"data": moved, "next_token": None})
+        return JSONResponse({"error": "busy"}, status_code=503)
+
+    src = source_at(upstream.route("/d", handler))
+    first = await walk(http, src)
+    state["version"] = 2
+    upstream.requests.clear()
+
+    again = await walk(http, src, remembered(first), retry=RequestRetry(tries=3, base_delay=0))
+
+    assert rows(again) == moved
+    assert tokens(upstream, "/d") == Counter({"": 1, "5": 3, "10": 3, "15": 3})
+    assert again[0].discarded == 9  # three predictions, three tries each
+    assert again[0].requests == len(upstream.requests) == 10
 
 
 async def test_predictions_stop_at_max_pages(upstream: Upstream, http: UpstreamClient) -> None:

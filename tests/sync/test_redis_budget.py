@@ -22,13 +22,14 @@ from service.sync.budget import host_key
 from service.sync.client import UpstreamClient
 from service.sync.errors import HostHeld, UpstreamStatusError
 from tests.fixtures.upstream import Handler, Upstream, make_records, page_number
-from tests.sync.helpers import rows, source
+from tests.sync.helpers import ONCE, rows, source
 
 
 async def collect(
     client: UpstreamClient, src: Source, limits: Limits, budget: HostBudget
 ) -> list[Page]:
-    return [page async for page in iter_pages(client, src, limits, budget=budget)]
+    """One request per page (`ONCE`): what one answer does to the shared budget."""
+    return [page async for page in iter_pages(client, src, limits, budget=budget, retry=ONCE)]
 
 
 @pytest.fixture

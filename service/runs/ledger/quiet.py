@@ -66,7 +66,7 @@ def page_progress(page: Page, *, updated: int = 0, unchanged: int = 0) -> dict[s
         unchanged = seen - rejected
     return {
         "pages": 1,
-        "requests": 1 + page.discarded,
+        "requests": page.requests,
         "not_modified": int(page.not_modified),
         "records_seen": seen,
         "rejected": rejected,

@@ -20,7 +20,7 @@ class Backfill(BaseModel):
 
 
 class TriggerIn(BaseModel):
-    """Optional body of a trigger. Both options need `source.incremental`."""
+    """Optional body of a trigger."""
 
     model_config = ConfigDict(
         extra="forbid",
@@ -34,10 +34,18 @@ class TriggerIn(BaseModel):
     )
 
     full_refresh: bool = Field(
-        default=False, description="Start from `incremental.initial_value`, ignoring the watermark"
+        default=False,
+        description=(
+            "Read every page again, ignoring stored validators and page digests; an"
+            " incremental task starts from `incremental.initial_value`, ignoring the"
+            " watermark. With `source.detect_deletions`, the run then marks what it did not"
+            " see as deleted."
+        ),
     )
     backfill: Backfill | None = Field(
-        default=None, description="Fetch this window only; the watermark is left alone"
+        default=None,
+        description="Fetch this window only (needs `source.incremental`); the watermark is"
+        " left alone",
     )
 
 

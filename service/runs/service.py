@@ -20,15 +20,14 @@ from service.tasks.service import get_task
 def _options(task: Task, body: TriggerIn | None) -> dict[str, Any]:
     if body is None or (not body.full_refresh and body.backfill is None):
         return {}
-    if not task.source.get("incremental"):
-        raise InvalidInput.at(
-            ["body"], "full_refresh and backfill need source.incremental on the task"
-        )
     if body.full_refresh and body.backfill is not None:
         raise InvalidInput.at(["body"], "give full_refresh or backfill, not both")
-    if body.backfill is not None:
-        return {"backfill": {"from": body.backfill.from_, "to": body.backfill.to}}
-    return {"full_refresh": True}
+    if body.full_refresh:
+        return {"full_refresh": True}
+    if not task.source.get("incremental"):
+        raise InvalidInput.at(["body", "backfill"], "backfill needs source.incremental on the task")
+    assert body.backfill is not None
+    return {"backfill": {"from": body.backfill.from_, "to": body.backfill.to}}
 
 
 async def trigger(

@@ -124,12 +124,19 @@ async def test_epoch_number_watermarks_compare_as_numbers(
     assert upstream.hits("/epoch")[1].query["after"] == "10"
 
 
-async def test_options_need_an_incremental_source(
+async def test_a_backfill_needs_an_incremental_source_a_full_refresh_does_not(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream
 ) -> None:
     task = await create_task(client, auth, http_task(upstream.base_url + "/plain"))
+    window = {"from": "2026-01-01", "to": "2026-02-01"}
     response = await client.post(
-        f"/v1/tasks/{task['id']}/runs", json={"full_refresh": True}, headers=auth
+        f"/v1/tasks/{task['id']}/runs", json={"backfill": window}, headers=auth
     )
     assert response.status_code == 422
     assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["errors"][0]["loc"] == ["body", "backfill"]
+
+    refresh = await client.post(
+        f"/v1/tasks/{task['id']}/runs", json={"full_refresh": True}, headers=auth
+    )
+    assert refresh.status_code == 202, refresh.text

@@ -89,8 +89,14 @@ class Book:
         self.sessionmaker, self.ledger = sessionmaker, ledger
         self.task_id, self.run_id = new_id("tsk"), new_id("run")
 
-    async def add_run(self, *, incremental: bool = False, **run: Any) -> None:
-        source: dict[str, Any] = {"url": "http://upstream.test/items", "primary_key": "id"}
+    async def add_run(
+        self, *, incremental: bool = False, detect_deletions: bool = False, **run: Any
+    ) -> None:
+        source: dict[str, Any] = {
+            "url": "http://upstream.test/items",
+            "primary_key": "id",
+            "detect_deletions": detect_deletions,
+        }
         if incremental:
             source["incremental"] = {"cursor_path": "at", "param": "since"}
         async with self.sessionmaker() as session:
@@ -371,3 +377,44 @@ async def test_a_failed_attempt_is_recorded_and_the_retry_resumes_from_the_check
     assert row["status"] == "failed"
     failures = await book.sql("SELECT consecutive_failures FROM task WHERE id = :t", t=book.task_id)
     assert failures[0][0] == 1
+
+
+async def test_a_run_that_detects_deletions_sweeps_what_it_did_not_see_with_its_end(
+    book: Book,
+) -> None:
+    await book.add_run(detect_deletions=True)
+    await book.ledger.commit(
+        await book.claim(), page(items((1, "a"), (2, "b"), (3, "c")), 0, last=True)
+    )
+    before = await book.records()
+    book.run_id = new_id("run")
+    await book.add_run(detect_deletions=True)
+    run = await book.claim()
+    assert run.sweeps and run.rereads and run.changing
+
+    await book.ledger.commit(run, page(items((1, "a")), 0))
+    assert await book.ledger.commit(run, page(items((3, "c")), 1, last=True)) is Outcome.FINISHED
+
+    deleted = await book.sql(
+        "SELECT key, seq FROM record WHERE task_id = :t AND deleted", t=book.task_id
+    )
+    assert [key for key, _ in deleted] == ["2"]
+    assert deleted[0][1] > max(seq for _, seq in before.values())
+    after = await book.records()
+    assert after["1"] == before["1"] and after["3"] == before["3"]  # seen, unchanged: kept
+    row = await book.sql("SELECT status, deleted, unchanged FROM run WHERE id = :r", r=book.run_id)
+    assert tuple(row[0]) == ("succeeded", 1, 2)
+
+
+async def test_a_sweeping_run_cancelled_at_its_last_page_deletes_nothing(book: Book) -> None:
+    await book.add_run(detect_deletions=True)
+    await book.ledger.commit(await book.claim(), page(items((1, "a"), (2, "b")), 0, last=True))
+    book.run_id = new_id("run")
+    await book.add_run(detect_deletions=True)
+    run = await book.claim()
+    await book.sql("UPDATE run SET cancel_requested = true WHERE id = :r", r=book.run_id)
+
+    assert await book.ledger.commit(run, page(items((1, "a")), 0, last=True)) is Outcome.CANCELLED
+
+    assert await book.sql("SELECT key FROM record WHERE deleted") == []
+    assert (await book.run_row())["status"] == "cancelled"

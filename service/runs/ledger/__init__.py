@@ -10,8 +10,9 @@ from __future__ import annotations
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.db import SessionMaker
-from service.runs.ledger.base import LeasedRun, Outcome, RunLedger
+from service.runs.ledger.base import RunLedger
 from service.runs.ledger.postgres import PostgresLedger
+from service.runs.ledger.run import LeasedRun, Outcome
 from service.runs.ledger.sqlite import SqliteLedger
 
 __all__ = ["LeasedRun", "Outcome", "RunLedger", "ledger_for"]

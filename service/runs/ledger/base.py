@@ -4,7 +4,8 @@ A worker writes to the database about a run only through a `RunLedger`. Each dat
 has one subclass (`postgres.py`, `sqlite.py`) that says completely what committing a
 page means there (`_write`), how a page is compared with what is stored (`_changed`)
 and how a run is claimed (`_claim_row`); everything else — which pages are compared,
-which are batched, what a commit's outcome is, how a run ends — is here, once.
+which are batched, what a commit's outcome is, how a run ends — is here, once, with
+its values in `run.py` and the SQL both databases share in `statements.py`.
 
 The rules every ledger keeps:
 - A page commits all or nothing: its records, its validator, the run's counters,
@@ -24,147 +25,31 @@ The rules every ledger keeps:
 from __future__ import annotations
 
 import abc
-import enum
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import SessionMaker, autocommit, transaction
-from service.models import metadata
 from service.models.types import utcnow
-from service.runs.ledger.quiet import QuietPages, page_progress
-from service.sync import Page, Row, Validator, Watermark, later, page_key
-
-RUN: Table = metadata.tables["run"]
-TASK: Table = metadata.tables["task"]
-VALIDATOR: Table = metadata.tables["page_validator"]
-RECORD: Table = metadata.tables["record"]
-_LOCK_TASK = select(TASK.c.id).where(TASK.c.id == bindparam("task_id")).with_for_update()
+from service.runs.ledger.quiet import last_copies, page_progress
+from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Written
+from service.runs.ledger.statements import (
+    CLAIMED_RUN,
+    CLAIMED_TASK,
+    LOCK_TASK,
+    RUN,
+    TASK,
+    VALIDATORS,
+    end,
+    end_run,
+    held,
+    sweep,
+)
+from service.sync import Page, Row, Validator, later, page_key
 
 _DONE: dict[str, Any] = {"done": True}
-
-
-class Outcome(enum.Enum):
-    """What a commit did to the run, for the runner to act on."""
-
-    CONTINUE = "continue"
-    """Committed (or batched); fetch the next page."""
-    FINISHED = "finished"
-    """The last page committed and the run succeeded with it."""
-    CANCELLED = "cancelled"
-    """A cancel was asked for: the page committed, then the run ended as cancelled."""
-    LEASE_LOST = "lease_lost"
-    """The run is not this worker's any more (taken over, ended, deleted): nothing of
-    this commit was written."""
-
-
-@dataclass(slots=True)
-class LeasedRun:
-    """A run this worker holds the lease of, and what its task said at the claim."""
-
-    run_id: str
-    task_id: str
-    tenant_id: str
-    attempt: int
-    attempts: list[dict[str, Any]]
-    """The attempts recorded so far (only the lease holder writes them)."""
-    cancel_requested: bool
-    checkpoint: dict[str, Any]
-    options: dict[str, Any]
-    source: dict[str, Any]
-    """As stored: credentials masked (the runner unseals them)."""
-    auth_ciphertext: str | None
-    limits: dict[str, Any]
-    retry: dict[str, Any]
-    task_watermark: Watermark | None
-    record_seq: int
-    started_at: datetime = field(default_factory=utcnow)
-    """When this attempt began."""
-    watermark: Watermark | None = None
-    """The largest incremental cursor this run has seen (checkpointed with each page)."""
-    changing: bool = False
-    """Did the last page that was read change anything? A resync's pages are compared
-    read-only before writing; a first sync's go straight to the upsert."""
-    committed_pages: int = 0
-    """Pages this attempt committed: an attempt that committed none is a failed one."""
-    quiet: QuietPages = field(default_factory=QuietPages)
-
-    @property
-    def done(self) -> bool:
-        """The last page was committed before an interruption: only the end is left."""
-        return bool(self.checkpoint.get("done"))
-
-    @property
-    def sweeps(self) -> bool:
-        """This run reads the whole collection of a task that detects deletions: it
-        marks every record it sees, and at its end, deletes the ones it did not."""
-        whole = self.source.get("incremental") is None or bool(self.options.get("full_refresh"))
-        return bool(self.source.get("detect_deletions")) and whole
-
-    @property
-    def rereads(self) -> bool:
-        """Stored validators and digests are ignored: a task with no records has none
-        that could match, a full refresh reads every page again, and a sweep must see
-        every key."""
-        return self.record_seq == 0 or bool(self.options.get("full_refresh")) or self.sweeps
-
-    @property
-    def moves_watermark(self) -> bool:
-        """Incremental runs move the task's watermark; backfills leave it alone."""
-        return self.source.get("incremental") is not None and "backfill" not in self.options
-
-    def attempt_entry(self, error: dict[str, Any] | None, *, counted: bool) -> dict[str, Any]:
-        """This attempt as the run's `attempts` list shows it: `pages` it committed, and
-        whether it `counted` toward `retry.max_attempts` (see the runner)."""
-        return {
-            "attempt": self.attempt,
-            "started_at": self.started_at.isoformat(),
-            "finished_at": utcnow().isoformat(),
-            "pages": self.committed_pages,
-            "counted": counted,
-            "error": error,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Ending:
-    """How a run ends with the page that carries this: success, the task's outcome."""
-
-    attempts: list[dict[str, Any]]
-    now: datetime
-    watermark: Watermark | None
-    """The task's new watermark; None leaves it alone."""
-
-
-@dataclass(frozen=True, slots=True)
-class PageWrite:
-    """One commit: a page's rows (none for a batch of quiet pages) and the progress of
-    every page it covers."""
-
-    rows: list[Row]
-    """Distinct keys, the last copy of each: every row the upsert is sent."""
-    distinct: int
-    """Distinct keys on the page: those not written count as unchanged."""
-    progress: dict[str, int]
-    """Counters to add besides what the write itself counts (inserted, updated,
-    unchanged of these rows)."""
-    checkpoint: dict[str, Any]
-    validators: list[tuple[str, Validator]]
-    lease_until: datetime
-    now: datetime
-    ending: Ending | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Written:
-    changed: int
-    """Rows inserted or changed."""
-    cancel_requested: bool | None
-    """None: the lease was not this worker's, and nothing was written."""
 
 
 class RunLedger(abc.ABC):
@@ -234,7 +119,7 @@ class RunLedger(abc.ABC):
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:
         """Every validator of the run's task, by page key: one query per run."""
         async with self.sessionmaker() as session:
-            rows = await session.execute(_VALIDATORS, {"task_id": run.task_id})
+            rows = await session.execute(VALIDATORS, {"task_id": run.task_id})
         return {key: Validator(*fields) for key, *fields in rows}
 
     async def commit(self, run: LeasedRun, page: Page) -> Outcome:
@@ -280,7 +165,7 @@ class RunLedger(abc.ABC):
         ending = self._page_write(run, [], 0, {}, run.checkpoint, [], last=True).ending
         assert ending is not None
         async with transaction(self.sessionmaker) as session:
-            await session.execute(_LOCK_TASK, {"task_id": run.task_id})
+            await session.execute(LOCK_TASK, {"task_id": run.task_id})
             fence = update(RUN).where(held(run.run_id, self.owner))
             fence = fence.values(lease_expires_at=self.lease_until())
             row = (await session.execute(fence.returning(RUN.c.cancel_requested))).first()
@@ -355,12 +240,12 @@ class RunLedger(abc.ABC):
     async def cancel(self, run: LeasedRun) -> None:
         """End the run as cancelled (its committed pages stay)."""
         async with autocommit(self.sessionmaker) as session:
-            await session.execute(_end(run, self.owner, "cancelled", None, None))
+            await session.execute(end(run, self.owner, "cancelled", None, None))
 
     async def fail(self, run: LeasedRun, error: dict[str, Any], entry: dict[str, Any]) -> None:
         """End the run as failed, and count the failure on its task."""
         async with transaction(self.sessionmaker) as session:
-            ended = await session.execute(_end(run, self.owner, "failed", error, entry))
+            ended = await session.execute(end(run, self.owner, "failed", error, entry))
             if ended.first() is not None:
                 failures = {"consecutive_failures": TASK.c.consecutive_failures + 1}
                 await session.execute(
@@ -401,150 +286,3 @@ class RunLedger(abc.ABC):
                 .returning(RUN.c.id)
             )
             return result.scalar_one_or_none() is not None
-
-
-# ---- shared SQL (Core: the worker runs these several times per run, and the ORM's
-# bookkeeping cost more CPU than the statements themselves, bench/concurrency.py) -------
-
-CLAIMED_RUN = ("task_id", "attempt", "cancel_requested", "checkpoint", "options", "attempts")
-CLAIMED_TASK = (
-    "tenant_id",
-    "source",
-    "auth_ciphertext",
-    "limits",
-    "retry",
-    "watermark",
-    "record_seq",
-)
-
-
-def claimed_run_update() -> Any:
-    """Queued; retrying and due; or running under an expired lease -> running, ours."""
-    c = RUN.c
-    now = bindparam("now", type_=c.started_at.type)
-    claimable = or_(
-        c.status == "queued",
-        and_(c.status == "retrying", c.next_attempt_at <= now),
-        and_(c.status == "running", or_(c.lease_expires_at.is_(None), c.lease_expires_at < now)),
-    )
-    return (
-        update(RUN)
-        .where(c.id == bindparam("run_id"), claimable)
-        .values(
-            status="running",
-            lease_owner=bindparam("owner"),
-            lease_expires_at=bindparam("lease_until", type_=c.lease_expires_at.type),
-            next_attempt_at=None,
-            started_at=func.coalesce(c.started_at, now),
-        )
-        .returning(*(c[name] for name in CLAIMED_RUN))
-    )
-
-
-def claimed_task_columns() -> list[Any]:
-    return [TASK.c[name] for name in CLAIMED_TASK]
-
-
-def held(run_id: Any, owner: Any) -> Any:
-    """The run is running under `owner`'s lease: the fence of every write."""
-    c = RUN.c
-    return and_(c.id == run_id, c.status == "running", c.lease_owner == owner)
-
-
-async def end_run(
-    session: AsyncSession, run: LeasedRun, owner: str, ending: Ending, deleted: int = 0
-) -> None:
-    """The run succeeds (fenced) and its task records the outcome and watermark."""
-    await session.execute(
-        update(RUN)
-        .where(held(run.run_id, owner))
-        .values(
-            status="succeeded",
-            finished_at=ending.now,
-            error=None,
-            next_attempt_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            attempts=ending.attempts,
-            deleted=RUN.c.deleted + deleted,
-        )
-    )
-    task: dict[str, Any] = {"last_success_at": ending.now, "consecutive_failures": 0}
-    if ending.watermark is not None:
-        task["watermark"] = ending.watermark
-    await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
-
-
-async def sweep(session: AsyncSession, run: LeasedRun, now: datetime) -> int:
-    """Mark the task's records this run did not see as deleted, each with a new seq
-    (so the change feed carries the deletion); returns how many."""
-    c = RECORD.c
-    unseen = and_(
-        c.task_id == run.task_id,
-        c.deleted.is_(False),
-        or_(c.seen_run.is_(None), c.seen_run != run.run_id),
-    )
-    count = (await session.execute(select(func.count()).where(unseen))).scalar_one()
-    if not count:
-        return 0
-    reserved = await session.execute(
-        update(TASK)
-        .where(TASK.c.id == run.task_id)
-        .values(record_seq=TASK.c.record_seq + count)
-        .returning(TASK.c.record_seq - count)
-    )
-    base = reserved.scalar_one()
-    gone = select(c.key, func.row_number().over(order_by=c.seq).label("n")).where(unseen)
-    gone_rows = gone.subquery()
-    await session.execute(
-        update(RECORD)
-        .where(c.task_id == run.task_id, c.key == gone_rows.c.key)
-        .values(deleted=True, seq=base + gone_rows.c.n, updated_at=now)
-    )
-    return int(count)
-
-
-def _end(
-    run: LeasedRun,
-    owner: str,
-    status: str,
-    error: dict[str, Any] | None,
-    entry: dict[str, Any] | None,
-) -> Any:
-    values: dict[str, Any] = {
-        "status": status,
-        "finished_at": utcnow(),
-        "error": error,
-        "next_attempt_at": None,
-        "lease_owner": None,
-        "lease_expires_at": None,
-    }
-    if entry is not None:
-        values["attempts"] = [*run.attempts, entry]
-    return update(RUN).where(held(run.run_id, owner)).values(**values).returning(RUN.c.id)
-
-
-_VALIDATORS = select(
-    # Core rows, not ORM objects: a conditional resync reads one per page, and building
-    # the objects cost more than the query.
-    VALIDATOR.c.url_key,
-    VALIDATOR.c.etag,
-    VALIDATOR.c.last_modified,
-    VALIDATOR.c.next_page,
-    VALIDATOR.c.digest,
-    VALIDATOR.c.records_seen,
-    VALIDATOR.c.rejected,
-).where(VALIDATOR.c.task_id == bindparam("task_id"))
-
-
-def last_copies(rows: Sequence[Row]) -> tuple[dict[str, Row], dict[str, int]]:
-    """The last copy of each key, and the counts of the earlier copies it supersedes
-    (`unchanged` if equal to the last copy, else `updated`)."""
-    final = {row.key: row for row in rows}
-    counts = {"updated": 0, "unchanged": 0}
-    if len(final) < len(rows):
-        for row in rows:
-            last = final[row.key]
-            if row is not last:
-                counts["unchanged" if row.hash == last.hash else "updated"] += 1
-    return final, counts

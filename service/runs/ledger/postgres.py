@@ -38,15 +38,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import autocommit
 from service.models.types import UTCDateTime
-from service.runs.ledger.base import (
-    CLAIMED_TASK,
-    TASK,
-    LeasedRun,
-    PageWrite,
-    RunLedger,
-    Written,
-    claimed_run_update,
-)
+from service.runs.ledger.base import RunLedger
+from service.runs.ledger.run import LeasedRun, PageWrite, Written
+from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
 from service.sync import Row
 
 UNIT_SEPARATOR = "\x1f"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from service.sync import Page, Validator
+from service.sync import Page, Row, Validator
 
 
 class QuietPages:
@@ -75,3 +76,16 @@ def page_progress(page: Page, *, updated: int = 0, unchanged: int = 0) -> dict[s
         "updated": updated,
         "unchanged": unchanged,
     }
+
+
+def last_copies(rows: Sequence[Row]) -> tuple[dict[str, Row], dict[str, int]]:
+    """The last copy of each key, and the counts of the earlier copies it supersedes
+    (`unchanged` if equal to the last copy, else `updated`)."""
+    final = {row.key: row for row in rows}
+    counts = {"updated": 0, "unchanged": 0}
+    if len(final) < len(rows):
+        for row in rows:
+            last = final[row.key]
+            if row is not last:
+                counts["unchanged" if row.hash == last.hash else "updated"] += 1
+    return final, counts

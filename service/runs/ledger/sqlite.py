@@ -31,14 +31,12 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import transaction
 from service.models.types import UTCDateTime
-from service.runs.ledger.base import (
+from service.runs.ledger.base import RunLedger
+from service.runs.ledger.run import LeasedRun, PageWrite, Written
+from service.runs.ledger.statements import (
     CLAIMED_TASK,
     RUN,
     TASK,
-    LeasedRun,
-    PageWrite,
-    RunLedger,
-    Written,
     claimed_run_update,
     end_run,
     held,

@@ -1,0 +1,131 @@
+"""The values a ledger deals in: the run it holds, one commit, and their outcomes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from service.models.types import utcnow
+from service.runs.ledger.quiet import QuietPages
+from service.sync import Row, Validator, Watermark
+
+
+class Outcome(enum.Enum):
+    """What a commit did to the run, for the runner to act on."""
+
+    CONTINUE = "continue"
+    """Committed (or batched); fetch the next page."""
+    FINISHED = "finished"
+    """The last page committed and the run succeeded with it."""
+    CANCELLED = "cancelled"
+    """A cancel was asked for: the page committed, then the run ended as cancelled."""
+    LEASE_LOST = "lease_lost"
+    """The run is not this worker's any more (taken over, ended, deleted): nothing of
+    this commit was written."""
+
+
+@dataclass(slots=True)
+class LeasedRun:
+    """A run this worker holds the lease of, and what its task said at the claim."""
+
+    run_id: str
+    task_id: str
+    tenant_id: str
+    attempt: int
+    attempts: list[dict[str, Any]]
+    """The attempts recorded so far (only the lease holder writes them)."""
+    cancel_requested: bool
+    checkpoint: dict[str, Any]
+    options: dict[str, Any]
+    source: dict[str, Any]
+    """As stored: credentials masked (the runner unseals them)."""
+    auth_ciphertext: str | None
+    limits: dict[str, Any]
+    retry: dict[str, Any]
+    task_watermark: Watermark | None
+    record_seq: int
+    started_at: datetime = field(default_factory=utcnow)
+    """When this attempt began."""
+    watermark: Watermark | None = None
+    """The largest incremental cursor this run has seen (checkpointed with each page)."""
+    changing: bool = False
+    """Did the last page that was read change anything? A resync's pages are compared
+    read-only before writing; a first sync's go straight to the upsert."""
+    committed_pages: int = 0
+    """Pages this attempt committed: an attempt that committed none is a failed one."""
+    quiet: QuietPages = field(default_factory=QuietPages)
+
+    @property
+    def done(self) -> bool:
+        """The last page was committed before an interruption: only the end is left."""
+        return bool(self.checkpoint.get("done"))
+
+    @property
+    def sweeps(self) -> bool:
+        """This run reads the whole collection of a task that detects deletions: it
+        marks every record it sees, and at its end, deletes the ones it did not."""
+        whole = self.source.get("incremental") is None or bool(self.options.get("full_refresh"))
+        return bool(self.source.get("detect_deletions")) and whole
+
+    @property
+    def rereads(self) -> bool:
+        """Stored validators and digests are ignored: a task with no records has none
+        that could match, a full refresh reads every page again, and a sweep must see
+        every key."""
+        return self.record_seq == 0 or bool(self.options.get("full_refresh")) or self.sweeps
+
+    @property
+    def moves_watermark(self) -> bool:
+        """Incremental runs move the task's watermark; backfills leave it alone."""
+        return self.source.get("incremental") is not None and "backfill" not in self.options
+
+    def attempt_entry(self, error: dict[str, Any] | None, *, counted: bool) -> dict[str, Any]:
+        """This attempt as the run's `attempts` list shows it: `pages` it committed, and
+        whether it `counted` toward `retry.max_attempts` (see the runner)."""
+        return {
+            "attempt": self.attempt,
+            "started_at": self.started_at.isoformat(),
+            "finished_at": utcnow().isoformat(),
+            "pages": self.committed_pages,
+            "counted": counted,
+            "error": error,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Ending:
+    """How a run ends with the page that carries this: success, the task's outcome."""
+
+    attempts: list[dict[str, Any]]
+    now: datetime
+    watermark: Watermark | None
+    """The task's new watermark; None leaves it alone."""
+
+
+@dataclass(frozen=True, slots=True)
+class PageWrite:
+    """One commit: a page's rows (none for a batch of quiet pages) and the progress of
+    every page it covers."""
+
+    rows: list[Row]
+    """Distinct keys, the last copy of each: every row the upsert is sent."""
+    distinct: int
+    """Distinct keys on the page: those not written count as unchanged."""
+    progress: dict[str, int]
+    """Counters to add besides what the write itself counts (inserted, updated,
+    unchanged of these rows)."""
+    checkpoint: dict[str, Any]
+    validators: list[tuple[str, Validator]]
+    lease_until: datetime
+    now: datetime
+    ending: Ending | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    changed: int
+    """Rows inserted or changed."""
+    cancel_requested: bool | None
+    """None: the lease was not this worker's, and nothing was written."""

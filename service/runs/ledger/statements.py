@@ -1,0 +1,148 @@
+"""SQL every ledger shares: the claim's update, the lease fence, how a run ends, the
+sweep of deletions. Core, not ORM: the worker runs these several times per run, and the
+ORM's bookkeeping cost more CPU than the statements themselves (bench/concurrency.py)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models import metadata
+from service.models.types import utcnow
+from service.runs.ledger.run import Ending, LeasedRun
+
+RUN: Table = metadata.tables["run"]
+TASK: Table = metadata.tables["task"]
+VALIDATOR: Table = metadata.tables["page_validator"]
+RECORD: Table = metadata.tables["record"]
+LOCK_TASK = select(TASK.c.id).where(TASK.c.id == bindparam("task_id")).with_for_update()
+
+
+CLAIMED_RUN = ("task_id", "attempt", "cancel_requested", "checkpoint", "options", "attempts")
+CLAIMED_TASK = (
+    "tenant_id",
+    "source",
+    "auth_ciphertext",
+    "limits",
+    "retry",
+    "watermark",
+    "record_seq",
+)
+
+
+def claimed_run_update() -> Any:
+    """Queued; retrying and due; or running under an expired lease -> running, ours."""
+    c = RUN.c
+    now = bindparam("now", type_=c.started_at.type)
+    claimable = or_(
+        c.status == "queued",
+        and_(c.status == "retrying", c.next_attempt_at <= now),
+        and_(c.status == "running", or_(c.lease_expires_at.is_(None), c.lease_expires_at < now)),
+    )
+    return (
+        update(RUN)
+        .where(c.id == bindparam("run_id"), claimable)
+        .values(
+            status="running",
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("lease_until", type_=c.lease_expires_at.type),
+            next_attempt_at=None,
+            started_at=func.coalesce(c.started_at, now),
+        )
+        .returning(*(c[name] for name in CLAIMED_RUN))
+    )
+
+
+def held(run_id: Any, owner: Any) -> Any:
+    """The run is running under `owner`'s lease: the fence of every write."""
+    c = RUN.c
+    return and_(c.id == run_id, c.status == "running", c.lease_owner == owner)
+
+
+async def end_run(
+    session: AsyncSession, run: LeasedRun, owner: str, ending: Ending, deleted: int = 0
+) -> None:
+    """The run succeeds (fenced) and its task records the outcome and watermark."""
+    await session.execute(
+        update(RUN)
+        .where(held(run.run_id, owner))
+        .values(
+            status="succeeded",
+            finished_at=ending.now,
+            error=None,
+            next_attempt_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=ending.attempts,
+            deleted=RUN.c.deleted + deleted,
+        )
+    )
+    task: dict[str, Any] = {"last_success_at": ending.now, "consecutive_failures": 0}
+    if ending.watermark is not None:
+        task["watermark"] = ending.watermark
+    await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
+
+
+async def sweep(session: AsyncSession, run: LeasedRun, now: datetime) -> int:
+    """Mark the task's records this run did not see as deleted, each with a new seq
+    (so the change feed carries the deletion); returns how many."""
+    c = RECORD.c
+    unseen = and_(
+        c.task_id == run.task_id,
+        c.deleted.is_(False),
+        or_(c.seen_run.is_(None), c.seen_run != run.run_id),
+    )
+    count = (await session.execute(select(func.count()).where(unseen))).scalar_one()
+    if not count:
+        return 0
+    reserved = await session.execute(
+        update(TASK)
+        .where(TASK.c.id == run.task_id)
+        .values(record_seq=TASK.c.record_seq + count)
+        .returning(TASK.c.record_seq - count)
+    )
+    base = reserved.scalar_one()
+    gone = select(c.key, func.row_number().over(order_by=c.seq).label("n")).where(unseen)
+    gone_rows = gone.subquery()
+    await session.execute(
+        update(RECORD)
+        .where(c.task_id == run.task_id, c.key == gone_rows.c.key)
+        .values(deleted=True, seq=base + gone_rows.c.n, updated_at=now)
+    )
+    return int(count)
+
+
+def end(
+    run: LeasedRun,
+    owner: str,
+    status: str,
+    error: dict[str, Any] | None,
+    entry: dict[str, Any] | None,
+) -> Any:
+    values: dict[str, Any] = {
+        "status": status,
+        "finished_at": utcnow(),
+        "error": error,
+        "next_attempt_at": None,
+        "lease_owner": None,
+        "lease_expires_at": None,
+    }
+    if entry is not None:
+        values["attempts"] = [*run.attempts, entry]
+    return update(RUN).where(held(run.run_id, owner)).values(**values).returning(RUN.c.id)
+
+
+VALIDATORS = select(
+    # Core rows, not ORM objects: a conditional resync reads one per page, and building
+    # the objects cost more than the query.
+    VALIDATOR.c.url_key,
+    VALIDATOR.c.etag,
+    VALIDATOR.c.last_modified,
+    VALIDATOR.c.next_page,
+    VALIDATOR.c.digest,
+    VALIDATOR.c.records_seen,
+    VALIDATOR.c.rejected,
+).where(VALIDATOR.c.task_id == bindparam("task_id"))

@@ -5,6 +5,14 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+_ITEM_EXAMPLE: dict[str, Any] = {
+    "key": "evt_1",
+    "data": {"id": "evt_1", "steps": 8123},
+    "deleted": False,
+    "seq": 17,
+    "updated_at": "2026-11-22T10:00:00Z",
+}
+
 
 class RecordOut(BaseModel):
     key: Any = Field(
@@ -31,20 +39,8 @@ class RecordFeed(BaseModel):
             "examples": [
                 {
                     "items": [
-                        {
-                            "key": "evt_1",
-                            "data": {"id": "evt_1", "steps": 8123},
-                            "deleted": False,
-                            "seq": 17,
-                            "updated_at": "2026-11-22T10:00:00Z",
-                        },
-                        {
-                            "key": "evt_0",
-                            "data": None,
-                            "deleted": True,
-                            "seq": 18,
-                            "updated_at": "2026-11-22T10:00:00Z",
-                        },
+                        _ITEM_EXAMPLE,
+                        {**_ITEM_EXAMPLE, "key": "evt_0", "data": None, "deleted": True, "seq": 18},
                     ],
                     "next_after": 18,
                 }
@@ -72,14 +68,7 @@ class ChangeFeed(BaseModel):
             "examples": [
                 {
                     "items": [
-                        {
-                            "key": "evt_1",
-                            "data": {"id": "evt_1", "steps": 8123},
-                            "deleted": False,
-                            "seq": 17,
-                            "updated_at": "2026-11-22T10:00:00Z",
-                            "task_id": "tsk_ag2m3kq7aaaaaaaaaaaaaaaaaa",
-                        }
+                        {**_ITEM_EXAMPLE, "task_id": "tsk_ag2m3kq7aaaaaaaaaaaaaaaaaa"},
                     ],
                     "next_after": "eyJ0c2tfYWcybTNrcTdhYWFhYWFhYWFhYWFhYWFhYWEiOjE3fQ",
                 }

@@ -22,10 +22,14 @@ def _answer(handler: Any, request: Request) -> Response:
 
 
 async def _task(
-    client: httpx.AsyncClient, auth: dict[str, str], url: str, **source: Any
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    url: str,
+    user_id: str | None = None,
+    **source: Any,
 ) -> dict[str, Any]:
     body = http_task(url, records_path="data", pagination=PAGES, detect_deletions=True, **source)
-    return await create_task(client, auth, {**body, "retry": ONCE})
+    return await create_task(client, auth, {**body, "retry": ONCE, "user_id": user_id})
 
 
 async def test_records_gone_upstream_reach_the_feed_as_deletions_and_come_back(
@@ -146,14 +150,7 @@ async def test_the_user_feed_carries_deletions_too(
     records = make_records(10)
     served = list(records)
     url = upstream.route("/items", lambda request: page_number(served, size=10)(request))
-    task = await create_task(
-        client,
-        auth,
-        {
-            **http_task(url, records_path="data", pagination=PAGES, detect_deletions=True),
-            "user_id": "u_7",
-        },
-    )
+    task = await _task(client, auth, url, user_id="u_7")
     await sync(client, auth, task["id"])
     served[:] = records[1:]
     await sync(client, auth, task["id"])

@@ -89,10 +89,10 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
             outcome = await _sync(deps, run)
         except SyncError as exc:
             log.info("run %s attempt %s failed: %s", run_id, run.attempt, exc.code)
-            await _failed(deps, run, exc.as_dict(), exc.retry_after)
+            await _failed(deps, run, exc.as_dict(), exc.retry_after, exc.requests)
         except Exception:
             log.exception("run %s crashed", run_id)
-            await _failed(deps, run, _INTERNAL_ERROR, None)
+            await _failed(deps, run, _INTERNAL_ERROR, None, 0)
         else:
             log.info("run %s attempt %s: %s", run_id, run.attempt, outcome.value)
 
@@ -145,12 +145,16 @@ def _source(secrets: SecretBox, run: LeasedRun) -> Source:
 
 
 async def _failed(
-    deps: RunnerDeps, run: LeasedRun, error: dict[str, Any], retry_after: float | None
+    deps: RunnerDeps,
+    run: LeasedRun,
+    error: dict[str, Any],
+    retry_after: float | None,
+    requests: int,
 ) -> None:
     """End the attempt: the next one later with backoff, or, when the error is final or
     the budget is spent, the run fails. An attempt counts toward `max_attempts` only
     if it committed no page."""
-    await deps.ledger.settle(run)  # keep what the good pages before the failure established
+    await deps.ledger.settle(run, requests)  # keep what the good pages established
     retry = Retry.model_validate(run.retry)
     counted = run.committed_pages == 0
     entry = run.attempt_entry(error, counted=counted)

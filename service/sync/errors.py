@@ -11,6 +11,9 @@ class SyncError(Exception):
     retry_after: float | None = None
     """Seconds the upstream asked us to wait (its `Retry-After`); the runner's next
     attempt waits at least that long."""
+    requests: int = 0
+    """Requests the failing page cost (its tries in place included): no committed page
+    counts them, so the run adds them to its `stats.requests` when the attempt ends."""
 
     def __init__(
         self,

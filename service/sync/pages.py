@@ -24,7 +24,7 @@ from service.sync.conditional import (
     resumed,
     validator_from,
 )
-from service.sync.errors import InvalidBody, PageLimitReached, PaginationLoop
+from service.sync.errors import InvalidBody, PageLimitReached, PaginationLoop, SyncError
 from service.sync.extract import ExtractedPage, extract, records_of
 from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
 from service.sync.incremental import Watermark, page_watermark
@@ -243,6 +243,22 @@ async def fetch_one(
         retry=retry,
         retries=retries,
     )
+    try:
+        return _interpret(source, request, fetched, validator, conditional=conditional)
+    except SyncError as exc:
+        exc.requests = 1 + fetched.retries  # the page was fetched; its run counts them
+        raise
+
+
+def _interpret(
+    source: Source,
+    request: PageRequest,
+    fetched: FetchedPage,
+    validator: Validator | None,
+    *,
+    conditional: bool,
+) -> Page:
+    """A fetched page's records, its next page and what to remember of it."""
     if fetched.status == 304 or fetched.body is None:
         if validator is None or (fetched.status == 304 and not conditional):
             raise InvalidBody("upstream answered 304 to an unconditional request", http_status=304)

@@ -109,6 +109,7 @@ async def with_retries(
             tried = count.value + 1
             wait = policy.wait_before_retry(error, tried)
             if wait is None:
+                error.requests = tried
                 raise
             log.info(
                 "%s; retrying in %.2fs (request %d of at most %d)",

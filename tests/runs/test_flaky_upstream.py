@@ -13,7 +13,6 @@ from collections import Counter
 from datetime import datetime
 
 import httpx
-import pytest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
@@ -83,12 +82,6 @@ starts the hold once it has read that answer, later, so the real window starts a
 `t` and ends after `t + 1`."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: stats.requests leaves out the requests of the page that ended "
-    "an attempt (counted only with a committed page): 29 counted, 37 seen, 2 attempts "
-    "ended x 4 tries",
-)
 async def test_a_long_sync_against_a_flaky_upstream_stores_every_record_once(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
 ) -> None:
@@ -159,11 +152,6 @@ async def test_attempts_that_committed_pages_do_not_count_toward_max_attempts(
     assert run["stats"]["inserted"] == 100
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="service bug: the successful attempt's entry is built before its last "
-    "commit (RunLedger._page_write), so its `pages` misses that commit's pages (2, not 3)",
-)
 async def test_the_successful_attempt_counts_every_page_it_committed(
     client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
 ) -> None:

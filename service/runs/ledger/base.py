@@ -148,13 +148,15 @@ class RunLedger(abc.ABC):
             return await self.succeed(run)
         return outcome
 
-    async def settle(self, run: LeasedRun) -> Outcome:
-        """Commit the batched quiet pages now (before the attempt ends on a failure:
-        keep what the good pages established)."""
-        if not run.quiet.pages:
+    async def settle(self, run: LeasedRun, requests: int = 0) -> Outcome:
+        """Commit the batched quiet pages now, with `requests` a failed page cost (before
+        the attempt ends on a failure: keep what the good pages established, and count
+        every request the upstream saw)."""
+        if not run.quiet.pages and not requests:
             return Outcome.CONTINUE
-        assert run.quiet.checkpoint is not None
-        write = self._page_write(run, [], 0, run.quiet.progress, run.quiet.checkpoint, [])
+        progress = run.quiet.merged({"requests": requests})
+        checkpoint = run.quiet.checkpoint or run.checkpoint
+        write = self._page_write(run, [], 0, progress, checkpoint, [])
         outcome, _ = await self._commit(run, write)
         return outcome
 
@@ -211,7 +213,9 @@ class RunLedger(abc.ABC):
         ending = None
         if last:
             moved = later(run.task_watermark, run.watermark) if run.moves_watermark else None
-            ending = Ending([*run.attempts, run.attempt_entry(None, counted=False)], now, moved)
+            entry = run.attempt_entry(None, counted=False)
+            entry["pages"] += progress.get("pages", 0)  # those this very commit ends with
+            ending = Ending([*run.attempts, entry], now, moved)
         return PageWrite(
             rows=rows,
             distinct=distinct,

@@ -153,10 +153,10 @@ async def _failed(
 ) -> None:
     """End the attempt: the next one later with backoff, or, when the error is final or
     the budget is spent, the run fails. An attempt counts toward `max_attempts` only
-    if it committed no page."""
+    if it committed no page; waiting for a held host (`upstream_held`) never counts."""
     await deps.ledger.settle(run, requests)  # keep what the good pages established
     retry = Retry.model_validate(run.retry)
-    counted = run.committed_pages == 0
+    counted = run.committed_pages == 0 and error.get("code") != "upstream_held"
     entry = run.attempt_entry(error, counted=counted)
     spent = counted + sum(1 for old in run.attempts if old.get("counted", True))
     if (

@@ -18,16 +18,22 @@ from service.tasks.service import get_task
 
 
 def _options(task: Task, body: TriggerIn | None) -> dict[str, Any]:
-    if body is None or (not body.full_refresh and body.backfill is None):
-        return {}
+    """What this run does beyond a plain sync, fixed now for all its attempts: a task
+    changed while it runs must not change what an attempt resumes into."""
+    body = body or TriggerIn()
     if body.full_refresh and body.backfill is not None:
         raise InvalidInput.at(["body"], "give full_refresh or backfill, not both")
-    if body.full_refresh:
-        return {"full_refresh": True}
-    if not task.source.get("incremental"):
-        raise InvalidInput.at(["body", "backfill"], "backfill needs source.incremental on the task")
-    assert body.backfill is not None
-    return {"backfill": {"from": body.backfill.from_, "to": body.backfill.to}}
+    incremental = bool(task.source.get("incremental"))
+    if body.backfill is not None:
+        if not incremental:
+            raise InvalidInput.at(
+                ["body", "backfill"], "backfill needs source.incremental on the task"
+            )
+        return {"backfill": {"from": body.backfill.from_, "to": body.backfill.to}}
+    options: dict[str, Any] = {"full_refresh": True} if body.full_refresh else {}
+    if task.source.get("detect_deletions") and (body.full_refresh or not incremental):
+        options["sweep"] = True  # it reads the whole collection: what it misses is gone
+    return options
 
 
 async def trigger(

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
@@ -25,8 +26,9 @@ from service.db import SessionMaker, create_engine, create_sessionmaker
 from service.ids import new_id
 from service.migrations import upgrade
 from service.models import Run, Task, Tenant
+from service.models.types import utcnow
 from service.runs.ledger import LeasedRun, Outcome, RunLedger, ledger_for
-from service.runs.ledger.quiet import QuietPages
+from service.runs.ledger.progress import QuietPages
 from service.sync import Page, PageRequest, Validator
 from service.sync.extract import extract
 from service.sync.fetch import FetchedPage
@@ -97,6 +99,8 @@ class Book:
             "primary_key": "id",
             "detect_deletions": detect_deletions,
         }
+        if detect_deletions and "options" not in run:  # as a trigger decides (runs.service)
+            run["options"] = {"sweep": True}
         if incremental:
             source["incremental"] = {"cursor_path": "at", "param": "since"}
         async with self.sessionmaker() as session:
@@ -145,8 +149,6 @@ class Book:
         keys = ("status", "pages", "inserted", "updated", "unchanged", "not_modified")
         row = dict(zip((*keys, "checkpoint", "lease_owner"), rows[0], strict=True))
         if isinstance(row["checkpoint"], str):
-            import orjson
-
             row["checkpoint"] = orjson.loads(row["checkpoint"])
         return row
 
@@ -293,7 +295,7 @@ async def test_a_resync_compares_first_and_batches_unchanged_pages(book: Book) -
     book.run_id = new_id("run")
     await book.add_run()
     run = await book.claim()
-    assert run.changing is False  # the task has records: pages are compared first
+    assert run.compares_first  # the task has records: pages are compared first
 
     assert await book.ledger.commit(run, page(items((1, "a"), (2, "b")), 0)) is Outcome.CONTINUE
     row = await book.run_row()
@@ -365,8 +367,6 @@ async def test_a_failed_attempt_is_recorded_and_the_retry_resumes_from_the_check
     error = {"code": "upstream_status", "message": "503", "http_status": 503, "retryable": True}
     entry = run.attempt_entry(error, counted=False)
 
-    from service.models.types import utcnow
-
     assert await book.ledger.retry_later(run, error, entry, utcnow()) == 2
 
     again = await book.claim()
@@ -390,7 +390,7 @@ async def test_a_run_that_detects_deletions_sweeps_what_it_did_not_see_with_its_
     book.run_id = new_id("run")
     await book.add_run(detect_deletions=True)
     run = await book.claim()
-    assert run.sweeps and run.rereads and run.changing
+    assert run.sweeps and run.rereads and not run.compares_first
 
     await book.ledger.commit(run, page(items((1, "a")), 0))
     assert await book.ledger.commit(run, page(items((3, "c")), 1, last=True)) is Outcome.FINISHED
@@ -418,3 +418,74 @@ async def test_a_sweeping_run_cancelled_at_its_last_page_deletes_nothing(book: B
 
     assert await book.sql("SELECT key FROM record WHERE deleted") == []
     assert (await book.run_row())["status"] == "cancelled"
+
+
+async def test_a_deleted_record_seen_again_on_a_compared_page_is_inserted_again(
+    book: Book,
+) -> None:
+    await book.add_run(incremental=True, detect_deletions=True)
+    await book.ledger.commit(await book.claim(), page(items((1, "a"), (2, "b")), 0, last=True))
+    book.run_id = new_id("run")
+    await book.add_run(incremental=True, options={"full_refresh": True, "sweep": True})
+    await book.ledger.commit(await book.claim(), page(items((1, "a")), 0, last=True))
+    assert await book.sql("SELECT key FROM record WHERE deleted") == [("2",)]
+    gone = (await book.records())["2"]
+
+    book.run_id = new_id("run")
+    await book.add_run(incremental=True)  # a plain incremental run: compares first
+    run = await book.claim()
+    assert run.compares_first and not run.sweeps
+    assert await book.ledger.commit(run, page(items((2, "b")), 0, last=True)) is Outcome.FINISHED
+
+    assert await book.sql("SELECT key FROM record WHERE deleted") == []
+    back = (await book.records())["2"]
+    assert back[0] == gone[0] and back[1] > gone[1]  # the same data, a later seq
+    assert (await book.run_row())["inserted"] == 1  # inserted again, not "updated"
+
+
+async def test_a_sweep_whose_last_page_is_unread_still_sweeps(book: Book) -> None:
+    await book.add_run(detect_deletions=True)
+    await book.ledger.commit(await book.claim(), page(items((1, "a"), (2, "b")), 0, last=True))
+    book.run_id = new_id("run")
+    await book.add_run(detect_deletions=True)
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a")), 0))
+
+    last = page([], 1, last=True, not_modified=True)
+    assert await book.ledger.commit(run, last) is Outcome.FINISHED
+
+    assert await book.sql("SELECT key FROM record WHERE deleted") == [("2",)]
+
+
+async def test_whether_a_run_sweeps_is_fixed_when_it_is_triggered(book: Book) -> None:
+    await book.add_run()
+    await book.ledger.commit(await book.claim(), page(items((1, "a"), (2, "b")), 0, last=True))
+    book.run_id = new_id("run")
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a")), 0))
+    error = {"code": "upstream_status", "message": "503", "http_status": 503, "retryable": True}
+    await book.ledger.retry_later(run, error, run.attempt_entry(error, counted=False), utcnow())
+    source = '{"url": "http://upstream.test/items", "primary_key": "id", "detect_deletions": true}'
+    await book.sql("UPDATE task SET source = :s WHERE id = :t", s=source, t=book.task_id)
+
+    again = await book.claim()  # the task detects deletions now; this run was not told to
+
+    assert not again.sweeps
+    assert await book.ledger.commit(again, page(items((2, "b")), 1, last=True)) is Outcome.FINISHED
+    assert await book.sql("SELECT key FROM record WHERE deleted") == []
+
+
+async def test_a_cancelled_run_records_its_last_attempt(book: Book) -> None:
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a")), 0))
+
+    await book.ledger.cancel(run)
+
+    rows = await book.sql("SELECT status, attempts FROM run WHERE id = :r", r=book.run_id)
+    status, attempts = rows[0]
+    if isinstance(attempts, str):
+        attempts = orjson.loads(attempts)
+    assert status == "cancelled"
+    assert [(a["attempt"], a["pages"], a["counted"]) for a in attempts] == [(1, 1, False)]

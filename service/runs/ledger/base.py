@@ -33,7 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import SessionMaker, autocommit, transaction
 from service.models.types import utcnow
-from service.runs.ledger.quiet import last_copies, page_progress
+from service.runs.ledger.progress import last_copies, page_progress
 from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Written
 from service.runs.ledger.statements import (
     CLAIMED_RUN,
@@ -42,9 +42,9 @@ from service.runs.ledger.statements import (
     RUN,
     TASK,
     VALIDATORS,
-    end,
     end_run,
     held,
+    succeed_run,
     sweep,
 )
 from service.sync import Page, Row, Validator, later, page_key
@@ -113,7 +113,7 @@ class RunLedger(abc.ABC):
             record_seq=values["record_seq"],
             watermark=checkpoint.get("watermark"),
         )
-        run.changing = run.record_seq == 0 or run.sweeps
+        run.compares_first = run.record_seq > 0 and not run.sweeps
         return run
 
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:
@@ -132,18 +132,18 @@ class RunLedger(abc.ABC):
             return await self._quiet(run, page_progress(page), checkpoint, own, last)
         final, earlier = last_copies(page.records.rows)
         rows = list(final.values())
-        if not run.changing and rows:
+        if run.compares_first and rows:
             changed = await self._changed(run.task_id, rows)
             if not changed:
                 unchanged = earlier["unchanged"] + len(final)
                 progress = page_progress(page, updated=earlier["updated"], unchanged=unchanged)
                 return await self._quiet(run, progress, checkpoint, own, last)
-            rows = [final[key] for key in changed]
+            rows = [row for key, row in final.items() if key in changed]  # page order
         progress = run.quiet.merged(page_progress(page, **earlier))
         ends = last and not run.sweeps  # a sweep ends in `succeed`, after its last page
         write = self._page_write(run, rows, len(final), progress, checkpoint, own, ends)
         outcome, written = await self._commit(run, write)
-        run.changing = run.sweeps or (written is not None and written.changed > 0)
+        run.compares_first = not run.sweeps and (written is None or written.changed == 0)
         if last and outcome is Outcome.CONTINUE:
             return await self.succeed(run)
         return outcome
@@ -175,7 +175,7 @@ class RunLedger(abc.ABC):
                 return Outcome.LEASE_LOST
             if not row[0]:
                 deleted = await sweep(session, run, ending.now) if run.sweeps else 0
-                await end_run(session, run, self.owner, ending, deleted)
+                await succeed_run(session, run, self.owner, ending, deleted)
         if row[0]:
             await self.cancel(run)
             return Outcome.CANCELLED
@@ -194,8 +194,11 @@ class RunLedger(abc.ABC):
         quiet.add(progress, checkpoint, validators)
         if not last and not quiet.due():
             return Outcome.CONTINUE
-        write = self._page_write(run, [], 0, quiet.progress, checkpoint, [], last)
+        ends = last and not run.sweeps  # a sweep ends in `succeed`, after its last page
+        write = self._page_write(run, [], 0, quiet.progress, checkpoint, [], ends)
         outcome, _ = await self._commit(run, write)
+        if last and outcome is Outcome.CONTINUE:
+            return await self.succeed(run)
         return outcome
 
     def _page_write(
@@ -228,8 +231,8 @@ class RunLedger(abc.ABC):
         )
 
     async def _commit(self, run: LeasedRun, write: PageWrite) -> tuple[Outcome, Written | None]:
+        run.quiet.clear()  # before: a commit whose reply is lost must not be written again
         written = await self._write(run, write)
-        run.quiet.clear()
         if written.cancel_requested is None:
             return Outcome.LEASE_LOST, None
         run.committed_pages += write.progress.get("pages", 0)
@@ -244,12 +247,13 @@ class RunLedger(abc.ABC):
     async def cancel(self, run: LeasedRun) -> None:
         """End the run as cancelled (its committed pages stay)."""
         async with autocommit(self.sessionmaker) as session:
-            await session.execute(end(run, self.owner, "cancelled", None, None))
+            entry = run.attempt_entry(None, counted=False)
+            await session.execute(end_run(run, self.owner, "cancelled", None, entry))
 
     async def fail(self, run: LeasedRun, error: dict[str, Any], entry: dict[str, Any]) -> None:
         """End the run as failed, and count the failure on its task."""
         async with transaction(self.sessionmaker) as session:
-            ended = await session.execute(end(run, self.owner, "failed", error, entry))
+            ended = await session.execute(end_run(run, self.owner, "failed", error, entry))
             if ended.first() is not None:
                 failures = {"consecutive_failures": TASK.c.consecutive_failures + 1}
                 await session.execute(

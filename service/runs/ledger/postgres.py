@@ -12,8 +12,9 @@ progress are only written through `held`, the run's row locked while it is still
 worker's, which finds nothing once the lease is not. The task row is locked before the
 run row, the order a task's deletion takes them in.
 
-Records go straight into the upsert, which writes only the ones whose hash changed and
-says which were new (`xmax = 0`): no separate look-up of the stored hashes (the
+Records go straight into the upsert, which writes only the ones whose hash changed (or
+that come back after a deletion) and says which were new (`created_at = :now`): no
+separate look-up of the stored hashes (the
 upsert's own index probe does that). Every row sent reserves a `seq`, so a row sent
 unchanged leaves a gap. A run that detects deletions marks every row it sends as seen
 by it (`seen_run`); its sweep commits with its end (`RunLedger.succeed`). Pages of a
@@ -66,19 +67,19 @@ def _text_array(name: str) -> str:
 _ROWS = f"unnest({_text_array('keys')}, {_text_array('datas')}, {_text_array('hashes')})"
 """A page's (key, data, hash) rows from the packed parameters `keys`, `datas`, `hashes`."""
 
-# Which of a page's (key, hash) pairs differ from what is stored, and whether each is
-# new: an unchanged page answers with no rows at all. The stored hash is looked up per
+# Which of a page's (key, hash) pairs differ from what is stored (another hash, or a
+# deleted record back), and whether each is new: an unchanged page answers with no rows. The stored hash is looked up per
 # key (LATERAL): an index probe each, whatever the planner's statistics say. Right after
 # a large first load the table is not analyzed yet, and a plain join was planned as a
 # hash join over every record of the task.
 _CHANGED = text(
-    "SELECT t.k, r.hash IS NULL FROM unnest("  # noqa: S608 - constant SQL
+    "SELECT t.k, r.hash IS NULL OR r.deleted FROM unnest("  # noqa: S608 - constant SQL
     + _text_array("keys")
     + ", "
     + _text_array("hashes")
-    + ") AS t(k, h) LEFT JOIN LATERAL (SELECT r.hash FROM record r"
+    + ") AS t(k, h) LEFT JOIN LATERAL (SELECT r.hash, r.deleted FROM record r"
     " WHERE r.task_id = CAST(:task_id AS varchar) AND r.key = t.k) AS r ON true"
-    " WHERE r.hash IS DISTINCT FROM t.h"
+    " WHERE r.hash IS DISTINCT FROM t.h OR r.deleted"
 )
 
 _COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
@@ -118,19 +119,27 @@ _VALIDATORS = (
     " digest = excluded.digest, records_seen = excluded.records_seen,"
     " rejected = excluded.rejected, updated_at = excluded.updated_at RETURNING 1)"
 )
+# What "changed" means is written once for both upserts: another hash, or a record
+# that was deleted and is back (it is inserted again: a new `created_at`, so RETURNING
+# tells new rows by `created_at = :now`).
 _CHANGES = "(record.hash <> excluded.hash OR record.deleted)"
+_REVIVED = (
+    "created_at = CASE WHEN record.deleted THEN excluded.created_at ELSE record.created_at END"
+)
 _UPSERT_CHANGED = (
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
-    " seq = excluded.seq, updated_at = excluded.updated_at, deleted = false"
-    f" WHERE {_CHANGES} RETURNING xmax = 0 AS is_new, true AS changed"
+    f" seq = excluded.seq, updated_at = excluded.updated_at, {_REVIVED}, deleted = false"
+    f" WHERE {_CHANGES}"
+    " RETURNING created_at = CAST(:now AS timestamptz) AS is_new, true AS changed"
 )
 _UPSERT_MARKING = (
     # A sweeping run (detect_deletions) marks every row it sees; only changed rows move.
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
     f" seq = CASE WHEN {_CHANGES} THEN excluded.seq ELSE record.seq END,"
     f" updated_at = CASE WHEN {_CHANGES} THEN excluded.updated_at ELSE record.updated_at END,"
-    " deleted = false, seen_run = excluded.seen_run"
-    " RETURNING xmax = 0 AS is_new, updated_at = CAST(:now AS timestamptz) AS changed"
+    f" {_REVIVED}, deleted = false, seen_run = excluded.seen_run"
+    " RETURNING created_at = CAST(:now AS timestamptz) AS is_new,"
+    " updated_at = CAST(:now AS timestamptz) AS changed"
 )
 
 

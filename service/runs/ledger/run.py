@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from service.models.types import utcnow
-from service.runs.ledger.quiet import QuietPages
+from service.runs.ledger.progress import QuietPages
 from service.sync import Row, Validator, Watermark
 
 
@@ -50,9 +50,11 @@ class LeasedRun:
     """When this attempt began."""
     watermark: Watermark | None = None
     """The largest incremental cursor this run has seen (checkpointed with each page)."""
-    changing: bool = False
-    """Did the last page that was read change anything? A resync's pages are compared
-    read-only before writing; a first sync's go straight to the upsert."""
+    compares_first: bool = True
+    """Compare the next decoded page with what is stored, read-only, before writing it?
+    Yes while pages come back unchanged (a resync); no on a task with no records yet and
+    after a page that changed something (its rows go straight to the upsert), nor in a
+    sweep (every row must be written, to mark it seen)."""
     committed_pages: int = 0
     """Pages this attempt committed: an attempt that committed none is a failed one."""
     quiet: QuietPages = field(default_factory=QuietPages)
@@ -64,10 +66,11 @@ class LeasedRun:
 
     @property
     def sweeps(self) -> bool:
-        """This run reads the whole collection of a task that detects deletions: it
-        marks every record it sees, and at its end, deletes the ones it did not."""
-        whole = self.source.get("incremental") is None or bool(self.options.get("full_refresh"))
-        return bool(self.source.get("detect_deletions")) and whole
+        """This run detects deletions: it marks every record it sees and, at its end,
+        deletes the ones it did not. Decided once, when the run was triggered
+        (`runs.service`), so a task changed between attempts cannot make a run sweep
+        records an earlier attempt saw without marking them."""
+        return bool(self.options.get("sweep"))
 
     @property
     def rereads(self) -> bool:

@@ -38,13 +38,13 @@ from service.runs.ledger.statements import (
     RUN,
     TASK,
     claimed_run_update,
-    end_run,
     held,
+    succeed_run,
 )
 from service.sync import Row
 
 _CHANGED = text(
-    "SELECT j.value ->> 0, r.hash IS NULL FROM json_each(:pairs) AS j "
+    "SELECT j.value ->> 0, r.hash IS NULL OR r.deleted FROM json_each(:pairs) AS j "
     "LEFT JOIN record r ON r.task_id = :task_id AND r.key = j.value ->> 0 "
     "WHERE r.hash IS NOT (j.value ->> 1) OR r.deleted"
 )
@@ -53,7 +53,8 @@ _UPSERT = text(
     "SELECT :task_id, j.value ->> 0, j.value ->> 1, j.value ->> 2, :base + j.key, :now, :now "
     "FROM json_each(:rows) AS j WHERE true "
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
-    "seq = excluded.seq, updated_at = excluded.updated_at, deleted = false "
+    "seq = excluded.seq, updated_at = excluded.updated_at, deleted = false, "
+    "created_at = CASE WHEN record.deleted THEN excluded.created_at ELSE record.created_at END "
     "WHERE record.hash <> excluded.hash OR record.deleted"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _MARK_SEEN = text(
@@ -112,7 +113,7 @@ class SqliteLedger(RunLedger):
                 await session.rollback()
                 return Written(0, None)
             if write.ending is not None and not cancel:
-                await end_run(session, run, self.owner, write.ending)
+                await succeed_run(session, run, self.owner, write.ending)
         return Written(changed, cancel)
 
     async def _store_rows(

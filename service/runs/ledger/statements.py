@@ -62,7 +62,7 @@ def held(run_id: Any, owner: Any) -> Any:
     return and_(c.id == run_id, c.status == "running", c.lease_owner == owner)
 
 
-async def end_run(
+async def succeed_run(
     session: AsyncSession, run: LeasedRun, owner: str, ending: Ending, deleted: int = 0
 ) -> None:
     """The run succeeds (fenced) and its task records the outcome and watermark."""
@@ -115,13 +115,15 @@ async def sweep(session: AsyncSession, run: LeasedRun, now: datetime) -> int:
     return int(count)
 
 
-def end(
+def end_run(
     run: LeasedRun,
     owner: str,
     status: str,
     error: dict[str, Any] | None,
     entry: dict[str, Any] | None,
 ) -> Any:
+    """The statement that ends the run otherwise than by success (cancelled, failed),
+    fenced by the lease; `entry` is this attempt, appended to `attempts`."""
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),

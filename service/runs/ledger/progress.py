@@ -1,4 +1,5 @@
-"""Batching the progress of pages that write no records, and a page's counters."""
+"""A page's progress: its counters, the earlier copies of a key it supersedes, and the
+batch of quiet pages (pages that write no records) not yet committed."""
 
 from __future__ import annotations
 

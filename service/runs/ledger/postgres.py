@@ -68,10 +68,10 @@ _ROWS = f"unnest({_text_array('keys')}, {_text_array('datas')}, {_text_array('ha
 """A page's (key, data, hash) rows from the packed parameters `keys`, `datas`, `hashes`."""
 
 # Which of a page's (key, hash) pairs differ from what is stored (another hash, or a
-# deleted record back), and whether each is new: an unchanged page answers with no rows. The stored hash is looked up per
-# key (LATERAL): an index probe each, whatever the planner's statistics say. Right after
-# a large first load the table is not analyzed yet, and a plain join was planned as a
-# hash join over every record of the task.
+# deleted record back), and whether each is new: an unchanged page answers with no rows.
+# The stored hash is looked up per key (LATERAL): an index probe each, whatever the
+# planner's statistics say. Right after a large first load the table is not analyzed
+# yet, and a plain join was planned as a hash join over every record of the task.
 _CHANGED = text(
     "SELECT t.k, r.hash IS NULL OR r.deleted FROM unnest("  # noqa: S608 - constant SQL
     + _text_array("keys")

@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.sql.selectable import TextualSelect
 from sqlmodel import col
 
-from service.models import Record
+from service.models import Record, Task
 
 
 async def feed(session: AsyncSession, task_id: str, after: int, limit: int) -> Sequence[Record]:
@@ -21,6 +21,13 @@ async def feed(session: AsyncSession, task_id: str, after: int, limit: int) -> S
         .limit(limit)
     )
     return result.scalars().all()
+
+
+async def user_task_ids(session: AsyncSession, tenant_id: str, user_id: str) -> set[str]:
+    result = await session.execute(
+        select(col(Task.id)).where(col(Task.tenant_id) == tenant_id, col(Task.user_id) == user_id)
+    )
+    return set(result.scalars().all())
 
 
 # For each of the user's tasks, its position from the cursor (0 if absent); the seq of

@@ -34,11 +34,16 @@ async def user_changes(
     what it has after its position, and moving each position to the last seq returned
     skips and repeats nothing, whatever commits meanwhile. Seqs are per task (a global
     counter would serialise every page of every task), hence a vector, not one number.
+    Positions of tasks that are no longer the user's (deleted, given another user) are
+    dropped, so the cursor only ever holds the user's current tasks.
     """
-    positions = decode_positions(after, ["query", "after"])
+    given = decode_positions(after, ["query", "after"])
+    tasks = await repository.user_task_ids(session, tenant_id, user_id)
+    positions = {task_id: seq for task_id, seq in given.items() if task_id in tasks}
     records = await repository.user_changes(session, tenant_id, user_id, positions, limit)
-    if not records:  # the same cursor back, to poll with
-        return ChangeFeed(items=[], next_after=after or encode_positions({}))
+    if not records:  # the same cursor back to poll with, less tasks that are gone
+        same = positions == given and after
+        return ChangeFeed(items=[], next_after=after if same else encode_positions(positions))
     return ChangeFeed(
         items=[ChangeOut(task_id=record.task_id, **_item_fields(record)) for record in records],
         next_after=encode_positions(positions | {record.task_id: record.seq for record in records}),

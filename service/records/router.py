@@ -24,7 +24,7 @@ async def task_records(
     after: Annotated[int, Query(ge=0, description="Only records changed after this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> RecordFeed:
-    """The task's change feed: records inserted or changed after `after`"""
+    """The task's change feed: records inserted, changed or deleted after `after`"""
     return await service.change_feed(work.session, caller.tenant_id, task_id, after, limit)
 
 
@@ -49,7 +49,7 @@ async def user_changes(
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ChangeFeed:
-    """Records inserted or changed in any of the user's tasks since the cursor `after`,
+    """Records inserted, changed or deleted in any of the user's tasks since the cursor `after`,
     each naming its task.
 
     Items come in (seq, task_id) order: each task's in the order its records changed.

@@ -93,7 +93,7 @@ REQUEST_RETRY = RequestRetry()
 @dataclass(slots=True)
 class RetryCount:
     """The retries sent for one page so far. The caller keeps it, so the requests a fetch
-    made are known even if it is cancelled mid-way (a prediction `engine._Flight` drops)."""
+    made are known even if it is cancelled mid-way (a prediction `pages._Flight` drops)."""
 
     value: int = 0
 

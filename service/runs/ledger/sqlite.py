@@ -5,9 +5,11 @@ transaction is the natural unit. It takes the database's write lock at its first
 write and holds it to the commit, which orders pages (and their seqs) across every
 process sharing the file.
 
-What a commit does, in order, all in one transaction:
-1. the rows that differ from what is stored (compared inside the transaction), each
-   reserving a `seq` from the task row, upserted;
+What a commit does, in order, in one session, all of its writes in one transaction:
+1. the rows that differ from what is stored (compared first, in the same session: the
+   driver begins the transaction at the first write, but only this run's lease holder
+   writes the task's records, so nothing changes in between), each reserving a `seq`
+   from the task row, upserted;
 2. the page validators;
 3. the run's counters, checkpoint and lease, fenced by the lease: if this worker lost
    the run, nothing of the page is committed;
@@ -83,8 +85,8 @@ class SqliteLedger(RunLedger):
 
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
         """SQLite's RETURNING cannot see other tables, nor can its CTEs write: the task
-        is read in a second statement. The write comes first, so the transaction holds
-        the write lock from the start instead of failing to upgrade a read snapshot."""
+        is read in a second statement (each commits on its own; the run is ours from the
+        first). The write comes first, so no read snapshot has to be upgraded to a write."""
         run = (await session.execute(_CLAIM_RUN, params)).one_or_none()
         if run is None:
             return None

@@ -1,5 +1,5 @@
 """The worker process: builds what jobs share (engine, HTTP client, secrets) once, and
-runs the reconciler beside the jobs."""
+runs the reconciler and the scheduler beside the jobs."""
 
 from __future__ import annotations
 
@@ -22,6 +22,8 @@ from service.runs.jobs import sync_run
 from service.runs.ledger import ledger_for
 from service.runs.recovery import reconcile_forever
 from service.runs.runner import RunnerDeps
+from service.runs.scheduler import Scheduler
+from service.runs.scheduler import subscription as scheduler_subscription
 from service.sync import RequestRetry
 
 log = logging.getLogger(__name__)
@@ -74,6 +76,9 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             ),
         )
         if not burst:
+            scheduler = Scheduler(sessionmaker, queue)
+            wakeups = scheduler_subscription(settings.queue_name, ctx["redis"], scheduler)
+            ctx["scheduler"] = asyncio.create_task(scheduler.run_forever(wakeups))
             ctx["reconciler"] = asyncio.create_task(
                 reconcile_forever(
                     sessionmaker,
@@ -86,11 +91,12 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        reconciler: asyncio.Task[None] | None = ctx.get("reconciler")
-        if reconciler is not None:
-            reconciler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reconciler
+        for name in ("reconciler", "scheduler"):
+            loop: asyncio.Task[None] | None = ctx.get(name)
+            if loop is not None:
+                loop.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await loop
         deps: RunnerDeps | None = ctx.get("deps")
         if deps is not None:
             await deps.http.aclose()

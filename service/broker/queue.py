@@ -74,6 +74,10 @@ class Queue:
         if not_before is None:
             await self._pool.publish(doorbell_channel(self._queue_name), b"")
 
+    async def schedules_changed(self) -> None:
+        """Wake every worker's scheduler: a task's next slot may be sooner now."""
+        await self._pool.publish(schedules_channel(self._queue_name), b"")
+
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._pool.ping(), timeout=2))
@@ -82,6 +86,11 @@ class Queue:
 
     async def close(self) -> None:
         await self._pool.aclose()
+
+
+def schedules_channel(queue_name: str) -> str:
+    """Published when a task's schedule changes (`service.runs.scheduler`)."""
+    return f"{queue_name}:schedules"
 
 
 def doorbell_channel(queue_name: str) -> str:

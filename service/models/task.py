@@ -36,7 +36,12 @@ class Task(SQLModel, table=True):
     paused: bool = False
     consecutive_failures: int = 0
     last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
-    next_run_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    next_run_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
+    """The task's next schedule slot; null when it has no schedule or is paused, so the
+    scheduler's one indexed query finds only what it may start."""
+    skipped_runs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """Schedule slots skipped because the previous run was still active (WorkManager's
+    KEEP policy: a slot never stacks a second run)."""
     watermark: Any | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     record_seq: int = Field(default=0, sa_type=BigInt)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

@@ -64,6 +64,19 @@ async def trigger(
     raise Conflict("the task's runs are changing too fast; try again")
 
 
+async def start_scheduled(session: AsyncSession, task: Task) -> Run | None:
+    """The run of a schedule's slot, or None when the task's previous run is still
+    queued, running or retrying: the slot is skipped, not stacked (WorkManager's KEEP)."""
+    run = Run(
+        id=new_id("run"),
+        task_id=task.id,
+        tenant_id=task.tenant_id,
+        trigger="schedule",
+        options=_options(task, None),
+    )
+    return await repository.insert_unless_active(session, run)
+
+
 async def get_run(session: AsyncSession, tenant_id: str, run_id: str) -> Run:
     run = await repository.get_for_tenant(session, tenant_id, run_id)
     if run is None:

@@ -4,7 +4,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Body, Query, Response, status
 
-from service.dependencies import AppSettings, Caller, Secrets, State, Work
+from service.dependencies import AppSettings, Caller, JobQueue, Secrets, State, Work
 from service.errors import (
     Conflict,
     IdempotencyKeyInUse,
@@ -41,6 +41,7 @@ _COMMON = (Unauthenticated, InvalidInput)
 async def create_task(
     work: Work,
     caller: Caller,
+    queue: JobQueue,
     secrets: Secrets,
     settings: AppSettings,
     idempotency: Idempotent,
@@ -61,6 +62,8 @@ async def create_task(
     task, created = await service.create_task(
         work.session, secrets, settings, caller.tenant_id, body, on_conflict
     )
+    if task.next_run_at is not None:
+        work.after_commit(queue.schedules_changed)  # wake the schedulers: a new slot
     return idempotency.respond(
         await service.describe(work.session, task),
         status.HTTP_201_CREATED if created else status.HTTP_200_OK,
@@ -105,6 +108,7 @@ async def get_task(work: Work, caller: Caller, task_id: str) -> TaskOut:
 async def update_task(
     work: Work,
     caller: Caller,
+    queue: JobQueue,
     secrets: Secrets,
     settings: AppSettings,
     task_id: str,
@@ -114,6 +118,8 @@ async def update_task(
     task = await service.update_task(
         work.session, secrets, settings, caller.tenant_id, task_id, patch
     )
+    if {"schedule", "paused"} & patch.model_fields_set:
+        work.after_commit(queue.schedules_changed)  # the next slot may be sooner
     return await service.describe(work.session, task)
 
 

@@ -123,6 +123,7 @@ class TaskOut(BaseModel):
                     "state": "active",
                     "paused": False,
                     "next_run_at": None,
+                    "skipped_runs": 0,
                     "last_run": None,
                     "last_success_at": None,
                     "consecutive_failures": 0,
@@ -146,7 +147,13 @@ class TaskOut(BaseModel):
     tags: list[str]
     state: Literal["active", "paused"]
     paused: bool
-    next_run_at: datetime | None
+    next_run_at: datetime | None = Field(
+        description="When the schedule starts the next run; null without a schedule or paused."
+    )
+    skipped_runs: int = Field(
+        default=0,
+        description="Schedule slots skipped because the previous run was still active.",
+    )
     last_run: RunSummary | None
     last_success_at: datetime | None
     consecutive_failures: int

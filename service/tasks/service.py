@@ -304,6 +304,7 @@ def to_out(task: Task, last_run: Run | None) -> TaskOut:
         state="paused" if task.paused else "active",
         paused=task.paused,
         next_run_at=task.next_run_at,
+        skipped_runs=task.skipped_runs,
         last_run=RunSummary.model_validate(last_run, from_attributes=True) if last_run else None,
         last_success_at=task.last_success_at,
         consecutive_failures=task.consecutive_failures,

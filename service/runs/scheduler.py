@@ -1,0 +1,136 @@
+"""The scheduler: starts the runs of schedule slots that fall due. One runs in every
+worker process; the database decides which of them starts each slot.
+
+A tick asks the database one indexed question when nothing is due — the soonest
+`next_run_at` of any task (null for paused and unscheduled tasks) — and then sleeps
+until that moment, or until an API process says a schedule changed (Redis pub/sub), or
+`MAX_SLEEP_SECONDS` as a safety net. When slots are due, it claims them in batches: an
+UPDATE of the due rows that takes them (PostgreSQL: `FOR UPDATE SKIP LOCKED`, so
+schedulers in other workers pass them by; SQLite: the write takes the database's lock,
+so one scheduler claims at a time), starts a run for each unless the task's previous
+run is still active (then the slot is counted in `skipped_runs`), and moves each task to
+its first slot after now — slots missed while everything was down give one catch-up
+run, not one each. Runs are enqueued after the commit; one whose enqueue is lost (Redis
+away) is re-sent by the reconciler, from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from datetime import datetime
+
+from redis.asyncio import Redis
+from sqlalchemy import bindparam, func, select, update
+from sqlmodel import col
+
+from service.broker.channel import Subscription
+from service.broker.queue import Queue, schedules_channel
+from service.db import SessionMaker, transaction
+from service.models import Task, metadata
+from service.models.types import UTCDateTime, utcnow
+from service.runs.service import start_scheduled
+from service.tasks.schedule import next_run_at
+
+log = logging.getLogger(__name__)
+
+BATCH = 200
+"""Slots claimed per transaction."""
+MAX_SLEEP_SECONDS = 60.0
+"""The longest a scheduler sleeps without a due slot or a schedule change to wake it
+(a change published while this worker was not subscribed, Redis away)."""
+
+_TASK = metadata.tables["task"]
+_SOONEST = select(func.min(_TASK.c.next_run_at))
+_DUE = (
+    select(_TASK.c.id)
+    .where(_TASK.c.next_run_at <= bindparam("now", type_=UTCDateTime()))
+    .order_by(_TASK.c.next_run_at)
+    .limit(bindparam("limit"))
+    .with_for_update(skip_locked=True)
+)
+_CLAIM = (
+    update(_TASK)
+    .where(_TASK.c.id.in_(_DUE.scalar_subquery()))
+    .values(next_run_at=_TASK.c.next_run_at)  # a write first: the claim takes the rows
+    .returning(_TASK.c.id)
+)
+
+
+class Scheduler:
+    def __init__(self, sessionmaker: SessionMaker, queue: Queue) -> None:
+        self._sessionmaker, self._queue = sessionmaker, queue
+        self._changed = asyncio.Event()
+
+    def schedules_changed(self, _message: bytes = b"") -> None:
+        self._changed.set()
+
+    async def run_forever(self, subscription: Subscription | None = None) -> None:
+        """Tick, then sleep until the next slot or a change; never stops on an error."""
+        if subscription is not None:
+            subscription.start()
+        try:
+            while True:
+                self._changed.clear()  # a change during the tick wakes the sleep at once
+                try:
+                    delay = await self.tick()
+                except Exception:
+                    log.warning("scheduler tick failed; trying again", exc_info=True)
+                    delay = 1.0
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._changed.wait(), min(delay, MAX_SLEEP_SECONDS))
+        finally:
+            if subscription is not None:
+                await subscription.close()
+
+    async def tick(self) -> float:
+        """Start every slot due now; returns the seconds until the next one."""
+        while True:
+            now = utcnow()
+            async with self._sessionmaker() as session:
+                soonest: datetime | None = (await session.execute(_SOONEST)).scalar()
+            if soonest is None:
+                return MAX_SLEEP_SECONDS
+            if soonest > now:
+                return (soonest - now).total_seconds()
+            if await self.fire_due(now) == 0:  # due, but another scheduler has them
+                return 0.05
+
+    async def fire_due(self, now: datetime) -> int:
+        """Claim up to `BATCH` due slots and start their runs; returns how many slots."""
+        started: list[str] = []
+        async with transaction(self._sessionmaker) as session:
+            claimed = (await session.execute(_CLAIM, {"now": now, "limit": BATCH})).scalars()
+            ids = list(claimed)
+            tasks = (await session.scalars(select(Task).where(col(Task.id).in_(ids)))).all()
+            for task in tasks:
+                if task.paused or not task.schedule:  # changed without clearing its slot
+                    task.next_run_at = None
+                    continue
+                run = await start_scheduled(session, task)
+                if run is None:
+                    task.skipped_runs += 1
+                else:
+                    started.append(run.id)
+                task.next_run_at = next_run_at(task.schedule, task.id, now)
+        for run_id in started:
+            try:
+                await self._queue.enqueue_run(run_id)
+            except Exception:  # the run is queued in the database: the reconciler re-sends
+                log.warning("could not enqueue scheduled run %s", run_id, exc_info=True)
+        if ids:
+            log.info(
+                "scheduler started %d run(s), skipped %d", len(started), len(ids) - len(started)
+            )
+        return len(ids)
+
+
+def subscription(queue_name: str, redis: Redis, scheduler: Scheduler) -> Subscription:
+    """Wakes `scheduler` whenever an API process publishes a schedule change."""
+    return Subscription(
+        redis,
+        schedules_channel(queue_name),
+        scheduler.schedules_changed,
+        purpose="schedule changes",
+    )

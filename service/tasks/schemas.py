@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from cronsim import CronSim, CronSimError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from service.sync import Limits, Retry, Source
 
 RunStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
+
+# Any aware moment will do to parse a cron expression (cronsim parses in its constructor).
+_ANY_MOMENT = datetime(2026, 1, 1, tzinfo=UTC)
 
 Tag = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[\w.:/-]+$")]
 
@@ -50,17 +61,55 @@ class Schedule(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    every_seconds: int | None = Field(default=None, ge=1)
-    jitter_seconds: int = Field(default=0, ge=0)
-    cron: str | None = Field(default=None, max_length=200)
-    timezone: str = "UTC"
+    every_seconds: int | None = Field(
+        default=None,
+        ge=1,
+        description="At least `BACKSYNC_MIN_INTERVAL_SECONDS` (60 by default). Slots sit at "
+        "a fixed phase of the period, taken from the task id.",
+    )
+    cron: str | None = Field(
+        default=None,
+        max_length=200,
+        description="5 fields: minute hour day-of-month month day-of-week, in `timezone`.",
+        examples=["0 9 * * 1-5"],
+    )
+    jitter_seconds: int = Field(
+        default=0,
+        ge=0,
+        description="With `every_seconds` only, and less than it: each slot is delayed by "
+        "its own 0..jitter_seconds.",
+    )
+    timezone: str = Field(default="UTC", description="An IANA time zone name, for `cron`.")
+
+    @field_validator("cron")
+    @classmethod
+    def _parsable_cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        fields = value.split()
+        if len(fields) != 5:
+            raise ValueError("cron must have 5 fields: minute hour day-of-month month day-of-week")
+        try:
+            CronSim(value, _ANY_MOMENT)
+        except CronSimError as exc:
+            raise ValueError(f"not a valid cron expression: {exc}") from exc
+        return " ".join(fields)
+
+    # Declared after every_seconds and cron so that it sees them (when they are valid).
+    @field_validator("jitter_seconds")
+    @classmethod
+    def _jitter_within_the_period(cls, value: int, info: ValidationInfo) -> int:
+        every, cron = info.data.get("every_seconds"), info.data.get("cron")
+        if value and cron is not None and every is None:
+            raise ValueError("jitter_seconds applies to every_seconds only (use 0 with cron)")
+        if every is not None and value >= every:
+            raise ValueError(f"must be less than every_seconds ({every})")
+        return value
 
     @model_validator(mode="after")
     def _one_kind(self) -> Schedule:
         if (self.every_seconds is None) == (self.cron is None):
             raise ValueError("give exactly one of every_seconds or cron")
-        if self.cron is not None and len(self.cron.split()) != 5:
-            raise ValueError("cron must have 5 fields: minute hour day month weekday")
         return self
 
     @field_validator("timezone")
@@ -148,7 +197,7 @@ class TaskOut(BaseModel):
     state: Literal["active", "paused"]
     paused: bool
     next_run_at: datetime | None = Field(
-        description="When the schedule starts the next run; null without a schedule or paused."
+        description="When the schedule fires next; null without a schedule or while paused."
     )
     skipped_runs: int = Field(
         default=0,

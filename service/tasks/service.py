@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ValidationError
@@ -25,6 +26,7 @@ from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
 from service.sync import SECRET_FIELDS, Source, TargetRefused, check_target
 from service.tasks import repository
+from service.tasks.schedule import next_run_at
 from service.tasks.schemas import RunSummary, TaskIn, TaskOut, TaskPage, TaskPatch
 
 OnConflict = Literal["fail", "keep", "replace", "update"]
@@ -168,7 +170,11 @@ async def _check_target(body: TaskIn, settings: Settings) -> None:
 
 
 def _check_policy(body: TaskIn, settings: Settings) -> None:
-    """What the schema cannot say: storable values and the minimum interval."""
+    """What the schema cannot say: storable values and the minimum interval.
+
+    Checked on every task about to be stored: a new one, a replacement, a merged update or
+    a patched task.
+    """
     _check_storable(body)
     schedule = body.schedule
     if (
@@ -183,6 +189,7 @@ def _check_policy(body: TaskIn, settings: Settings) -> None:
 
 
 async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: SecretBox) -> None:
+    schedule_before, paused_before, now = task.schedule, task.paused, utcnow()
     task.source, task.auth_ciphertext = _seal(body.source, secrets)
     task.name = body.name
     task.user_id = body.user_id
@@ -195,8 +202,27 @@ async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: Secre
     task.health_mapping = body.health_mapping
     task.tags = list(dict.fromkeys(body.tags))
     task.paused = body.paused
-    task.updated_at = utcnow()
+    task.next_run_at = _next_slot(task, schedule_before, paused_before, now)
+    task.updated_at = now
     await repository.set_tags(session, task.id, task.tags)
+
+
+def _next_slot(
+    task: Task, schedule_before: dict[str, Any] | None, paused_before: bool, now: datetime
+) -> datetime | None:
+    """The task's `next_run_at` after a change: none while paused or unscheduled; a new one
+    when the schedule changed, the task was unpaused or it had none (stored before
+    schedules were computed); otherwise the one it had.
+
+    Keeping it matters: a slot that is due (or overdue, while the scheduler was down) is
+    the scheduler's to fire, and recomputing from now on an unrelated change (tags, a
+    parameter) would skip it.
+    """
+    if task.paused or task.schedule is None:
+        return None
+    if task.schedule != schedule_before or paused_before or task.next_run_at is None:
+        return next_run_at(task.schedule, task.id, now)
+    return task.next_run_at
 
 
 async def create_task(
@@ -225,11 +251,16 @@ async def create_task(
             existing = await repository.by_name(session, tenant_id, body.name)
             if existing is None:
                 raise
-    return await _resolve_conflict(session, secrets, existing, body, on_conflict), False
+    return await _resolve_conflict(session, secrets, settings, existing, body, on_conflict), False
 
 
 async def _resolve_conflict(
-    session: AsyncSession, secrets: SecretBox, existing: Task, body: TaskIn, on_conflict: OnConflict
+    session: AsyncSession,
+    secrets: SecretBox,
+    settings: Settings,
+    existing: Task,
+    body: TaskIn,
+    on_conflict: OnConflict,
 ) -> Task:
     if on_conflict == "fail":
         raise Conflict(
@@ -242,7 +273,9 @@ async def _resolve_conflict(
         current = _document(existing, secrets)
         patched = merge_patch(current, body.model_dump(mode="json", exclude_unset=True))
         _keep_masked_secrets(current, patched)
-        await _apply(session, existing, _validated(patched), secrets)
+        merged = _validated(patched)
+        _check_policy(merged, settings)
+        await _apply(session, existing, merged, secrets)
     await session.flush()
     return existing
 
@@ -303,7 +336,7 @@ def to_out(task: Task, last_run: Run | None) -> TaskOut:
         tags=task.tags,
         state="paused" if task.paused else "active",
         paused=task.paused,
-        next_run_at=task.next_run_at,
+        next_run_at=None if task.paused else task.next_run_at,
         skipped_runs=task.skipped_runs,
         last_run=RunSummary.model_validate(last_run, from_attributes=True) if last_run else None,
         last_success_at=task.last_success_at,

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 from datetime import datetime
+from typing import Any
 
 from redis.asyncio import Redis
 from sqlalchemy import bindparam, func, select, update
@@ -58,6 +59,16 @@ _CLAIM = (
 )
 
 
+_UNSLOTTED = select(_TASK.c.id, _TASK.c.schedule).where(
+    _TASK.c.next_run_at.is_(None), _TASK.c.paused.is_(False)
+)
+_SET_SLOT = (
+    update(_TASK)
+    .where(_TASK.c.id == bindparam("task_id"), _TASK.c.next_run_at.is_(None))
+    .values(next_run_at=bindparam("at", type_=UTCDateTime()))
+)
+
+
 class Scheduler:
     def __init__(self, sessionmaker: SessionMaker, queue: Queue) -> None:
         self._sessionmaker, self._queue = sessionmaker, queue
@@ -71,6 +82,8 @@ class Scheduler:
         if subscription is not None:
             subscription.start()
         try:
+            with contextlib.suppress(Exception):  # a failed heal is tried at the next start
+                await heal(self._sessionmaker)
             while True:
                 self._changed.clear()  # a change during the tick wakes the sleep at once
                 try:
@@ -113,7 +126,7 @@ class Scheduler:
                     task.skipped_runs += 1
                 else:
                     started.append(run.id)
-                task.next_run_at = next_run_at(task.schedule, task.id, now)
+                task.next_run_at = _slot(task.id, task.schedule, now)
         for run_id in started:
             try:
                 await self._queue.enqueue_run(run_id)
@@ -124,6 +137,31 @@ class Scheduler:
                 "scheduler started %d run(s), skipped %d", len(started), len(ids) - len(started)
             )
         return len(ids)
+
+
+def _slot(task_id: str, schedule: dict[str, Any] | None, now: datetime) -> datetime | None:
+    """The task's first slot after now; None (never again, logged) for a schedule that
+    cannot be evaluated, such as a cron stored before cron expressions were checked."""
+    try:
+        return next_run_at(schedule, task_id, now)
+    except ValueError:
+        log.warning("task %s: schedule %r cannot be evaluated", task_id, schedule)
+        return None
+
+
+async def heal(sessionmaker: SessionMaker) -> int:
+    """Give a first slot to active scheduled tasks that have none (stored before the
+    scheduler existed): once, when a worker starts. Reads two columns of the tasks
+    without a slot; writes only the scheduled ones."""
+    now = utcnow()
+    async with transaction(sessionmaker) as session:
+        rows = await session.execute(_UNSLOTTED)
+        slots = {task_id: _slot(task_id, schedule, now) for task_id, schedule in rows if schedule}
+        for task_id, slot in slots.items():
+            await session.execute(_SET_SLOT, {"task_id": task_id, "at": slot})
+    if slots:
+        log.info("scheduler gave %d scheduled task(s) their first slot", len(slots))
+    return len(slots)
 
 
 def subscription(queue_name: str, redis: Redis, scheduler: Scheduler) -> Subscription:

@@ -479,8 +479,11 @@ def _line(values: list[float]) -> str:
 # ---- main ---------------------------------------------------------------------------
 
 
-def bench_settings(args: argparse.Namespace, tmpdir: Path) -> tuple[Settings, str | None]:
-    """The bench's settings and, for PostgreSQL, the admin URL that creates its database."""
+def bench_settings(
+    args: argparse.Namespace, tmpdir: Path, name: str = "conc", **extra: Any
+) -> tuple[Settings, str | None]:
+    """The bench's settings (queue and keys of its own, named after `name`) and, for
+    PostgreSQL, the admin URL that creates its database."""
     database_url, admin_url = bench_database(args.database_url, args.database_name, tmpdir)
     tag = secrets.token_hex(4)
     settings = Settings(
@@ -488,11 +491,11 @@ def bench_settings(args: argparse.Namespace, tmpdir: Path) -> tuple[Settings, st
         database_url=database_url,
         redis_url=args.redis_url,
         secret_keys=[Fernet.generate_key().decode()],
-        queue_name=f"backsync:bench-conc:{tag}",
-        redis_key_prefix=f"backsync-bench-conc-{tag}",
-        worker_max_jobs=args.max_jobs,
+        queue_name=f"backsync:bench-{name}:{tag}",
+        redis_key_prefix=f"backsync-bench-{name}-{tag}",
         block_private_targets=False,
         log_level="WARNING",
+        **extra,
     )
     return settings, admin_url
 
@@ -507,7 +510,7 @@ def _is_local(admin_url: str | None) -> bool:
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     tmpdir = Path(tempfile.mkdtemp(prefix="backsync-bench-conc-"))
-    settings, admin_url = bench_settings(args, tmpdir)
+    settings, admin_url = bench_settings(args, tmpdir, worker_max_jobs=args.max_jobs)
     upstream: subprocess.Popen[str] | None = None
     worker: subprocess.Popen[bytes] | None = None
     sampler: RssSampler | None = None

@@ -70,7 +70,6 @@ import asyncio
 import contextlib
 import json
 import re
-import secrets
 import shutil
 import socket
 import statistics
@@ -86,7 +85,6 @@ from urllib.parse import urlsplit
 import psutil  # type: ignore[import-untyped, unused-ignore]
 from arq.constants import expires_extra_ms, job_key_prefix
 from arq.jobs import serialize_job
-from cryptography.fernet import Fernet
 from redis.asyncio import Redis
 from sqlalchemy import bindparam, insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -95,6 +93,7 @@ from sqlmodel import col
 from bench.concurrency import (
     _env_pair,
     _is_local,
+    bench_settings,
     clean_redis,
     spread,
     start_py_spy,
@@ -106,7 +105,6 @@ from bench.ingest import (
     CpuMeter,
     _admin,
     add_server_arguments,
-    bench_database,
     code_version,
     cpu_seconds,
     machine,
@@ -145,22 +143,6 @@ FIXED_LOOP = "import time;t=time.time();s=0\nfor i in range(10_000_000): s+=i\np
 
 
 # ---- setup --------------------------------------------------------------------------
-
-
-def bench_settings(args: argparse.Namespace, tmpdir: Path) -> tuple[Settings, str | None]:
-    database_url, admin_url = bench_database(args.database_url, args.database_name, tmpdir)
-    tag = secrets.token_hex(4)
-    settings = Settings(
-        _env_file=None,
-        database_url=database_url,
-        redis_url=args.redis_url,
-        secret_keys=[Fernet.generate_key().decode()],
-        queue_name=f"backsync:bench-sched:{tag}",
-        redis_key_prefix=f"backsync-bench-sched-{tag}",
-        block_private_targets=False,
-        log_level="WARNING",
-    )
-    return settings, admin_url
 
 
 def task_name(index: int) -> str:
@@ -961,7 +943,7 @@ def print_breakdown(split: dict[str, Any] | None) -> None:
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     loop_before = fixed_loop_seconds()
     tmpdir = Path(tempfile.mkdtemp(prefix="backsync-bench-sched-"))
-    settings, admin_url = bench_settings(args, tmpdir)
+    settings, admin_url = bench_settings(args, tmpdir, "sched")
     if admin_url is None:
         raise BenchError("the scheduler benchmark needs PostgreSQL")
     workers: list[subprocess.Popen[bytes]] = []

@@ -140,12 +140,9 @@ class RunLedger(abc.ABC):
                 return await self._quiet(run, progress, checkpoint, own, last)
             rows = [row for key, row in final.items() if key in changed]  # page order
         progress = run.quiet.merged(page_progress(page, **earlier))
-        ends = last and not run.sweeps  # a sweep ends in `succeed`, after its last page
-        write = self._page_write(run, rows, len(final), progress, checkpoint, own, ends)
-        outcome, written = await self._commit(run, write)
+        write = self._page_write(run, rows, len(final), progress, checkpoint, own, last)
+        outcome, written = await self._commit(run, write, last)
         run.compares_first = not run.sweeps and (written is None or written.changed == 0)
-        if last and outcome is Outcome.CONTINUE:
-            return await self.succeed(run)
         return outcome
 
     async def settle(self, run: LeasedRun, requests: int = 0) -> Outcome:
@@ -164,8 +161,7 @@ class RunLedger(abc.ABC):
         """End a run whose last page is committed: one resumed after its last page, or
         one that detects deletions, whose sweep commits with its end. The task row is
         locked first, as every page commit and a task's deletion take it."""
-        ending = self._page_write(run, [], 0, {}, run.checkpoint, [], last=True).ending
-        assert ending is not None
+        ending = self._ending(run, 0)
         async with transaction(self.sessionmaker) as session:
             await session.execute(LOCK_TASK, {"task_id": run.task_id})
             fence = update(RUN).where(held(run.run_id, self.owner))
@@ -194,11 +190,8 @@ class RunLedger(abc.ABC):
         quiet.add(progress, checkpoint, validators)
         if not last and not quiet.due():
             return Outcome.CONTINUE
-        ends = last and not run.sweeps  # a sweep ends in `succeed`, after its last page
-        write = self._page_write(run, [], 0, quiet.progress, checkpoint, [], ends)
-        outcome, _ = await self._commit(run, write)
-        if last and outcome is Outcome.CONTINUE:
-            return await self.succeed(run)
+        write = self._page_write(run, [], 0, quiet.progress, checkpoint, [], last)
+        outcome, _ = await self._commit(run, write, last)
         return outcome
 
     def _page_write(
@@ -211,14 +204,9 @@ class RunLedger(abc.ABC):
         own: list[tuple[str, Validator]],
         last: bool = False,
     ) -> PageWrite:
-        """A commit of `rows` with the batched quiet pages before them."""
-        now = utcnow()
-        ending = None
-        if last:
-            moved = later(run.task_watermark, run.watermark) if run.moves_watermark else None
-            entry = run.attempt_entry(None, counted=False)
-            entry["pages"] += progress.get("pages", 0)  # those this very commit ends with
-            ending = Ending([*run.attempts, entry], now, moved)
+        """A commit of `rows` with the batched quiet pages before them; the last page's
+        also ends the run, but a sweep's (it ends in `succeed`, after its last page)."""
+        ending = self._ending(run, progress.get("pages", 0)) if last and not run.sweeps else None
         return PageWrite(
             rows=rows,
             distinct=distinct,
@@ -226,11 +214,22 @@ class RunLedger(abc.ABC):
             checkpoint=checkpoint,
             validators=[*run.quiet.validators, *own],
             lease_until=self.lease_until(),
-            now=now,
+            now=ending.now if ending else utcnow(),
             ending=ending,
         )
 
-    async def _commit(self, run: LeasedRun, write: PageWrite) -> tuple[Outcome, Written | None]:
+    def _ending(self, run: LeasedRun, pages: int) -> Ending:
+        """Success: the attempt as `attempts` shows it (with the `pages` the ending commit
+        adds) and the task's new watermark."""
+        moved = later(run.task_watermark, run.watermark) if run.moves_watermark else None
+        entry = run.attempt_entry(None, counted=False)
+        entry["pages"] += pages
+        return Ending([*run.attempts, entry], utcnow(), moved)
+
+    async def _commit(
+        self, run: LeasedRun, write: PageWrite, last: bool = False
+    ) -> tuple[Outcome, Written | None]:
+        """Write; then the outcome, ending a sweeping run after its last page."""
         run.quiet.clear()  # before: a commit whose reply is lost must not be written again
         written = await self._write(run, write)
         if written.cancel_requested is None:
@@ -240,7 +239,11 @@ class RunLedger(abc.ABC):
         if written.cancel_requested:
             await self.cancel(run)
             return Outcome.CANCELLED, written
-        return (Outcome.FINISHED if write.ending else Outcome.CONTINUE), written
+        if write.ending:
+            return Outcome.FINISHED, written
+        if last:  # a sweep: its last page is in, its sweep and end follow
+            return await self.succeed(run), written
+        return Outcome.CONTINUE, written
 
     # ---- ending a run otherwise, and its lease ----------------------------------------
 

@@ -46,13 +46,27 @@ def _require_production_settings(settings: Settings) -> None:
         raise _fail("BACKSYNC_SECRET_KEYS is not set. Make one with: backsync secrets generate")
 
 
+Host = Annotated[str | None, typer.Option("--host", help="Bind address (BACKSYNC_HOST)")]
+Port = Annotated[int | None, typer.Option("--port", help="API port (BACKSYNC_PORT)")]
+
+
+def _bind(host: str | None, port: int | None) -> None:
+    """`--host`/`--port` win over the environment, for this process and its children."""
+    if host is not None:
+        os.environ["BACKSYNC_HOST"] = host
+    if port is not None:
+        os.environ["BACKSYNC_PORT"] = str(port)
+    get_settings.cache_clear()
+
+
 @app.command()
-def api() -> None:
+def api(host: Host = None, port: Port = None) -> None:
     """Serve the HTTP API (uvicorn; BACKSYNC_API_WORKERS processes)."""
     import uvicorn
 
     from service.logs import configure_logging
 
+    _bind(host, port)
     settings = get_settings()
     _require_production_settings(settings)
     configure_logging(settings.log_format, settings.log_level)
@@ -203,8 +217,9 @@ def _state_value(path: Path, make: str) -> str:
 
 
 @app.command()
-def dev() -> None:
+def dev(host: Host = None, port: Port = None) -> None:
     """Everything on one machine: migrations, embedded Redis, API on :8000 and a worker."""
+    _bind(host, port)
     settings = get_settings()
     with _dev_processes(settings) as (children, api_key, redis_url):
         _banner(settings, api_key, redis_url)
@@ -212,11 +227,12 @@ def dev() -> None:
 
 
 @app.command()
-def demo() -> None:
+def demo(host: Host = None, port: Port = None) -> None:
     """`dev` plus a built-in wearable-like upstream, a demo task, and its runs live."""
     from service.demo.upstream import DemoUpstream
     from service.demo.walkthrough import run_demo
 
+    _bind(host, port)
     settings = get_settings()
     upstream = DemoUpstream()
     upstream_url = upstream.start()

@@ -71,9 +71,9 @@ def test_dev_runs_everything_with_embedded_defaults_and_stops_cleanly(
     url = upstream.route("/wearable", lambda _r: JSONResponse({"data": [{"id": 1}, {"id": 2}]}))
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
-    env |= {"BACKSYNC_PORT": str(port), "BACKSYNC_STATE_DIR": str(tmp_path / "state")}
+    env |= {"BACKSYNC_STATE_DIR": str(tmp_path / "state")}  # the port comes from --port
     process = subprocess.Popen(
-        [sys.executable, "-m", "service", "dev"],
+        [sys.executable, "-m", "service", "dev", "--port", str(port)],
         cwd=tmp_path,
         env=env,
         stdout=subprocess.PIPE,

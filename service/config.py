@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     """The first in-place retry of a failed request waits up to this long, the next ones
     twice as long each (full jitter; `service.sync.request_retry`)."""
 
+    auto_pause_after_failures: int = Field(default=10, ge=0)
+    """Failed runs in a row after which a task pauses itself and emits `task.paused`
+    (0: never)."""
+    event_retention_days: float = Field(default=30, gt=0)
+    """Events older than this are pruned from the feed (`GET /v1/events`)."""
+
     @field_validator("secret_keys", "allowed_targets", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:

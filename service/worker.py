@@ -18,6 +18,7 @@ from service.config import Settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
 from service.http_client import create_upstream_client
+from service.notifications.service import prune_forever
 from service.runs.jobs import sync_run
 from service.runs.ledger import ledger_for
 from service.runs.recovery import reconcile_forever
@@ -65,7 +66,12 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         await budget.start()
         ctx["engine"] = engine
         ctx["deps"] = RunnerDeps(
-            ledger=ledger_for(sessionmaker, worker_identity(), settings.lease_seconds),
+            ledger=ledger_for(
+                sessionmaker,
+                worker_identity(),
+                settings.lease_seconds,
+                settings.auto_pause_after_failures,
+            ),
             http=create_upstream_client(settings),
             secrets=SecretBox(settings.secret_keys),
             queue=queue,
@@ -87,11 +93,14 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                     settings.queued_grace_seconds,
                 )
             )
+            ctx["pruner"] = asyncio.create_task(
+                prune_forever(sessionmaker, settings.event_retention_days)
+            )
         _calm_the_garbage_collector()
         log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        for name in ("reconciler", "scheduler"):
+        for name in ("reconciler", "scheduler", "pruner"):
             loop: asyncio.Task[None] | None = ctx.get(name)
             if loop is not None:
                 loop.cancel()

@@ -10,6 +10,7 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
+from service.models.event import Event  # noqa: E402
 from service.models.idempotency import IdempotencyRecord  # noqa: E402
 from service.models.page_validator import PageValidator  # noqa: E402
 from service.models.record import Record  # noqa: E402
@@ -23,6 +24,7 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_STATUSES",
     "ApiKey",
+    "Event",
     "IdempotencyRecord",
     "PageValidator",
     "Record",

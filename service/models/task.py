@@ -34,7 +34,14 @@ class Task(SQLModel, table=True):
     )
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     paused: bool = False
+    paused_reason: str | None = Field(default=None, max_length=40)
+    """`client` (paused through the API) or `consecutive_failures` (paused by the worker
+    after `BACKSYNC_AUTO_PAUSE_AFTER_FAILURES` failed runs in a row)."""
     consecutive_failures: int = 0
+    auth_failed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    """When the upstream last refused the task's credentials (401/403) in the current
+    failure streak: `task.auth_failed` is emitted once per streak, and a success or new
+    credentials end the streak."""
     last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     next_run_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     """The task's next schedule slot; null when it has no schedule or is paused, so the

@@ -171,11 +171,13 @@ class TaskOut(BaseModel):
                     },
                     "state": "active",
                     "paused": False,
+                    "paused_reason": None,
                     "next_run_at": None,
                     "skipped_runs": 0,
                     "last_run": None,
                     "last_success_at": None,
                     "consecutive_failures": 0,
+                    "auth_failed_at": None,
                     "watermark": None,
                     "created_at": "2026-11-22T10:00:00Z",
                     "updated_at": "2026-11-22T10:00:00Z",
@@ -196,6 +198,14 @@ class TaskOut(BaseModel):
     tags: list[str]
     state: Literal["active", "paused"]
     paused: bool
+    paused_reason: Literal["client", "consecutive_failures"] | None = Field(
+        default=None,
+        description=(
+            "Why the task is paused: `client` (through the API) or `consecutive_failures`"
+            " (by the worker after `BACKSYNC_AUTO_PAUSE_AFTER_FAILURES` failed runs in a"
+            ' row; PATCH `{"paused": false}` resumes it). Null while active.'
+        ),
+    )
     next_run_at: datetime | None = Field(
         description="When the schedule fires next; null without a schedule or while paused."
     )
@@ -205,7 +215,14 @@ class TaskOut(BaseModel):
     )
     last_run: RunSummary | None
     last_success_at: datetime | None
-    consecutive_failures: int
+    consecutive_failures: int = Field(description="Failed runs since the last success.")
+    auth_failed_at: datetime | None = Field(
+        default=None,
+        description=(
+            "When the upstream last refused the task's credentials (401/403) since its last"
+            " success: ask the user to reconnect. Cleared by a success or new credentials."
+        ),
+    )
     watermark: Any | None
     created_at: datetime
     updated_at: datetime

@@ -190,6 +190,8 @@ def _check_policy(body: TaskIn, settings: Settings) -> None:
 
 async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: SecretBox) -> None:
     schedule_before, paused_before, now = task.schedule, task.paused, utcnow()
+    if _credentials_changed(task, body, secrets):
+        task.auth_failed_at = None  # new credentials: a refusal is news again
     task.source, task.auth_ciphertext = _seal(body.source, secrets)
     task.name = body.name
     task.user_id = body.user_id
@@ -202,9 +204,18 @@ async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: Secre
     task.health_mapping = body.health_mapping
     task.tags = list(dict.fromkeys(body.tags))
     task.paused = body.paused
+    if task.paused != paused_before:
+        task.paused_reason = "client" if task.paused else None
     task.next_run_at = _next_slot(task, schedule_before, paused_before, now)
     task.updated_at = now
     await repository.set_tags(session, task.id, task.tags)
+
+
+def _credentials_changed(task: Task, body: TaskIn, secrets: SecretBox) -> bool:
+    new = body.source.auth.model_dump(mode="json")
+    sealed = new if SECRET_FIELDS[new["type"]] else None  # what `_seal` keeps
+    stored = secrets.decrypt_json(task.auth_ciphertext) if task.auth_ciphertext else None
+    return bool(stored != sealed)
 
 
 def _next_slot(
@@ -336,11 +347,13 @@ def to_out(task: Task, last_run: Run | None) -> TaskOut:
         tags=task.tags,
         state="paused" if task.paused else "active",
         paused=task.paused,
+        paused_reason=task.paused_reason if task.paused else None,
         next_run_at=None if task.paused else task.next_run_at,
         skipped_runs=task.skipped_runs,
         last_run=RunSummary.model_validate(last_run, from_attributes=True) if last_run else None,
         last_success_at=task.last_success_at,
         consecutive_failures=task.consecutive_failures,
+        auth_failed_at=task.auth_failed_at,
         watermark=task.watermark,
         created_at=task.created_at,
         updated_at=task.updated_at,

@@ -80,6 +80,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                 base_delay=settings.upstream_retry_delay_seconds,
                 max_delay=8 * settings.upstream_retry_delay_seconds,
             ),
+            max_hold_seconds=settings.upstream_max_hold_seconds,
         )
         if not burst:
             scheduler = Scheduler(sessionmaker, queue)

@@ -1,0 +1,130 @@
+"""Inputs that used to park or crash runs (issue: hardening): a `Retry-After` of days,
+header and credential values no HTTP request can carry, and a run that crashes on
+something other than the database or Redis. Real worker, Redis, database, upstream."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from starlette.responses import JSONResponse
+
+from service.config import Settings
+from service.db import create_engine
+from service.models.types import utcnow
+from tests.fixtures.upstream import Upstream, make_records
+from tests.helpers import create_task, http_task, sync, trigger
+
+PATIENT = {
+    "max_attempts": 5,
+    "backoff": "linear",
+    "initial_delay_seconds": 0.05,
+    "max_delay_seconds": 60,
+}
+
+
+async def test_a_retry_after_of_days_ends_the_run_saying_until_when(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
+) -> None:
+    url = upstream.route(
+        "/busy", lambda _r: JSONResponse({}, status_code=429, headers={"Retry-After": "999999"})
+    )
+    task = await create_task(client, auth, {**http_task(url), "retry": PATIENT})
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "failed", run
+    assert (run["error"]["code"], run["error"]["retryable"]) == ("upstream_held", False)
+    asked_until = (utcnow() + timedelta(seconds=999999)).strftime("%Y-%m-%dT%H")
+    assert asked_until in run["error"]["message"]
+    assert "60 s" in run["error"]["message"]  # the task's max_delay_seconds is the limit
+    assert run["next_attempt_at"] is None
+    again = await trigger(client, auth, task["id"])
+    assert again["id"] != run["id"]  # the task is not stuck behind a parked run
+
+
+async def test_a_retry_after_within_the_limits_is_waited_for(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
+) -> None:
+    answers = iter([JSONResponse({}, status_code=429, headers={"Retry-After": "1"})] * 8)
+    url = upstream.route("/soon", lambda _r: next(answers, JSONResponse(make_records(2))))
+    task = await create_task(client, auth, {**http_task(url), "retry": PATIENT})
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "succeeded", run
+    assert run["stats"]["inserted"] == 2
+
+
+@pytest.mark.parametrize(
+    ("source", "loc"),
+    [
+        ({"headers": {"X-Team": "café"}}, ["body", "source", "headers", "X-Team"]),
+        ({"headers": {"X-Team": "a\r\nX-Evil: 1"}}, ["body", "source", "headers", "X-Team"]),
+        (
+            {"auth": {"type": "bearer", "token": "tøken"}},
+            ["body", "source", "auth", "bearer", "token"],
+        ),
+        (
+            {"auth": {"type": "header", "name": "X-Key", "value": "ключ"}},
+            ["body", "source", "auth", "header", "value"],
+        ),
+        (
+            {"auth": {"type": "basic", "username": "a:b", "password": "p"}},
+            ["body", "source", "auth", "basic", "username"],
+        ),
+    ],
+)
+@pytest.mark.parametrize("path", ["/v1/tasks", "/v1/tasks:validate"])
+async def test_values_no_request_can_carry_are_refused_at_registration(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    source: dict[str, Any],
+    loc: list[str],
+    path: str,
+) -> None:
+    body = http_task("https://api.example.com/items", **source)
+
+    response = await client.post(path, json=body, headers=auth)
+
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    assert loc in [error["loc"] for error in response.json()["errors"]]
+    for secret in ("tøken", "ключ"):
+        assert secret not in response.text
+
+
+async def test_a_run_that_crashes_the_same_way_every_time_fails_at_once(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    settings: Settings,
+    worker: object,
+) -> None:
+    """A task stored before its header was refused at the edge: its run crashes in the
+    worker. It ends at the first attempt, naming what broke, not after five."""
+    url = upstream.route("/ok", lambda _r: JSONResponse(make_records(1)))
+    task = await create_task(client, auth, {**http_task(url), "retry": PATIENT})
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as connection:
+            source = {**task["source"], "headers": {"X-Team": "caf\u00e9-secret"}}
+            await connection.execute(
+                text("UPDATE task SET source = :s WHERE id = :id"),
+                {"s": json.dumps(source), "id": task["id"]},
+            )
+    finally:
+        await engine.dispose()
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "failed", run
+    assert run["attempt"] == 1 and len(run["attempts"]) == 1
+    assert (run["error"]["code"], run["error"]["retryable"]) == ("internal_error", False)
+    assert "ValidationError" in run["error"]["message"]
+    assert "secret" not in run["error"]["message"]
+    assert upstream.hits("/ok") == []

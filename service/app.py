@@ -25,6 +25,7 @@ from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.ops.router import router as ops_router
+from service.push.router import router as push_router
 from service.records.router import router as records_router
 from service.runs.router import router as runs_router
 from service.state import AppState
@@ -162,6 +163,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "tasks", "description": "Register and manage sync tasks"},
             {"name": "runs", "description": "Trigger, inspect and cancel runs"},
             {"name": "records", "description": "The change feed of synced records"},
+            {
+                "name": "push",
+                "description": "Secret URLs a provider's new-data notification calls to"
+                " trigger a task (`/v1/push/{token}` needs no API key)",
+            },
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
@@ -172,6 +178,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NulFreeUrl)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
-    for router in (tasks_router, runs_router, records_router, ops_router):
+    for router in (tasks_router, runs_router, records_router, push_router, ops_router):
         app.include_router(router)
     return app

@@ -12,6 +12,7 @@ SQLModel.metadata.naming_convention = {
 
 from service.models.idempotency import IdempotencyRecord  # noqa: E402
 from service.models.page_validator import PageValidator  # noqa: E402
+from service.models.push_url import PushUrl  # noqa: E402
 from service.models.record import Record  # noqa: E402
 from service.models.run import ACTIVE_STATUSES, FINAL_STATUSES, Run  # noqa: E402
 from service.models.task import Task, TaskTag  # noqa: E402
@@ -25,6 +26,7 @@ __all__ = [
     "ApiKey",
     "IdempotencyRecord",
     "PageValidator",
+    "PushUrl",
     "Record",
     "Run",
     "Task",

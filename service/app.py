@@ -26,6 +26,7 @@ from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.notifications.router import router as events_router
 from service.ops.router import router as ops_router
+from service.push.router import router as push_router
 from service.records.router import router as records_router
 from service.runs.router import router as runs_router
 from service.state import AppState
@@ -167,6 +168,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "name": "events",
                 "description": "What happened: runs ended, records changed, tasks paused",
             },
+            {
+                "name": "push",
+                "description": "Secret URLs a provider's new-data notification calls to"
+                " trigger a task (`/v1/push/{token}` needs no API key)",
+            },
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
@@ -177,6 +183,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NulFreeUrl)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
-    for router in (tasks_router, runs_router, records_router, events_router, ops_router):
+    routers = (tasks_router, runs_router, records_router, events_router, push_router, ops_router)
+    for router in routers:
         app.include_router(router)
     return app

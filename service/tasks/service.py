@@ -74,6 +74,7 @@ def _document(task: Task, secrets: SecretBox) -> dict[str, Any]:
         "health_mapping": task.health_mapping,
         "tags": task.tags,
         "paused": task.paused,
+        "debounce_seconds": task.debounce_seconds,
     }
 
 
@@ -206,6 +207,7 @@ async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: Secre
     task.paused = body.paused
     if task.paused != paused_before:
         task.paused_reason = "client" if task.paused else None
+    task.debounce_seconds = body.debounce_seconds
     task.next_run_at = _next_slot(task, schedule_before, paused_before, now)
     task.updated_at = now
     await repository.set_tags(session, task.id, task.tags)
@@ -350,6 +352,7 @@ def to_out(task: Task, last_run: Run | None) -> TaskOut:
         paused_reason=task.paused_reason if task.paused else None,
         next_run_at=None if task.paused else task.next_run_at,
         skipped_runs=task.skipped_runs,
+        debounce_seconds=task.debounce_seconds,
         last_run=RunSummary.model_validate(last_run, from_attributes=True) if last_run else None,
         last_success_at=task.last_success_at,
         consecutive_failures=task.consecutive_failures,

@@ -128,3 +128,38 @@ async def test_a_run_that_crashes_the_same_way_every_time_fails_at_once(
     assert "ValidationError" in run["error"]["message"]
     assert "secret" not in run["error"]["message"]
     assert upstream.hits("/ok") == []
+
+
+@pytest.mark.parametrize("cycle", [["a", "b"], ["a", "b", "c"]])
+async def test_a_pagination_cycle_of_any_length_fails_the_run_at_once(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    worker: object,
+    cycle: list[str],
+) -> None:
+    """a -> b -> a: the second visit is caught before anything of it is stored (it used
+    to crash PostgreSQL's batched validator upsert, and SQLite fetched to max_pages)."""
+    following = dict(zip(cycle, [*cycle[1:], cycle[0]], strict=True))
+
+    def page(request: Any) -> JSONResponse:
+        name = request.query_params.get("p", "a")
+        return JSONResponse(
+            {"data": [{"id": name}], "next": f"{upstream.base_url}/cycle?p={following[name]}"}
+        )
+
+    url = upstream.route("/cycle", page)
+    body = http_task(
+        url,
+        params={"p": "a"},
+        records_path="data",
+        pagination={"type": "next_url", "next_url_path": "next"},
+    )
+    task = await create_task(client, auth, {**body, "retry": PATIENT})
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "failed", run
+    assert (run["error"]["code"], run["error"]["retryable"]) == ("pagination_loop", False)
+    assert len(upstream.hits("/cycle")) == len(cycle)
+    assert run["stats"]["pages"] == len(cycle) - 1  # the page that closes the cycle is not kept

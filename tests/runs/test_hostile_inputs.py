@@ -10,12 +10,14 @@ from typing import Any
 
 import httpx
 import pytest
+from cryptography.fernet import Fernet
 from sqlalchemy import text
 from starlette.responses import JSONResponse
 
 from service.config import Settings
 from service.db import create_engine
 from service.models.types import utcnow
+from tests.fixtures.app import api_client
 from tests.fixtures.upstream import Upstream, make_records
 from tests.helpers import create_task, http_task, sync, trigger
 
@@ -163,3 +165,47 @@ async def test_a_pagination_cycle_of_any_length_fails_the_run_at_once(
     assert (run["error"]["code"], run["error"]["retryable"]) == ("pagination_loop", False)
     assert len(upstream.hits("/cycle")) == len(cycle)
     assert run["stats"]["pages"] == len(cycle) - 1  # the page that closes the cycle is not kept
+
+
+@pytest.mark.parametrize("path", ["/v1/tasks/tsk_x/records", "/v1/events"])
+async def test_a_cursor_past_the_largest_seq_is_a_422(
+    client: httpx.AsyncClient, auth: dict[str, str], path: str
+) -> None:
+    response = await client.get(path, params={"after": 2**63}, headers=auth)
+
+    assert response.status_code == 422, response.text
+    assert ["query", "after"] in [error["loc"] for error in response.json()["errors"]]
+
+
+async def test_a_task_whose_credentials_no_longer_decrypt_can_be_paused_or_given_new_ones(
+    auth: dict[str, str], settings: Settings
+) -> None:
+    body = http_task(
+        "https://api.example.com/items", auth={"type": "bearer", "token": "old-token-123456"}
+    )
+    async with api_client(settings) as before:
+        task = await create_task(before, auth, body)
+    rotated = settings.model_copy(update={"secret_keys": [Fernet.generate_key().decode()]})
+    async with api_client(rotated) as client:  # the old key is gone from the server
+        path = f"/v1/tasks/{task['id']}"
+
+        tagged = await client.patch(path, json={"tags": ["x"]}, headers=auth)
+        assert tagged.status_code == 409, tagged.text
+        assert tagged.json()["type"] == "urn:backsync:problem:credentials-unreadable"
+        masked = {"source": {"auth": {"type": "bearer", "token": "****3456"}}}
+        assert (await client.patch(path, json=masked, headers=auth)).status_code == 409
+        upsert = await client.post(
+            "/v1/tasks?on_conflict=update",
+            json=http_task("https://api.example.com/items"),
+            headers=auth,
+        )
+        assert upsert.status_code == 409, upsert.text
+
+        paused = await client.patch(path, json={"paused": True}, headers=auth)
+        assert (paused.status_code, paused.json()["state"]) == (200, "paused")
+
+        fresh = {"source": {"auth": {"type": "bearer", "token": "new-token-654321"}}}
+        replaced = await client.patch(path, json=fresh, headers=auth)
+        assert replaced.status_code == 200, replaced.text
+        assert replaced.json()["source"]["auth"] == {"type": "bearer", "token": "****4321"}
+        assert (await client.patch(path, json={"tags": ["x"]}, headers=auth)).status_code == 200

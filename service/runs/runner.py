@@ -29,7 +29,7 @@ import sqlalchemy.exc
 
 from service.broker.queue import Queue
 from service.crypto import SecretBox, SecretBoxError
-from service.logs import bind_log_context
+from service.logs import bind_log_context, bind_secrets
 from service.models.types import utcnow
 from service.runs.ledger import LeasedRun, Outcome, RunLedger
 from service.sync import (
@@ -44,6 +44,7 @@ from service.sync import (
     UpstreamClient,
     iter_pages,
     next_delay,
+    secret_values,
     start_params,
 )
 from service.tasks.service import unsealed_source
@@ -175,6 +176,7 @@ def _source(secrets: SecretBox, run: LeasedRun) -> Source:
         source = unsealed_source(run.source, run.auth_ciphertext, secrets)
     except SecretBoxError as exc:
         raise SyncError(str(exc), code="credentials_unreadable") from exc
+    bind_secrets(secret_values(source.auth))  # masked in this run's logs, by value
     if source.incremental is None or "url" in run.checkpoint:
         return source
     backfill = run.options.get("backfill")

@@ -89,6 +89,11 @@ SECRET_FIELDS: dict[str, tuple[str, ...]] = {
 }
 
 
+def secret_values(auth: NoAuth | BearerAuth | HeaderAuth | QueryAuth | BasicAuth) -> list[str]:
+    """The credential values in `auth` (what logs and errors must never show)."""
+    return [getattr(auth, name) for name in SECRET_FIELDS[auth.type]]
+
+
 class NoPagination(_Strict):
     """One request."""
 

@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
@@ -89,6 +91,10 @@ async def _unauthenticated(request: Request) -> JSONResponse | None:
     return None
 
 
+def _operation_id(route: APIRoute) -> str:
+    return route.name
+
+
 def _needs_caller(route: object) -> bool:
     dependant = getattr(route, "dependant", None)
     return dependant is not None and _calls(dependant, current_principal)
@@ -155,7 +161,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await queue.close()
             await engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files shipped in the
+    # installed package (fastapi-offline), not from a CDN, so they work on a machine with
+    # no internet access.
+    app = FastAPIOffline(
+        # Readable, stable operation ids (`list_tasks`, not `list_tasks_v1_tasks_get`): a
+        # generated client's method names (tests/test_openapi.py checks they are unique).
+        generate_unique_id_function=_operation_id,
         title="Backsync",
         version=__version__,
         description=DESCRIPTION,

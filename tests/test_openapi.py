@@ -74,3 +74,11 @@ def test_request_and_response_models_carry_examples() -> None:
         "PushReceipt",
     ):
         assert schemas[name].get("examples"), f"{name} has no example"
+
+
+def test_operation_ids_are_readable_and_unique() -> None:
+    """They name a generated client's methods: `list_tasks`, not `list_tasks_v1_tasks_get`."""
+    ids = [operation["operationId"] for _, _, operation in _operations()]
+    assert len(ids) == len(set(ids)), sorted(ids)
+    assert "list_tasks" in ids and "get_run" in ids
+    assert not [i for i in ids if "_v1_" in i]

@@ -127,6 +127,7 @@ _NOTIFY_RESPONSES: dict[int | str, dict[str, object]] = {
 )
 @router.put(
     _PUSH,
+    operation_id="push_notify_put",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=PushReceipt,
     responses=_NOTIFY_RESPONSES,

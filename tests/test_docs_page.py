@@ -9,19 +9,12 @@ except in CI (`CI` set), where a missing browser fails it.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
-from collections.abc import AsyncIterator
 from urllib.parse import urlparse
 
 import pytest
-import uvicorn
 from playwright.async_api import Route, async_playwright
-
-from service.app import create_app
-from service.config import Settings
-from tests.fixtures.upstream import free_port
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 LOOPBACK = {"127.0.0.1", "localhost"}
@@ -31,23 +24,6 @@ if CHROMIUM is None and os.environ.get("CI"):
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium): docs page NOT tested"
 )
-
-
-@pytest.fixture
-async def served(settings: Settings) -> AsyncIterator[str]:
-    """The app on a real port of loopback (the browser needs HTTP, not ASGI)."""
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=port, log_level="warning")
-    )
-    serving = asyncio.create_task(server.serve())
-    while not server.started:
-        await asyncio.sleep(0.02)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await serving
 
 
 async def test_the_docs_page_works_offline_and_try_it_out_succeeds(
@@ -79,7 +55,9 @@ async def test_the_docs_page_works_offline_and_try_it_out_succeeds(
             await operation.locator(".opblock-summary").click()
             await operation.locator("button.try-out__btn").click()
             await operation.locator("button.execute").click()
-            status = operation.locator(".live-responses-table tr.response .response-col_status").first
+            status = operation.locator(
+                ".live-responses-table tr.response .response-col_status"
+            ).first
             await status.wait_for(timeout=15_000)
             shown = (await status.inner_text()).strip()
             body = await operation.locator(".live-responses-table .microlight").first.inner_text()

@@ -53,9 +53,9 @@ def test_v1_operations_document_problem_errors_with_examples() -> None:
         else:
             assert "401" in errors, f"{method} {path} does not document 401"
         for code, response in errors.items():
-            if code == "422" and "application/problem+json" not in response.get("content", {}):
-                continue  # FastAPI's own validation entry; the handler renders it as a problem
+            assert list(response["content"]) == ["application/problem+json"], f"{path} {code}"
             problem = response["content"]["application/problem+json"]
+            assert problem["schema"] == {"$ref": "#/components/schemas/Problem"}, f"{path} {code}"
             assert problem.get("example"), f"{method} {path} {code} has no example"
 
 

@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -166,6 +167,23 @@ class TaskPatch(BaseModel):
     debounce_seconds: int | None = None
 
 
+# Parts of a task as stored, documented as the models they were validated with when the
+# task was registered. They are not validated again on the way out: a task stored under
+# older rules must still be readable (and fixable) through the API.
+StoredSource = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Source"}]})
+]
+StoredSchedule = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Schedule"}]})
+]
+StoredRetry = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Retry"}]})
+]
+StoredLimits = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Limits"}]})
+]
+
+
 class TaskOut(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -199,10 +217,10 @@ class TaskOut(BaseModel):
     name: str
     user_id: str | None
     kind: str
-    source: dict[str, Any] = Field(description="The source, credentials masked as `****abcd`.")
-    schedule: dict[str, Any] | None
-    retry: dict[str, Any]
-    limits: dict[str, Any]
+    source: StoredSource = Field(description="The source, credentials masked as `****abcd`.")
+    schedule: StoredSchedule | None
+    retry: StoredRetry
+    limits: StoredLimits
     health_mapping: dict[str, Any] | None
     tags: list[str]
     state: Literal["active", "paused"]

@@ -25,6 +25,7 @@ from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.notifications.router import router as events_router
+from service.notifications.webhooks.router import router as webhooks_router
 from service.ops.router import router as ops_router
 from service.records.router import router as records_router
 from service.runs.router import router as runs_router
@@ -167,6 +168,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "name": "events",
                 "description": "What happened: runs ended, records changed, tasks paused",
             },
+            {
+                "name": "webhooks",
+                "description": "Events delivered to your endpoints, signed per Standard Webhooks",
+            },
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
@@ -179,4 +184,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestId)
     for router in (tasks_router, runs_router, records_router, events_router, ops_router):
         app.include_router(router)
+    app.include_router(webhooks_router)
     return app

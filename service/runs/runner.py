@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -64,6 +64,10 @@ _INTERNAL_ERROR: dict[str, Any] = {
 }
 
 
+def _nobody_listens() -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerDeps:
     ledger: RunLedger
@@ -74,6 +78,8 @@ class RunnerDeps:
     """Shared per-host request budget (rate limits, Retry-After holds) across workers."""
     request_retry: RequestRetry = REQUEST_RETRY
     """How a failed request is tried again in place, before it ends the attempt."""
+    events_written: Callable[[], None] = _nobody_listens
+    """Rung when a run ends (its end wrote events): the worker's webhook deliverer."""
 
 
 async def execute_run(deps: RunnerDeps, run_id: str) -> None:
@@ -95,6 +101,7 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
             await _failed(deps, run, _INTERNAL_ERROR, None, 0)
         else:
             log.info("run %s attempt %s: %s", run_id, run.attempt, outcome.value)
+    deps.events_written()  # a ring that finds no new event costs one query
 
 
 async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:

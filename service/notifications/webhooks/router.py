@@ -25,6 +25,7 @@ _COMMON = (Unauthenticated, InvalidInput)
 
 @router.post(
     "",
+    summary="Subscribe an endpoint",
     status_code=status.HTTP_201_CREATED,
     response_model=WebhookWithSecret,
     responses=problem_responses(*_COMMON, Conflict),
@@ -48,14 +49,22 @@ async def create_webhook(
     return created
 
 
-@router.get("", response_model=WebhookList, responses=problem_responses(Unauthenticated))
+@router.get(
+    "",
+    summary="List webhook endpoints",
+    response_model=WebhookList,
+    responses=problem_responses(Unauthenticated),
+)
 async def list_webhooks(work: Work, caller: Caller) -> WebhookList:
     """List the endpoints (never their secrets)"""
     return await service.list_webhooks(work.session, caller.tenant_id)
 
 
 @router.get(
-    "/{webhook_id}", response_model=WebhookOut, responses=problem_responses(*_COMMON, NotFound)
+    "/{webhook_id}",
+    summary="Inspect a webhook endpoint",
+    response_model=WebhookOut,
+    responses=problem_responses(*_COMMON, NotFound),
 )
 async def get_webhook(work: Work, caller: Caller, webhook_id: str) -> WebhookOut:
     """Inspect an endpoint"""
@@ -63,7 +72,10 @@ async def get_webhook(work: Work, caller: Caller, webhook_id: str) -> WebhookOut
 
 
 @router.patch(
-    "/{webhook_id}", response_model=WebhookOut, responses=problem_responses(*_COMMON, NotFound)
+    "/{webhook_id}",
+    summary="Change, disable or re-enable an endpoint",
+    response_model=WebhookOut,
+    responses=problem_responses(*_COMMON, NotFound),
 )
 async def update_webhook(
     work: Work, caller: Caller, settings: AppSettings, webhook_id: str, patch: WebhookPatch
@@ -75,6 +87,7 @@ async def update_webhook(
 
 @router.delete(
     "/{webhook_id}",
+    summary="Unsubscribe an endpoint",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(*_COMMON, NotFound),
@@ -86,6 +99,7 @@ async def delete_webhook(work: Work, caller: Caller, webhook_id: str) -> None:
 
 @router.post(
     "/{webhook_id}/rotate-secret",
+    summary="Rotate the signing secret",
     response_model=WebhookWithSecret,
     responses=problem_responses(*_COMMON, NotFound),
 )
@@ -103,6 +117,7 @@ async def rotate_secret(
 
 @router.post(
     "/{webhook_id}/test",
+    summary="Send a test ping",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=DeliveryOut,
     responses=problem_responses(*_COMMON, NotFound),
@@ -120,6 +135,7 @@ async def test_webhook(work: Work, caller: Caller, queue: JobQueue, webhook_id: 
 
 @router.get(
     "/{webhook_id}/deliveries",
+    summary="The delivery log",
     response_model=DeliveryPage,
     responses=problem_responses(*_COMMON, NotFound),
 )

@@ -41,6 +41,7 @@ class Received:
     headers: dict[str, str]
     body: bytes
     at: float
+    query: dict[str, str]
 
 
 @dataclass
@@ -51,14 +52,20 @@ class Receiver:
     url: str
     script: list[int | str] = field(default_factory=list)
     received: list[Received] = field(default_factory=list)
+    hang_seconds: float = TIMEOUT * 4
 
     async def handle(self, request: Request) -> Response:
         self.received.append(
-            Received(dict(request.headers), await request.body(), time.monotonic())
+            Received(
+                dict(request.headers),
+                await request.body(),
+                time.monotonic(),
+                dict(request.query_params),
+            )
         )
         step = self.script.pop(0) if self.script else 204
         if step == "hang":
-            await asyncio.sleep(TIMEOUT * 4)
+            await asyncio.sleep(self.hang_seconds)
             return Response(status_code=200)
         assert isinstance(step, int)
         return Response(b"nope" if step >= 300 else b"", status_code=step)

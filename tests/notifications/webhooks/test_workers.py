@@ -7,6 +7,7 @@ import asyncio
 import os
 import signal
 from collections import Counter
+from typing import Any
 
 import httpx
 from sqlalchemy import func, select
@@ -99,12 +100,12 @@ async def test_a_worker_killed_mid_delivery_loses_nothing(
 
 async def _all_settled(
     client: httpx.AsyncClient, auth: dict[str, str], webhook_id: str, count: int
-) -> list[dict[str, object]]:
+) -> list[dict[str, Any]]:
     for _ in range(1500):
         response = await client.get(
             f"/v1/webhooks/{webhook_id}/deliveries", params={"limit": 200}, headers=auth
         )
-        items: list[dict[str, object]] = response.json()["items"]
+        items: list[dict[str, Any]] = response.json()["items"]
         if len(items) == count and all(item["status"] != "pending" for item in items):
             return items
         await asyncio.sleep(0.02)

@@ -6,9 +6,10 @@ endpoint and sends each delivery (`fanout`, `sender`). It sleeps until a doorbel
 API process did (`Queue.webhooks_due`) — or `webhook_poll_seconds` at most, which is
 also how a retry that falls due or a ring lost while Redis was away is noticed.
 
-Two coroutines share it: the fan-out, which on a ring makes the deliveries (and hands
-them to the sender in-process), and the sender, which keeps up to
-`webhook_max_in_flight` attempts going at once.
+Three coroutines share it: the fan-out, which on a ring makes the deliveries (and
+hands them to the sender in-process); the sender, which keeps up to
+`webhook_max_in_flight` attempts going at once; and the recorder, which writes the
+attempts that ended, in batches, on one connection.
 """
 
 from __future__ import annotations
@@ -26,9 +27,12 @@ from service.crypto import SecretBox
 from service.db import SessionMaker
 from service.http_client import create_upstream_client
 from service.notifications.webhooks.fanout import fan_out
-from service.notifications.webhooks.sender import Claimed, Sender
+from service.notifications.webhooks.sender import Attempt, Claimed, Sender
 
 log = logging.getLogger(__name__)
+
+RECORD_BATCH = 200
+"""Attempts written per transaction at most."""
 
 
 def build(sessionmaker: SessionMaker, secrets: SecretBox, settings: Settings) -> Deliverer:
@@ -51,7 +55,10 @@ class Deliverer:
         self._max_in_flight, self._poll = max_in_flight, poll
         self._events = asyncio.Event()
         self._due = asyncio.Event()
-        self._in_flight: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[None]] = set()
+        self._results: asyncio.Queue[tuple[Claimed, Attempt]] = asyncio.Queue()
+        self._busy = 0
+        """Deliveries claimed and not yet recorded: at most `max_in_flight`."""
         self._backlog = False
         """The last claim took all it could: more may be due as soon as a slot frees."""
 
@@ -64,11 +71,13 @@ class Deliverer:
         if subscription is not None:
             subscription.start()
         try:
-            await asyncio.gather(self._fan_out_forever(), self._send_forever())
+            await asyncio.gather(
+                self._fan_out_forever(), self._send_forever(), self._record_forever()
+            )
         finally:
-            for task in list(self._in_flight):  # their claims lapse; another sender retries
+            for task in list(self._sending):  # their claims lapse; another sender retries
                 task.cancel()
-            await asyncio.gather(*self._in_flight, return_exceptions=True)
+            await asyncio.gather(*self._sending, return_exceptions=True)
             if subscription is not None:
                 await subscription.close()
             await self._sender.close()
@@ -95,7 +104,7 @@ class Deliverer:
     async def _send_forever(self) -> None:
         while True:
             self._due.clear()
-            free = self._max_in_flight - len(self._in_flight)
+            free = self._max_in_flight - self._busy
             if free > 0:
                 try:
                     claimed = await self._sender.claim(free)
@@ -103,26 +112,31 @@ class Deliverer:
                     log.warning("claiming webhook deliveries failed; trying again", exc_info=True)
                     claimed = []
                 self._backlog = len(claimed) == free
+                self._busy += len(claimed)
                 for delivery in claimed:
-                    self._start(delivery)
+                    task = asyncio.create_task(self._send(delivery))
+                    self._sending.add(task)
+                    task.add_done_callback(self._sending.discard)
             await _wait(self._due, self._poll)
 
-    def _start(self, delivery: Claimed) -> None:
-        task = asyncio.create_task(self._deliver(delivery))
-        self._in_flight.add(task)
-        task.add_done_callback(self._finished)
+    async def _send(self, delivery: Claimed) -> None:
+        await self._results.put((delivery, await self._sender.attempt(delivery)))
 
-    def _finished(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        if self._backlog:
-            self._due.set()
-
-    async def _deliver(self, delivery: Claimed) -> None:
-        try:
-            if await self._sender.deliver(delivery):
-                self._events.set()  # `webhook.disabled` was written: fan it out
-        except Exception:  # the claim lapses and the delivery is tried again
-            log.warning("webhook delivery %s failed to record", delivery.id, exc_info=True)
+    async def _record_forever(self) -> None:
+        """Write attempts as they end, all that have ended at once in one transaction:
+        one connection for any number in flight, and a commit shared under load."""
+        while True:
+            batch = [await self._results.get()]
+            while not self._results.empty() and len(batch) < RECORD_BATCH:
+                batch.append(self._results.get_nowait())
+            try:
+                if await self._sender.record(batch):
+                    self._events.set()  # `webhook.disabled` was written: fan it out
+            except Exception:  # the claims lapse and the deliveries are tried again
+                log.warning("recording %d webhook attempt(s) failed", len(batch), exc_info=True)
+            self._busy -= len(batch)
+            if self._backlog:
+                self._due.set()
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

@@ -4,10 +4,8 @@ A claim is one UPDATE of due rows (PostgreSQL `FOR UPDATE SKIP LOCKED`; SQLite: 
 writer at a time) that counts the attempt and pushes `next_attempt_at` past the
 attempt's timeout: that is the claim's lease. A sender killed mid-request leaves the
 delivery to be claimed again once the lease lapses, with the same `webhook-id`, so
-delivery is at least once and receivers dedupe by that id. An attempt's result is
-written only if the delivery is still at that attempt (the fence), and the endpoint
-row is always written before the delivery row, the order the API and the fan-out take
-them in.
+delivery is at least once and receivers dedupe by that id. Attempts are recorded in
+batches (`record`), each only if its delivery is still at that attempt (the fence).
 
 An answer in 2xx is a success. Anything else (another status, a redirect, which is
 not followed, a timeout, a refused connection or target) is a failure, retried after
@@ -70,6 +68,29 @@ _CLAIM = (
         DELIVERY.c.payload,
         DELIVERY.c.attempts,
         DELIVERY.c.attempt_log,
+    )
+)
+_NOT_FAILING = (
+    update(WEBHOOK)
+    .where(WEBHOOK.c.id.in_(bindparam("ids", expanding=True)), WEBHOOK.c.failing_since.is_not(None))
+    .values(failing_since=None)
+)
+_RECORD = (
+    update(DELIVERY)
+    .where(
+        # Fenced: only if the delivery is still at this attempt (a sender whose claim
+        # lapsed, or an endpoint disabled meanwhile, writes nothing).
+        DELIVERY.c.id == bindparam("delivery_id"),
+        DELIVERY.c.attempts == bindparam("attempt"),
+        DELIVERY.c.status == "pending",
+    )
+    .values(
+        status=bindparam("new_status"),
+        next_attempt_at=bindparam("next_at"),
+        last_attempt_at=bindparam("at"),
+        last_status_code=bindparam("code"),
+        last_error=bindparam("error"),
+        attempt_log=bindparam("log"),
     )
 )
 _ENDPOINTS = select(
@@ -169,15 +190,51 @@ class Sender:
             keys=keys,
         )
 
-    async def deliver(self, delivery: Claimed) -> bool:
-        """Attempt it and record the attempt; True when that wrote an event (the
-        endpoint was disabled)."""
-        attempt = await self.attempt(delivery)
+    async def record(self, results: list[tuple[Claimed, Attempt]]) -> bool:
+        """Write a batch of attempts in one transaction (one connection, however many
+        attempts are in flight); True when that wrote an event (an endpoint disabled).
+
+        Rows are taken in one order, endpoints, then deliveries, then the tenant (the
+        event), the order the API and the fan-out take them in.
+        """
+        now = utcnow()
         async with transaction(self._sessionmaker) as session:
-            if attempt.ok:
-                await _succeeded(session, delivery, attempt)
-                return False
-            return await self._failed(session, delivery, attempt)
+            succeeded = {d.webhook_id for d, attempt in results if attempt.ok}
+            failing = sorted({d.webhook_id for d, attempt in results if not attempt.ok})
+            if succeeded:
+                await session.execute(_NOT_FAILING, {"ids": list(succeeded)})
+            disabled = {
+                d.webhook_id: event
+                for d in _first_per_webhook(results, failing)
+                if (event := await self._disable_if_failing(session, d, now)) is not None
+            }
+            rows = [self._outcome(d, attempt, d.webhook_id in disabled) for d, attempt in results]
+            await session.execute(_RECORD, rows)
+            for d in _first_per_webhook(results, list(disabled)):
+                await end_pending(session, d.webhook_id)
+                await append(session, d.tenant_id, [disabled[d.webhook_id]], now)
+        return bool(disabled)
+
+    def _outcome(self, delivery: Claimed, attempt: Attempt, disabled: bool) -> dict[str, Any]:
+        """The delivery after `attempt`: done, or due again after the schedule's next
+        delay, or failed for good (the schedule is spent, or its endpoint was disabled)."""
+        if attempt.ok:
+            status, next_at = "succeeded", None
+        elif delivery.attempt <= len(self._delays) and not disabled:
+            status = "pending"
+            next_at = attempt.at + timedelta(seconds=self._delays[delivery.attempt - 1])
+        else:
+            status, next_at = "failed", None
+        return {
+            "delivery_id": delivery.id,
+            "attempt": delivery.attempt,
+            "new_status": status,
+            "next_at": next_at,
+            "at": attempt.at,
+            "code": attempt.status_code,
+            "error": attempt.error,
+            "log": [*delivery.log, attempt.entry()][-LOG_LENGTH:],
+        }
 
     async def attempt(self, delivery: Claimed) -> Attempt:
         """POST the payload, signed, within the timeout; never raises."""
@@ -215,25 +272,11 @@ class Sender:
             await response.aclose()
         return response.status_code
 
-    async def _failed(self, session: AsyncSession, delivery: Claimed, attempt: Attempt) -> bool:
-        """Schedule the next attempt (or give up); disable an endpoint that has been
-        failing for too long, ending its other pending deliveries."""
-        disabled = await self._disable_if_failing(session, delivery, attempt.at)
-        retry = delivery.attempt <= len(self._delays) and disabled is None
-        delay = self._delays[delivery.attempt - 1] if retry else 0.0
-        next_at = attempt.at + timedelta(seconds=delay) if retry else None
-        await _record(session, delivery, attempt, "pending" if retry else "failed", next_at)
-        if disabled is None:
-            return False
-        await end_pending(session, delivery.webhook_id)
-        await append(session, delivery.tenant_id, [disabled], attempt.at)
-        return True
-
     async def _disable_if_failing(
         self, session: AsyncSession, delivery: Claimed, now: datetime
     ) -> NewEvent | None:
         """Start the endpoint's failure streak, or, when it is old enough, disable the
-        endpoint: then the `webhook.disabled` event to write."""
+        endpoint: then the `webhook.disabled` event to write (after its deliveries)."""
         await session.execute(
             update(WEBHOOK)
             .where(WEBHOOK.c.id == delivery.webhook_id, WEBHOOK.c.failing_since.is_(None))
@@ -256,37 +299,9 @@ class Sender:
         return catalog.webhook_disabled(delivery.webhook_id, row.url, row.failing_since)
 
 
-async def _succeeded(session: AsyncSession, delivery: Claimed, attempt: Attempt) -> None:
-    await session.execute(
-        update(WEBHOOK)
-        .where(WEBHOOK.c.id == delivery.webhook_id, WEBHOOK.c.failing_since.is_not(None))
-        .values(failing_since=None)
-    )
-    await _record(session, delivery, attempt, "succeeded", None)
-
-
-async def _record(
-    session: AsyncSession,
-    delivery: Claimed,
-    attempt: Attempt,
-    status: str,
-    next_at: datetime | None,
-) -> None:
-    """Write the attempt, fenced: only if the delivery is still at this attempt (a
-    sender whose lease lapsed, or an endpoint disabled meanwhile, writes nothing)."""
-    await session.execute(
-        update(DELIVERY)
-        .where(
-            DELIVERY.c.id == delivery.id,
-            DELIVERY.c.attempts == delivery.attempt,
-            DELIVERY.c.status == "pending",
-        )
-        .values(
-            status=status,
-            next_attempt_at=next_at,
-            last_attempt_at=attempt.at,
-            last_status_code=attempt.status_code,
-            last_error=attempt.error,
-            attempt_log=[*delivery.log, attempt.entry()][-LOG_LENGTH:],
-        )
-    )
+def _first_per_webhook(results: list[tuple[Claimed, Attempt]], ids: list[str]) -> list[Claimed]:
+    """One delivery of each endpoint in `ids` (for its tenant and id), in `ids` order."""
+    first: dict[str, Claimed] = {}
+    for delivery, _ in results:
+        first.setdefault(delivery.webhook_id, delivery)
+    return [first[webhook_id] for webhook_id in ids]

@@ -40,12 +40,18 @@ _BEHIND = (
     select(WEBHOOK.c.id)
     .join_from(WEBHOOK, TENANT, TENANT.c.id == WEBHOOK.c.tenant_id)
     .where(WEBHOOK.c.disabled.is_(False), WEBHOOK.c.after_seq < TENANT.c.event_seq)
-    .limit(ENDPOINTS_PER_PASS)
-    .with_for_update(of=WEBHOOK, skip_locked=True)
 )
+_ANY_BEHIND = _BEHIND.limit(1)
+"""The idle pass: a read, so an idle worker takes no lock (on SQLite, the database's)."""
 _CLAIM = (
     update(WEBHOOK)
-    .where(WEBHOOK.c.id.in_(_BEHIND.scalar_subquery()))
+    .where(
+        WEBHOOK.c.id.in_(
+            _BEHIND.limit(ENDPOINTS_PER_PASS)
+            .with_for_update(of=WEBHOOK, skip_locked=True)
+            .scalar_subquery()
+        )
+    )
     .values(after_seq=WEBHOOK.c.after_seq)  # a write first: the claim takes the rows
     .returning(WEBHOOK.c.id, WEBHOOK.c.tenant_id, WEBHOOK.c.after_seq, WEBHOOK.c.events)
 )
@@ -64,6 +70,8 @@ class Pass:
 async def fan_out(sessionmaker: SessionMaker) -> Pass:
     """One pass: claim endpoints that are behind and make their deliveries."""
     async with transaction(sessionmaker) as session:
+        if (await session.execute(_ANY_BEHIND)).first() is None:
+            return Pass(0, False)
         claimed = (await session.execute(_CLAIM)).all()
         if not claimed:
             return Pass(0, False)

@@ -46,16 +46,21 @@ LOG_LENGTH = 20
 READ_LIMIT = 64 * 1024
 """Bytes of an answer read (and dropped) so its connection can be reused."""
 
-_DUE = (
-    select(DELIVERY.c.id)
-    .where(DELIVERY.c.next_attempt_at <= bindparam("now", type_=UTCDateTime()))
-    .order_by(DELIVERY.c.next_attempt_at)
-    .limit(bindparam("limit"))
-    .with_for_update(skip_locked=True)
+_DUE = select(DELIVERY.c.id).where(
+    DELIVERY.c.next_attempt_at <= bindparam("now", type_=UTCDateTime())
 )
+_ANY_DUE = _DUE.limit(1)
+"""The idle pass: a read of one index entry, no lock."""
 _CLAIM = (
     update(DELIVERY)
-    .where(DELIVERY.c.id.in_(_DUE.scalar_subquery()))
+    .where(
+        DELIVERY.c.id.in_(
+            _DUE.order_by(DELIVERY.c.next_attempt_at)
+            .limit(bindparam("limit"))
+            .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+    )
     .values(
         next_attempt_at=bindparam("lease_until", type_=UTCDateTime()),
         attempts=DELIVERY.c.attempts + 1,
@@ -158,6 +163,8 @@ class Sender:
         now = utcnow()
         lease_until = now + timedelta(seconds=self._timeout + LEASE_MARGIN_SECONDS)
         async with transaction(self._sessionmaker) as session:
+            if (await session.execute(_ANY_DUE, {"now": now})).first() is None:
+                return []
             rows = (
                 await session.execute(
                     _CLAIM, {"now": now, "limit": limit, "lease_until": lease_until}

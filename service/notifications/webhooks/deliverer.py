@@ -78,6 +78,7 @@ class Deliverer:
             for task in list(self._sending):  # their claims lapse; another sender retries
                 task.cancel()
             await asyncio.gather(*self._sending, return_exceptions=True)
+            await self._record_what_ended()
             if subscription is not None:
                 await subscription.close()
             await self._sender.close()
@@ -137,6 +138,14 @@ class Deliverer:
             self._busy -= len(batch)
             if self._backlog:
                 self._due.set()
+
+    async def _record_what_ended(self) -> None:
+        """On shutdown: record the attempts that ended but were not written yet, so a
+        deploy does not send them again (best effort; if it fails, they are resent)."""
+        ended = [self._results.get_nowait() for _ in range(self._results.qsize())]
+        if ended:
+            with contextlib.suppress(Exception):
+                await self._sender.record(ended)
 
 
 async def _wait(event: asyncio.Event, seconds: float) -> None:

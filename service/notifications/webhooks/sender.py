@@ -27,7 +27,7 @@ from sqlalchemy import bindparam, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import Settings
-from service.crypto import SecretBox
+from service.crypto import SecretBox, SecretBoxError
 from service.db import SessionMaker, transaction
 from service.models.types import UTCDateTime, utcnow
 from service.notifications import catalog
@@ -43,6 +43,7 @@ LEASE_MARGIN_SECONDS = 2.0
 """A claim lapses this long after the attempt's timeout would have ended it."""
 LOG_LENGTH = 20
 """Attempts kept in a delivery's `attempt_log` (the default schedule makes 8)."""
+UNSIGNABLE = "not sent: the signing secret cannot be decrypted with BACKSYNC_SECRET_KEYS"
 READ_LIMIT = 64 * 1024
 """Bytes of an answer read (and dropped) so its connection can be reused."""
 
@@ -178,13 +179,21 @@ class Sender:
             }
         return [self._claimed(row, endpoints[row.webhook_id], now) for row in rows]
 
-    def _claimed(self, row: Any, endpoint: Any, now: datetime) -> Claimed:
-        """The delivery with its endpoint's signing keys: the secret, and the previous
-        one while its grace period lasts."""
-        keys = [self._secrets.decrypt_json(endpoint.secret_ciphertext)]
+    def _keys(self, endpoint: Any, now: datetime) -> list[str]:
+        """The endpoint's signing keys: the secret, and the previous one while its grace
+        period lasts; none when they cannot be decrypted (`BACKSYNC_SECRET_KEYS` lost
+        the key), which fails that delivery's attempts, not the whole claim."""
+        ciphertexts = [endpoint.secret_ciphertext]
         until = endpoint.previous_secret_until
         if endpoint.previous_secret_ciphertext and until is not None and until > now:
-            keys.append(self._secrets.decrypt_json(endpoint.previous_secret_ciphertext))
+            ciphertexts.append(endpoint.previous_secret_ciphertext)
+        try:
+            return [self._secrets.decrypt_json(ciphertext) for ciphertext in ciphertexts]
+        except SecretBoxError:
+            log.error("webhook %s: its signing secret cannot be decrypted", endpoint.id)
+            return []
+
+    def _claimed(self, row: Any, endpoint: Any, now: datetime) -> Claimed:
         return Claimed(
             id=row.id,
             tenant_id=row.tenant_id,
@@ -194,7 +203,7 @@ class Sender:
             attempt=row.attempts,
             log=list(row.attempt_log or []),
             url=endpoint.url,
-            keys=keys,
+            keys=self._keys(endpoint, now),
         )
 
     async def record(self, results: list[tuple[Claimed, Attempt]]) -> bool:
@@ -250,6 +259,8 @@ class Sender:
         status_code: int | None = None
         error: str | None = None
         try:
+            if not delivery.keys:
+                raise SecretBoxError(UNSIGNABLE)
             async with asyncio.timeout(self._timeout):
                 status_code = await self._post(delivery, body)
             if not 200 <= status_code < 300:
@@ -258,6 +269,8 @@ class Sender:
             error = f"timeout after {self._timeout:g} s"
         except TargetRefused as exc:
             error = exc.message
+        except SecretBoxError:
+            error = UNSIGNABLE
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         duration_ms = int((time.monotonic() - started) * 1000)

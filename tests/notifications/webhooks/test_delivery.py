@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import httpx
 import orjson
+from sqlalchemy import update
 from standardwebhooks import Webhook
 from starlette.responses import JSONResponse
 
 from service.config import Settings
+from service.db import create_engine
+from service.notifications.webhooks.fanout import WEBHOOK
+from service.notifications.webhooks.sender import UNSIGNABLE
 from tests.fixtures.app import running_worker
 from tests.fixtures.upstream import Upstream
 from tests.helpers import create_task, http_task, sync
@@ -145,3 +149,31 @@ async def test_an_endpoint_failing_for_too_long_is_disabled_with_an_event(
     assert delivery["status"] == "failed" and 2 <= delivery["attempts"] <= 4
     feed = (await client.get("/v1/events?type=webhook.disabled", headers=auth)).json()
     assert [e["id"] for e in feed["items"]] == [seen.headers["webhook-id"]]
+
+
+async def test_an_endpoint_whose_secret_cannot_be_read_fails_alone(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    receiver: Receiver,
+    settings: Settings,
+    worker: object,
+) -> None:
+    broken = await subscribe(client, auth, receiver.url + "?broken", ["*"])
+    fine = await subscribe(client, auth, receiver.url, ["*"])
+    engine = create_engine(settings.database_url)
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                update(WEBHOOK).where(WEBHOOK.c.id == broken["id"]).values(secret_ciphertext="x")
+            )
+    finally:
+        await engine.dispose()
+    for hook in (broken, fine):
+        await client.post(f"/v1/webhooks/{hook['id']}/test", headers=auth)
+    [seen] = await receiver.wait(1)
+    Webhook(fine["secret"]).verify(seen.body, seen.headers)
+    [delivery] = await deliveries(client, auth, broken["id"])
+    while delivery["attempts"] == 0:
+        [delivery] = await deliveries(client, auth, broken["id"])
+    assert delivery["attempt_log"][0]["error"] == UNSIGNABLE
+    assert len(receiver.received) == 1

@@ -12,6 +12,8 @@ from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
@@ -27,6 +29,7 @@ from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.notifications.router import router as events_router
 from service.notifications.webhooks.router import router as webhooks_router
 from service.ops.router import router as ops_router
+from service.push.router import router as push_router
 from service.records.router import router as records_router
 from service.runs.router import router as runs_router
 from service.state import AppState
@@ -87,6 +90,10 @@ async def _unauthenticated(request: Request) -> JSONResponse | None:
     except ServiceError as exc:
         return _problem(exc.problem(), exc.headers())
     return None
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def _needs_caller(route: object) -> bool:
@@ -155,7 +162,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await queue.close()
             await engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files shipped in the
+    # installed package (fastapi-offline), not from a CDN, so they work on a machine with
+    # no internet access.
+    app = FastAPIOffline(
+        # Readable, stable operation ids (`list_tasks`, not `list_tasks_v1_tasks_get`): a
+        # generated client's method names (tests/test_openapi.py checks they are unique).
+        generate_unique_id_function=_operation_id,
         title="Backsync",
         version=__version__,
         description=DESCRIPTION,
@@ -172,6 +185,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "name": "webhooks",
                 "description": "Events delivered to your endpoints, signed per Standard Webhooks",
             },
+            {
+                "name": "push",
+                "description": "Secret URLs a provider's new-data notification calls to"
+                " trigger a task (`/v1/push/{token}` needs no API key)",
+            },
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
@@ -182,7 +200,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NulFreeUrl)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
-    for router in (tasks_router, runs_router, records_router, events_router, ops_router):
+    routers = (
+        tasks_router,
+        runs_router,
+        records_router,
+        events_router,
+        webhooks_router,
+        push_router,
+        ops_router,
+    )
+    for router in routers:
         app.include_router(router)
-    app.include_router(webhooks_router)
     return app

@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     beyond it the attempt ends as retryable `upstream_held` and frees the worker."""
     upstream_max_hold_seconds: float = 3600.0
     """Cap on how long one `Retry-After` holds back every task on a host."""
+    push_rate_per_minute: int = Field(default=60, ge=1)
+    """Calls one push URL (`/v1/push/{token}`) may make per minute, in bursts of as many;
+    past it a call is answered 429 with `Retry-After`. Counted in Redis, so every API
+    process shares the one budget (`service.broker.rate_limit`)."""
+    push_max_body_bytes: int = Field(default=64 * 1024, ge=0)
+    """Largest body a push may carry (413 past it); the body is read and ignored."""
     upstream_retry_delay_seconds: float = Field(default=0.5, gt=0, le=60)
     """The first in-place retry of a failed request waits up to this long, the next ones
     twice as long each (full jitter; `service.sync.request_retry`)."""

@@ -83,6 +83,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                 base_delay=settings.upstream_retry_delay_seconds,
                 max_delay=8 * settings.upstream_retry_delay_seconds,
             ),
+            max_hold_seconds=settings.upstream_max_hold_seconds,
             **({"events_written": hooks.wake} if hooks else {}),
         )
         if not burst:

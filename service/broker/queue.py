@@ -18,6 +18,7 @@ import msgpack
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from service.broker.channel import Subscription
 from service.config import Settings
@@ -63,6 +64,11 @@ class Queue:
             default_queue_name=settings.queue_name,
         )
         return cls(pool, settings.queue_name)
+
+    @property
+    def redis(self) -> Redis:
+        """The connection pool, for Backsync's own keys (`service.broker.rate_limit`)."""
+        return self._pool
 
     async def enqueue_run(
         self, run_id: str, *, job_suffix: str | None = None, not_before: datetime | None = None

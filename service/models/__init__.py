@@ -13,6 +13,7 @@ SQLModel.metadata.naming_convention = {
 from service.models.event import Event  # noqa: E402
 from service.models.idempotency import IdempotencyRecord  # noqa: E402
 from service.models.page_validator import PageValidator  # noqa: E402
+from service.models.push_url import PushUrl  # noqa: E402
 from service.models.record import Record  # noqa: E402
 from service.models.run import ACTIVE_STATUSES, FINAL_STATUSES, Run  # noqa: E402
 from service.models.task import Task, TaskTag  # noqa: E402
@@ -29,6 +30,7 @@ __all__ = [
     "Event",
     "IdempotencyRecord",
     "PageValidator",
+    "PushUrl",
     "Record",
     "Run",
     "Task",

@@ -49,6 +49,9 @@ class Task(SQLModel, table=True):
     skipped_runs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     """Schedule slots skipped because the previous run was still active (WorkManager's
     KEEP policy: a slot never stacks a second run)."""
+    debounce_seconds: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """A push starts its run no earlier than this after the burst's first push, so a
+    burst of notifications gives one run (`service.push`)."""
     watermark: Any | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     record_seq: int = Field(default=0, sa_type=BigInt)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

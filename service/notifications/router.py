@@ -8,6 +8,7 @@ from service.dependencies import Caller, Work
 from service.errors import InvalidInput, Unauthenticated, problem_responses
 from service.notifications import service
 from service.notifications.schemas import EventFeed
+from service.pagination import MAX_SEQ
 
 router = APIRouter(tags=["events"])
 
@@ -21,7 +22,7 @@ router = APIRouter(tags=["events"])
 async def list_events(
     work: Work,
     caller: Caller,
-    after: Annotated[int, Query(ge=0, description="Only events after this `seq`")] = 0,
+    after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only events after this `seq`")] = 0,
     type: Annotated[
         list[str] | None,
         Query(

@@ -3,7 +3,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import TextualSelect, and_, bindparam, or_, select, text
+from sqlalchemy import TextualSelect, and_, bindparam, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -68,12 +68,14 @@ async def orphans(
     session: AsyncSession, now: datetime, queued_before: datetime, limit: int = 500
 ) -> Sequence[Run]:
     """Active runs no worker is known to be on: expired leases, overdue retries, and
-    queued runs old enough that their job may have been lost with Redis."""
+    queued runs due long enough ago that their job may have been lost with Redis (a
+    queued run with a not-before time, `next_attempt_at`, is due from then on)."""
+    queued_since = func.coalesce(col(Run.next_attempt_at), col(Run.created_at))
     result = await session.execute(
         select(Run)
         .where(
             or_(
-                and_(col(Run.status) == "queued", col(Run.created_at) < queued_before),
+                and_(col(Run.status) == "queued", queued_since < queued_before),
                 and_(col(Run.status) == "retrying", col(Run.next_attempt_at) <= now),
                 and_(
                     col(Run.status) == "running",

@@ -56,6 +56,12 @@ TASK_EXAMPLE: dict[str, Any] = {
 }
 
 
+DEBOUNCE = (
+    "Seconds a push (`/v1/push/{token}`) waits before its run starts, from the first push"
+    " of a burst: pushes arriving meanwhile join that run. 0: at once."
+)
+
+
 class Schedule(BaseModel):
     """Either `every_seconds` (with optional jitter) or a 5-field `cron` in `timezone`."""
 
@@ -135,6 +141,7 @@ class TaskIn(BaseModel):
     health_mapping: dict[str, Any] | None = None
     tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list)
     paused: bool = False
+    debounce_seconds: int = Field(default=0, ge=0, le=3600, description=DEBOUNCE)
 
 
 class TaskPatch(BaseModel):
@@ -156,6 +163,7 @@ class TaskPatch(BaseModel):
     health_mapping: dict[str, Any] | None = None
     tags: list[str] | None = None
     paused: bool | None = None
+    debounce_seconds: int | None = None
 
 
 class TaskOut(BaseModel):
@@ -174,6 +182,7 @@ class TaskOut(BaseModel):
                     "paused_reason": None,
                     "next_run_at": None,
                     "skipped_runs": 0,
+                    "debounce_seconds": 0,
                     "last_run": None,
                     "last_success_at": None,
                     "consecutive_failures": 0,
@@ -213,6 +222,7 @@ class TaskOut(BaseModel):
         default=0,
         description="Schedule slots skipped because the previous run was still active.",
     )
+    debounce_seconds: int = Field(default=0, description=DEBOUNCE)
     last_run: RunSummary | None
     last_success_at: datetime | None
     consecutive_failures: int = Field(description="Failed runs since the last success.")

@@ -125,7 +125,7 @@ def _delivery(
     whatever the number of endpoints it goes to."""
     key = (endpoint.tenant_id, event.seq)
     if key not in bodies:
-        bodies[key] = messages.body(event.id, event.type, event.created_at, event.data)
+        bodies[key] = messages.body(event.id, event.type, event.created_at, event.data, event.seq)
     return messages.delivery_row(
         tenant_id=endpoint.tenant_id,
         webhook_id=endpoint.id,

@@ -13,12 +13,16 @@ from service.ids import new_id
 ALL_EVENTS = "*"
 
 
-def body(message_id: str, type_: str, at: datetime, data: dict[str, Any]) -> str:
-    """`{"id", "type", "timestamp", "data"}`, SPEC §7's shape of an event."""
-    return orjson.dumps(
-        {"id": message_id, "type": type_, "timestamp": at, "data": data},
-        option=orjson.OPT_UTC_Z,
-    ).decode()
+def body(
+    message_id: str, type_: str, at: datetime, data: dict[str, Any], seq: int | None = None
+) -> str:
+    """The event as the feed shows it, `{"id", "seq", "type", "timestamp", "data"}` (a
+    ping has no `seq`): a receiver that missed deliveries resumes `GET /v1/events` there."""
+    event: dict[str, Any] = {"id": message_id, "seq": seq, "type": type_}
+    event |= {"timestamp": at, "data": data}
+    if seq is None:
+        del event["seq"]
+    return orjson.dumps(event, option=orjson.OPT_UTC_Z).decode()
 
 
 def delivery_row(

@@ -44,11 +44,14 @@ CLAIMED_TASK = (
 
 
 def claimed_run_update() -> Any:
-    """Queued; retrying and due; or running under an expired lease -> running, ours."""
+    """Queued and due; retrying and due; or running under an expired lease -> running,
+    ours. A queued run is due at once unless it has a not-before time in
+    `next_attempt_at` (a debounced push): its deferred job may reach a worker early (a
+    skewed clock), and a reconciler re-send must not start it before its time either."""
     c = RUN.c
     now = bindparam("now", type_=c.started_at.type)
     claimable = or_(
-        c.status == "queued",
+        and_(c.status == "queued", or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)),
         and_(c.status == "retrying", c.next_attempt_at <= now),
         and_(c.status == "running", or_(c.lease_expires_at.is_(None), c.lease_expires_at < now)),
     )

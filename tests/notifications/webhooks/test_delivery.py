@@ -44,8 +44,9 @@ async def test_a_failed_delivery_is_retried_with_the_same_id_until_accepted_and_
     assert {seen.headers["webhook-id"] for seen in received} == {payloads[0]["id"]}
     assert all(payload == payloads[0] for payload in payloads)  # the same bytes each time
     [event] = (await client.get("/v1/events?type=run.succeeded", headers=auth)).json()["items"]
-    assert set(payloads[0]) == {"id", "type", "timestamp", "data"}  # SPEC §7's event
-    assert (payloads[0]["id"], payloads[0]["data"]) == (event["id"], event["data"])
+    assert set(payloads[0]) == {"id", "seq", "type", "timestamp", "data"}  # the feed's event
+    assert (payloads[0]["id"], payloads[0]["seq"]) == (event["id"], event["seq"])
+    assert payloads[0]["data"] == event["data"]
     assert payloads[0]["data"]["run_id"] == run["id"]
 
     [delivery] = await settled(client, auth, hook["id"], 1)

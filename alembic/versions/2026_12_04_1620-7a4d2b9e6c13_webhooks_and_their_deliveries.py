@@ -1,7 +1,7 @@
 """webhooks (endpoints with a cursor into the events) and their deliveries
 
 Revision ID: 7a4d2b9e6c13
-Revises: 5c8e1f2a9d30
+Revises: 5e994931ece2
 Create Date: 2026-12-04 16:08:31.561977
 """
 
@@ -14,7 +14,7 @@ import service.models.types
 from alembic import op
 
 revision: str = "7a4d2b9e6c13"
-down_revision: str | None = "5c8e1f2a9d30"
+down_revision: str | None = "5e994931ece2"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -27,6 +27,7 @@ from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.notifications.router import router as events_router
+from service.notifications.webhooks.router import router as webhooks_router
 from service.openapi import finish as finish_openapi
 from service.ops.router import router as ops_router
 from service.push.router import router as push_router
@@ -182,6 +183,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "description": "What happened: runs ended, records changed, tasks paused",
             },
             {
+                "name": "webhooks",
+                "description": "Events delivered to your endpoints, signed per Standard Webhooks",
+            },
+            {
                 "name": "push",
                 "description": "Secret URLs a provider's new-data notification calls to"
                 " trigger a task (`/v1/push/{token}` needs no API key)",
@@ -204,7 +209,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NulFreeUrl)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
-    routers = (tasks_router, runs_router, records_router, events_router, push_router, ops_router)
+    routers = (
+        tasks_router,
+        runs_router,
+        records_router,
+        events_router,
+        webhooks_router,
+        push_router,
+        ops_router,
+    )
     for router in routers:
         app.include_router(router)
     return app

@@ -84,6 +84,10 @@ class Queue:
         """Wake every worker's scheduler: a task's next slot may be sooner now."""
         await self._pool.publish(schedules_channel(self._queue_name), b"")
 
+    async def webhooks_due(self) -> None:
+        """Wake the workers' webhook deliverers: events were written or a delivery made."""
+        await self._pool.publish(webhooks_channel(self._queue_name), b"")
+
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._pool.ping(), timeout=2))
@@ -97,6 +101,12 @@ class Queue:
 def schedules_channel(queue_name: str) -> str:
     """Published when a task's schedule changes (`service.runs.scheduler`)."""
     return f"{queue_name}:schedules"
+
+
+def webhooks_channel(queue_name: str) -> str:
+    """Published after a commit that wrote events or deliveries
+    (`service.notifications.webhooks.deliverer`)."""
+    return f"{queue_name}:webhooks"
 
 
 def doorbell_channel(queue_name: str) -> str:

@@ -18,6 +18,8 @@ from service.models.record import Record  # noqa: E402
 from service.models.run import ACTIVE_STATUSES, FINAL_STATUSES, Run  # noqa: E402
 from service.models.task import Task, TaskTag  # noqa: E402
 from service.models.tenant import ApiKey, Tenant  # noqa: E402
+from service.models.webhook import Webhook  # noqa: E402
+from service.models.webhook_delivery import WebhookDelivery  # noqa: E402
 
 metadata = SQLModel.metadata
 
@@ -34,5 +36,7 @@ __all__ = [
     "Task",
     "TaskTag",
     "Tenant",
+    "Webhook",
+    "WebhookDelivery",
     "metadata",
 ]

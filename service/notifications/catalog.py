@@ -20,6 +20,9 @@ TASK_PAUSED: Final = "task.paused"
 TASK_AUTH_FAILED: Final = "task.auth_failed"
 RECORDS_CHANGED: Final = "records.changed"
 HEALTH_BATCH_COMPLETED: Final = "health.batch.completed"
+WEBHOOK_DISABLED: Final = "webhook.disabled"
+PING: Final = "ping"
+"""Sent by `POST /v1/webhooks/{id}/test` to that endpoint only; never in the feed."""
 
 EVENT_TYPES: Final = (
     RUN_SUCCEEDED,
@@ -29,6 +32,7 @@ EVENT_TYPES: Final = (
     TASK_AUTH_FAILED,
     RECORDS_CHANGED,
     HEALTH_BATCH_COMPLETED,
+    WEBHOOK_DISABLED,
 )
 
 AUTH_REFUSED: Final = frozenset({401, 403})
@@ -110,3 +114,17 @@ def task_auth_failed(subject: RunSubject, error: dict[str, Any]) -> NewEvent:
     """The upstream refused the task's credentials: ask the user to reconnect (once per
     failure streak)."""
     return _event(TASK_AUTH_FAILED, subject, http_status=error.get("http_status"), error=error)
+
+
+def webhook_disabled(webhook_id: str, url: str, failing_since: datetime) -> NewEvent:
+    """The worker disabled an endpoint whose deliveries kept failing: nothing more is
+    sent to it until a client re-enables it (`PATCH {"disabled": false}`)."""
+    return NewEvent(
+        WEBHOOK_DISABLED,
+        {
+            "webhook_id": webhook_id,
+            "url": url,
+            "reason": "failing",
+            "failing_since": failing_since.isoformat(),
+        },
+    )

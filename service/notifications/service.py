@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -16,6 +16,7 @@ from service.models.types import utcnow
 from service.notifications import repository
 from service.notifications.catalog import EVENT_TYPES
 from service.notifications.schemas import EventFeed, EventOut
+from service.notifications.webhooks import repository as webhooks
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +60,22 @@ async def feed(
 
 
 async def prune_once(sessionmaker: SessionMaker, retention_days: float) -> int:
-    """Delete every event older than the retention, a batch per transaction."""
+    """Delete every event, and every finished webhook delivery, older than the
+    retention, a batch per transaction; returns how many events."""
     before = utcnow() - timedelta(days=retention_days)
+    await _prune(sessionmaker, webhooks.prune, before)
+    return await _prune(sessionmaker, repository.prune, before)
+
+
+async def _prune(
+    sessionmaker: SessionMaker,
+    prune: Callable[[AsyncSession, datetime, int], Awaitable[int]],
+    before: datetime,
+) -> int:
     total = 0
     while True:
         async with transaction(sessionmaker) as session:
-            deleted = await repository.prune(session, before, PRUNE_BATCH)
+            deleted = await prune(session, before, PRUNE_BATCH)
         total += deleted
         if deleted < PRUNE_BATCH:
             return total

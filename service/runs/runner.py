@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -70,6 +70,10 @@ _UNAVAILABLE = (
 """Crashes caused by the database or Redis being away: the next attempt may well work."""
 
 
+def _nobody_listens() -> None:
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class RunnerDeps:
     ledger: RunLedger
@@ -82,6 +86,8 @@ class RunnerDeps:
     """How a failed request is tried again in place, before it ends the attempt."""
     max_hold_seconds: float = 3600.0
     """The server's cap on a `Retry-After` wait (`BACKSYNC_UPSTREAM_MAX_HOLD_SECONDS`)."""
+    events_written: Callable[[], None] = _nobody_listens
+    """Rung when a run ends (its end wrote events): the worker's webhook deliverer."""
 
 
 async def execute_run(deps: RunnerDeps, run_id: str) -> None:
@@ -103,6 +109,7 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
             await _failed(deps, run, _crash(exc), None, 0)
         else:
             log.info("run %s attempt %s: %s", run_id, run.attempt, outcome.value)
+    deps.events_written()  # a ring that finds no new event costs one query
 
 
 async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:

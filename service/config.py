@@ -66,6 +66,12 @@ class Settings(BaseSettings):
     beyond it the attempt ends as retryable `upstream_held` and frees the worker."""
     upstream_max_hold_seconds: float = 3600.0
     """Cap on how long one `Retry-After` holds back every task on a host."""
+    api_rate_per_second: float = Field(default=50, ge=0)
+    """Requests one API key may make per second, on average (0: no limit); past it a
+    request is answered 429 with `Retry-After` and `RateLimit` headers. Counted in
+    Redis: every API process shares one budget per key (`service.broker.rate_limit`)."""
+    api_rate_burst: int = Field(default=200, ge=1)
+    """Requests one API key may make at once before `api_rate_per_second` paces it."""
     push_rate_per_minute: int = Field(default=60, ge=1)
     """Calls one push URL (`/v1/push/{token}`) may make per minute, in bursts of as many;
     past it a call is answered 429 with `Retry-After`. Counted in Redis, so every API

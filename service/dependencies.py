@@ -12,8 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.service import Principal, authenticate
 from service.broker.queue import Queue
+from service.broker.rate_limit import RateLimiter
 from service.config import Settings
 from service.crypto import SecretBox
+from service.errors import RateLimited
 from service.logs import bind_log_context
 from service.state import AppState
 
@@ -99,15 +101,46 @@ itself is read and checked by `authenticate`, which answers every failure with 4
 async def current_principal(
     request: Request,
     work: Work,
+    state: State,
     _key: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)] = None,
 ) -> Principal:
     principal = await authenticate(work.session, request.headers.get("authorization"))
+    await _within_rate(state, principal)
     request.state.tenant = principal.tenant_id
     bind_log_context(tenant=principal.tenant_id)
     return principal
 
 
 Caller = Annotated[Principal, Depends(current_principal)]
+
+
+async def _within_rate(state: AppState, principal: Principal) -> None:
+    """The key's request rate (`BACKSYNC_API_RATE_PER_SECOND`, bursts of
+    `BACKSYNC_API_RATE_BURST`), shared by every API process through Redis; past it, 429
+    with `Retry-After` and the IETF draft's `RateLimit-Policy` / `RateLimit` headers."""
+    settings = state["settings"]
+    if not settings.api_rate_per_second:
+        return
+    limiter = RateLimiter(
+        state["queue"].redis,
+        settings.redis_key_prefix,
+        name="api-rate",
+        rate=settings.api_rate_per_second,
+        burst=settings.api_rate_burst,
+    )
+    verdict = await limiter.check(principal.key_prefix)
+    if verdict is None or verdict.retry_after is None:
+        return
+    window = max(1, round(settings.api_rate_burst / settings.api_rate_per_second))
+    raise RateLimited(
+        f"this API key made more than {settings.api_rate_burst} requests at once or"
+        f" {settings.api_rate_per_second:g} per second; retry in {verdict.retry_after} s",
+        retry_after=verdict.retry_after,
+        limit_headers={
+            "RateLimit-Policy": f'"api";q={settings.api_rate_burst};w={window}',
+            "RateLimit": f'"api";r={verdict.remaining};t={verdict.reset}',
+        },
+    )
 
 
 async def settings_of(state: State) -> Settings:

@@ -149,12 +149,19 @@ class RateLimited(ServiceError):
     slug = "rate-limited"
     title = "Too Many Requests"
 
-    def __init__(self, detail: str | None = None, *, retry_after: int = 1):
+    def __init__(
+        self,
+        detail: str | None = None,
+        *,
+        retry_after: int = 1,
+        limit_headers: dict[str, str] | None = None,
+    ):
         super().__init__(detail)
         self.retry_after = retry_after
+        self.limit_headers = limit_headers or {}
 
     def headers(self) -> dict[str, str]:
-        return {"Retry-After": str(self.retry_after)}
+        return {"Retry-After": str(self.retry_after), **self.limit_headers}
 
 
 def problem_responses(*errors: type[ServiceError]) -> dict[int | str, dict[str, Any]]:

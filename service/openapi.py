@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import PROBLEM_JSON, InvalidInput
+from service.errors import PROBLEM_JSON, InvalidInput, RateLimited
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _REPLACED = ("#/components/schemas/Problem", "#/components/schemas/HTTPValidationError")
@@ -31,6 +31,14 @@ _HEADERS: dict[str, dict[str, Any]] = {
         "schema": _STRING,
     },
     "Retry-After": {"description": "Seconds to wait before trying again.", "schema": _STRING},
+    "RateLimit-Policy": {
+        "description": 'The key\'s limit (IETF draft): `"api";q=<burst>;w=<seconds>`.',
+        "schema": _STRING,
+    },
+    "RateLimit": {
+        "description": 'What is left of it: `"api";r=<remaining>;t=<seconds to full>`.',
+        "schema": _STRING,
+    },
 }
 
 
@@ -53,6 +61,8 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
             parameters = operation.get("parameters", [])
             idempotent = any(p.get("name") == "Idempotency-Key" for p in parameters)
             located = operation.get("operationId") in LOCATED
+            if operation.get("security"):  # every call with an API key is rate-limited
+                operation["responses"].setdefault("429", _rate_limited())
             for code, response in operation.get("responses", {}).items():
                 _problem_json(code, response)
                 headers = _headers(code, idempotent=idempotent, located=located)
@@ -61,6 +71,19 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
     for name in _UNUSED:
         schemas.pop(name, None)
     return document
+
+
+def _rate_limited() -> dict[str, Any]:
+    example = {
+        "type": f"urn:backsync:problem:{RateLimited.slug}",
+        "title": RateLimited.title,
+        "status": RateLimited.status,
+        "detail": "this API key made more than 200 requests at once or 50 per second; retry in 1 s",
+    }
+    return {
+        "description": RateLimited.title,
+        "content": {PROBLEM_JSON: {"schema": _PROBLEM, "example": example}},
+    }
 
 
 def _problem_json(code: str, response: dict[str, Any]) -> None:
@@ -82,4 +105,6 @@ def _headers(code: str, *, idempotent: bool, located: bool) -> dict[str, dict[st
         names.append("Idempotent-Replayed")
     if code in ("409", "429"):  # 409: only while the same Idempotency-Key is in flight
         names.append("Retry-After")
+    if code == "429":
+        names += ["RateLimit-Policy", "RateLimit"]
     return {name: _HEADERS[name] for name in names}

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -31,39 +32,62 @@ local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - interval * burst
-if now < allow_at then return allow_at - now end
+if now < allow_at then return {allow_at - now, 0, tat - now} end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', new_tat - now)
-return 0
+return {0, math.floor(burst - (new_tat - now) / interval), new_tat - now}
 """
-"""KEYS: the limit's key. ARGV: interval in ms, burst. Returns 0 when the call is allowed
-(and counted), else the ms until it would be."""
+"""KEYS: the limit's key. ARGV: interval in ms, burst. Returns {ms until the call would be
+allowed (0: allowed, and counted), calls left now, ms until the bucket is full again}."""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the limit says about one call, in whole seconds (for the response headers)."""
+
+    retry_after: int | None
+    """None: allowed (and counted); else the seconds to wait."""
+    remaining: int
+    reset: int
+    """Seconds until the bucket is full again."""
 
 
 class RateLimiter:
-    """`per_minute` calls per key and minute, in bursts of up to `per_minute`."""
+    """`rate` calls per second per key, in bursts of up to `burst`, under `name`."""
 
-    def __init__(self, redis: Redis, prefix: str, per_minute: int) -> None:
+    def __init__(self, redis: Redis, prefix: str, *, name: str, rate: float, burst: int) -> None:
         self._script = redis.register_script(GCRA)
-        self._prefix = prefix
-        self._interval_ms = max(1, 60_000 // per_minute)
-        self._burst = per_minute
+        self._prefix = f"{prefix}:{name}"
+        self._interval_ms = max(1, round(1000 / rate))
+        self.burst = burst
 
-    async def retry_after(self, key: str) -> int | None:
-        """None when a call under `key` may go ahead (it is counted); else the whole
-        seconds to wait, for `Retry-After`.
+    @classmethod
+    def per_minute(cls, redis: Redis, prefix: str, name: str, calls: int) -> RateLimiter:
+        """`calls` per key and minute, in bursts of up to `calls`."""
+        return cls(redis, prefix, name=name, rate=calls / 60, burst=calls)
 
-        Fails open: with Redis unreachable a call is let through (and logged), since
-        refusing every push while Redis is away would lose notifications, and a run
-        cannot stack anyway (one active run per task, enforced by the database).
+    async def check(self, key: str) -> Verdict | None:
+        """The verdict on one call under `key`; None when Redis cannot be asked.
+
+        Fails open: with Redis unreachable a call is let through (and logged). Refusing
+        every call while Redis is away would turn an outage of the limiter into an
+        outage of the API (and lose push notifications); what the limit protects is
+        bounded elsewhere too (one active run per task, enforced by the database).
         """
         try:
-            wait_ms = int(
-                await self._script(
-                    keys=[f"{self._prefix}:push-rate:{key}"],
-                    args=[self._interval_ms, self._burst],
-                )
+            wait_ms, remaining, reset_ms = await self._script(
+                keys=[f"{self._prefix}:{key}"], args=[self._interval_ms, self.burst]
             )
         except (RedisError, OSError, TimeoutError):
-            log.warning("push rate limit unavailable; letting the call through", exc_info=True)
+            log.warning("rate limit unavailable; letting the call through", exc_info=True)
             return None
-        return max(1, math.ceil(wait_ms / 1000)) if wait_ms > 0 else None
+        return Verdict(
+            retry_after=max(1, math.ceil(int(wait_ms) / 1000)) if int(wait_ms) > 0 else None,
+            remaining=max(0, int(remaining)),
+            reset=math.ceil(int(reset_ms) / 1000),
+        )
+
+    async def retry_after(self, key: str) -> int | None:
+        """None when a call under `key` may go ahead (it is counted, or Redis is away);
+        else the whole seconds to wait, for `Retry-After`."""
+        verdict = await self.check(key)
+        return None if verdict is None else verdict.retry_after

@@ -4,6 +4,11 @@ Jobs carry nothing but ids, serialised with msgpack: arq's default pickle would 
 anyone who can write to Redis run code in the worker. Job ids are deterministic
 (`run:<id>`), so a run enqueued twice is one job; `keep_result=0` frees the id again
 when the job ends.
+
+Jobs are written by `_ENQUEUE`, a Lua script doing what arq's `enqueue_job` does (same
+keys, same check), for any number of jobs and the doorbell in one round trip: arq's way
+is WATCH, EXISTS, MULTI/EXEC per job, and the scheduler sends hundreds at once
+(`bench/scheduler.py`: about 0.6 ms per job that way, 25 µs in one script).
 """
 
 from __future__ import annotations
@@ -17,6 +22,9 @@ from typing import Any
 import msgpack
 from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
+from arq.utils import timestamp_ms, to_unix_ms
 from arq.worker import Worker
 
 from service.broker.channel import Subscription
@@ -34,6 +42,32 @@ def _loads(raw: bytes) -> Any:
     return msgpack.unpackb(raw, timestamp=3, raw=False)
 
 
+_ENQUEUE = """
+-- KEYS: the queue, then each job's job key and result key.
+-- ARGV: score (ms), expiry (ms), doorbell channel ('' rings none), then each job's id
+-- and serialised job. arq's enqueue_job, atomically per job: a job whose key or result
+-- exists is not enqueued again.
+local sent = 0
+for i = 1, (#KEYS - 1) / 2 do
+  if redis.call('EXISTS', KEYS[2 * i], KEYS[2 * i + 1]) == 0 then
+    redis.call('PSETEX', KEYS[2 * i], ARGV[2], ARGV[3 + 2 * i])
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2 + 2 * i])
+    sent = sent + 1
+  end
+end
+if sent > 0 and ARGV[3] ~= '' then
+  redis.call('PUBLISH', ARGV[3], sent)
+end
+return sent
+"""
+
+
+def run_job_id(run_id: str, job_suffix: str | None = None) -> str:
+    """The job id of a run (and of the reason for re-sending it): sending the same thing
+    twice is one job."""
+    return f"run:{run_id}" if job_suffix is None else f"run:{run_id}:{job_suffix}"
+
+
 def redis_settings(url: str) -> RedisSettings:
     settings: RedisSettings = RedisSettings.from_dsn(url)
     settings.conn_timeout = 2
@@ -47,6 +81,7 @@ class Queue:
     def __init__(self, pool: ArqRedis, queue_name: str):
         self._pool = pool
         self._queue_name = queue_name
+        self._enqueue = pool.register_script(_ENQUEUE)
 
     @classmethod
     def from_pool(cls, pool: ArqRedis, queue_name: str) -> Queue:
@@ -67,12 +102,32 @@ class Queue:
     async def enqueue_run(
         self, run_id: str, *, job_suffix: str | None = None, not_before: datetime | None = None
     ) -> None:
-        """Send a run to the workers. The job id is derived from the run (and the reason
-        for re-sending it), so repeated sends of the same thing are one job."""
-        job_id = f"run:{run_id}" if job_suffix is None else f"run:{run_id}:{job_suffix}"
-        await self._pool.enqueue_job("sync_run", run_id, _job_id=job_id, _defer_until=not_before)
+        """Send a run to the workers: at `not_before`, or now with a doorbell ring."""
+        await self._send([(run_job_id(run_id, job_suffix), run_id)], not_before)
+
+    async def enqueue_runs(self, run_ids: list[str]) -> int:
+        """Send runs to the workers now, in one round trip; returns how many were not
+        there already."""
+        return await self._send([(run_job_id(run_id), run_id) for run_id in run_ids], None)
+
+    async def _send(self, jobs: list[tuple[str, str]], not_before: datetime | None) -> int:
+        """`sync_run` jobs as arq's `enqueue_job(_job_id=, _defer_until=)` writes them:
+        its keys, score, expiry and payload; a deferred job rings no doorbell (it is not
+        due yet). The doorbell's message is the number of jobs it announces."""
+        if not jobs:
+            return 0
+        now = timestamp_ms()
+        score = now if not_before is None else to_unix_ms(not_before)
+        expires = score - now + self._pool.expires_extra_ms
+        keys: list[str] = [self._queue_name]
+        args: list[bytes | str | int] = [score, expires, ""]
         if not_before is None:
-            await self._pool.publish(doorbell_channel(self._queue_name), b"")
+            args[2] = doorbell_channel(self._queue_name)
+        for job_id, run_id in jobs:
+            keys += [job_key_prefix + job_id, result_key_prefix + job_id]
+            args += [job_id, serialize_job("sync_run", (run_id,), {}, None, now, serializer=_dumps)]
+        sent: int = await self._enqueue(keys=keys, args=args)
+        return sent
 
     async def schedules_changed(self) -> None:
         """Wake every worker's scheduler: a task's next slot may be sooner now."""

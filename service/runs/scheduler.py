@@ -23,15 +23,14 @@ from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, func, select, update
-from sqlmodel import col
+from sqlalchemy import Row, bindparam, func, select, text, update
 
 from service.broker.channel import Subscription
 from service.broker.queue import Queue, schedules_channel
 from service.db import SessionMaker, transaction
-from service.models import Task, metadata
+from service.models import metadata
 from service.models.types import UTCDateTime, utcnow
-from service.runs.service import start_scheduled
+from service.runs.service import DueTask, start_scheduled
 from service.tasks.schedule import next_run_at
 
 log = logging.getLogger(__name__)
@@ -55,8 +54,13 @@ _CLAIM = (
     update(_TASK)
     .where(_TASK.c.id.in_(_DUE.scalar_subquery()))
     .values(next_run_at=_TASK.c.next_run_at)  # a write first: the claim takes the rows
-    .returning(_TASK.c.id)
+    .returning(_TASK.c.id, _TASK.c.tenant_id, _TASK.c.source, _TASK.c.schedule, _TASK.c.paused)
 )
+_MOVE = text(
+    "UPDATE task SET next_run_at = :at, skipped_runs = skipped_runs + :skipped WHERE id = :id"
+).bindparams(bindparam("at", type_=UTCDateTime()))
+"""Sent once per batch with one parameter set per task (executemany: asyncpg pipelines
+them in one round trip; the same SQL on both databases)."""
 
 
 _UNSLOTTED = select(_TASK.c.id, _TASK.c.schedule).where(
@@ -111,32 +115,44 @@ class Scheduler:
                 return 0.05
 
     async def fire_due(self, now: datetime) -> int:
-        """Claim up to `BATCH` due slots and start their runs; returns how many slots."""
-        started: list[str] = []
+        """Claim up to `BATCH` due slots and start their runs; returns how many slots.
+
+        A batch is three statements and one Redis round trip whatever its size (claim,
+        insert the runs, move the tasks; enqueue after the commit): 200 slots take about
+        30 ms instead of 340 ms one by one (`python -m bench.scheduler`, breakdown).
+        """
         async with transaction(self._sessionmaker) as session:
-            claimed = (await session.execute(_CLAIM, {"now": now, "limit": BATCH})).scalars()
-            ids = list(claimed)
-            tasks = (await session.scalars(select(Task).where(col(Task.id).in_(ids)))).all()
-            for task in tasks:
-                if task.paused or not task.schedule:  # changed without clearing its slot
-                    task.next_run_at = None
-                    continue
-                run = await start_scheduled(session, task)
-                if run is None:
-                    task.skipped_runs += 1
-                else:
-                    started.append(run.id)
-                task.next_run_at = _slot(task.id, task.schedule, now)
-        for run_id in started:
-            try:
-                await self._queue.enqueue_run(run_id)
-            except Exception:  # the run is queued in the database: the reconciler re-sends
-                log.warning("could not enqueue scheduled run %s", run_id, exc_info=True)
-        if ids:
-            log.info(
-                "scheduler started %d run(s), skipped %d", len(started), len(ids) - len(started)
-            )
-        return len(ids)
+            claimed = (await session.execute(_CLAIM, {"now": now, "limit": BATCH})).all()
+            due = [DueTask(row.id, row.tenant_id, row.source) for row in claimed if _live(row)]
+            started = await start_scheduled(session, due, now)
+            moves = [_move(row, started, now) for row in claimed]
+            if moves:
+                await session.execute(_MOVE, moves)
+        await self._enqueue(list(started.values()))
+        if claimed:
+            skipped = len(due) - len(started)
+            log.info("scheduler started %d run(s), skipped %d", len(started), skipped)
+        return len(claimed)
+
+    async def _enqueue(self, run_ids: list[str]) -> None:
+        try:
+            await self._queue.enqueue_runs(run_ids)
+        except Exception:  # the runs are queued in the database: the reconciler re-sends
+            log.warning("could not enqueue %d scheduled run(s)", len(run_ids), exc_info=True)
+
+
+def _live(task: Row[Any]) -> bool:
+    """Not paused and still scheduled (a task changed without clearing its slot is not)."""
+    return not task.paused and bool(task.schedule)
+
+
+def _move(task: Row[Any], started: dict[str, str], now: datetime) -> dict[str, Any]:
+    """The task's `_MOVE` parameters: its first slot after now (none when it is not
+    live), and one more skipped slot when it was live but got no run (KEEP)."""
+    if not _live(task):
+        return {"id": task.id, "at": None, "skipped": 0}
+    skipped = int(task.id not in started)
+    return {"id": task.id, "at": _slot(task.id, task.schedule, now), "skipped": skipped}
 
 
 def _slot(task_id: str, schedule: dict[str, Any] | None, now: datetime) -> datetime | None:

@@ -44,9 +44,9 @@ at >= 5,000 runs per second, and no task gets two runs. PostgreSQL only (the cla
    entries are dead until vacuumed);
 5. **breakdown** (`--breakdown-rounds`, workers stopped): one batch of `BATCH` slots
    in this process: `Scheduler.fire_due` whole, then its steps lapped (the service's own
-   statements and functions), then the same steps with the slots moved by PostgreSQL's
-   `UPDATE ... FROM unnest` instead of the portable executemany: what limits a
-   scheduler, and whether a dialect branch would be worth having;
+   statements and functions), then the same steps with the slots moved by one UPDATE
+   per task (executemany) instead of one `UPDATE ... FROM (VALUES ...)`: what limits
+   a scheduler, and what the one statement buys;
 6. prints the figures and writes `bench/scheduler-results.json`; stops the workers,
    drops the database and deletes the queue's Redis keys.
 
@@ -121,8 +121,16 @@ from service.db import create_engine, create_sessionmaker
 from service.ids import new_id
 from service.migrations import upgrade
 from service.models import FINAL_STATUSES, metadata
-from service.models.types import utcnow
-from service.runs.scheduler import _CLAIM, _MOVE, _SOONEST, BATCH, Scheduler, _live, _move
+from service.models.types import UTCDateTime, utcnow
+from service.runs.scheduler import (
+    _CLAIM,
+    _SOONEST,
+    BATCH,
+    Scheduler,
+    _live,
+    _move,
+    _move_all,
+)
 from service.runs.service import DueTask, start_scheduled
 from service.tasks.schedule import next_run_at
 from service.tasks.schemas import TaskIn
@@ -643,12 +651,10 @@ def worker_log_warnings(paths: list[Path]) -> list[str]:
 # ---- where a batch's time goes ------------------------------------------------------
 
 _ALT_SLOTS = text(
-    "UPDATE task SET next_run_at = v.at, skipped_runs = task.skipped_runs + v.skipped "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[]), CAST(:skipped AS int[])) "
-    "AS v(id, at, skipped) WHERE task.id = v.id"
-)
-"""PostgreSQL's way to move a batch's slots in one statement, timed against the service's
-`_MOVE` (one portable UPDATE, executemany): is a dialect branch worth having?"""
+    "UPDATE task SET next_run_at = :at, skipped_runs = skipped_runs + :skipped WHERE id = :id"
+).bindparams(bindparam("at", type_=UTCDateTime()))
+"""One UPDATE per task, sent as an executemany (asyncpg pipelines it): timed against the
+service's one `UPDATE ... FROM (VALUES ...)` (`_move_all`)."""
 
 
 class Laps:
@@ -686,7 +692,7 @@ async def _due_batch(engine: AsyncEngine, first: int) -> None:
 
 async def _steps(sessionmaker: Any, queue: Queue, laps: Laps, slots: str) -> int:
     """One batch as `Scheduler.fire_due` does it (its statements and functions), lapped;
-    `slots="unnest"` moves the slots with `_ALT_SLOTS` instead of `_MOVE`."""
+    `slots="executemany"` moves the slots with `_ALT_SLOTS` instead."""
     now = utcnow()
     laps.start()
     async with sessionmaker() as session:
@@ -698,14 +704,13 @@ async def _steps(sessionmaker: Any, queue: Queue, laps: Laps, slots: str) -> int
         laps.lap("start_scheduled: one INSERT ... VALUES (...) x N")
         moves = [_move(row, started, now) for row in claimed]
         laps.lap("next slot per task (_move; cron once per batch)")
-        if slots == "unnest":
-            columns = {"ids": "id", "ats": "at", "skipped": "skipped"}
-            params = {key: [move[name] for move in moves] for key, name in columns.items()}
+        if slots == "executemany":
+            params = [dict(zip(("id", "at", "skipped"), move, strict=True)) for move in moves]
             await session.execute(_ALT_SLOTS, params)
-            laps.lap("[alternative] one UPDATE ... FROM unnest")
+            laps.lap("[alternative] one UPDATE per task, executemany")
         else:
-            await session.execute(_MOVE, moves)
-            laps.lap("_MOVE: one UPDATE, executemany")
+            await _move_all(session, moves)
+            laps.lap("_move_all: one UPDATE ... FROM (VALUES ...)")
         await session.commit()
         laps.lap("commit")
     await queue.enqueue_runs(list(started.values()))
@@ -720,13 +725,13 @@ async def breakdown(
 ) -> dict[str, Any]:
     """Where one scheduler batch (`BATCH` slots) spends its time, in this process with the
     workers stopped: `Scheduler.fire_due` whole, then step by step, then with the slots
-    moved by PostgreSQL's `UPDATE ... FROM unnest`. Each round uses tasks never
-    dispatched, and commits (the rows stay)."""
+    moved by one UPDATE per task (executemany). Each round uses tasks never dispatched,
+    and commits (the rows stay)."""
     sessionmaker = create_sessionmaker(engine)
     scratch = settings.model_copy(update={"queue_name": f"{settings.queue_name}:breakdown"})
     queue = await Queue.connect(scratch)
     scheduler = Scheduler(sessionmaker, queue)
-    whole, steps, unnest = Laps(), Laps(), Laps()
+    whole, steps, many = Laps(), Laps(), Laps()
     try:
         for round_ in range(rounds):
             base = first + 3 * round_ * BATCH
@@ -738,13 +743,13 @@ async def breakdown(
             await _due_batch(engine, base + BATCH)
             await _steps(sessionmaker, queue, steps, "service")
             await _due_batch(engine, base + 2 * BATCH)
-            await _steps(sessionmaker, queue, unnest, "unnest")
+            await _steps(sessionmaker, queue, many, "executemany")
     finally:
         await queue.close()
         with contextlib.suppress(Exception):
             await clean_redis(scratch)
     tables = {"whole": whole.table(BATCH), "service": steps.table(BATCH)}
-    tables["unnest"] = unnest.table(BATCH)
+    tables["executemany"] = many.table(BATCH)
     report: dict[str, Any] = {"batch": BATCH, "rounds": rounds}
     for key, table in tables.items():
         total = sum(step["ms_per_batch"] for step in table)
@@ -860,7 +865,7 @@ def print_breakdown(split: dict[str, Any] | None) -> None:
     titles = (
         ("Scheduler.fire_due, whole", "whole"),
         ("its steps", "service"),
-        ("its steps, slots moved by UPDATE ... FROM unnest", "unnest"),
+        ("its steps, slots moved by one UPDATE per task (executemany)", "executemany"),
     )
     for title, key in titles:
         print(

@@ -6,12 +6,12 @@ processes) can both write; foreign keys are switched on so deletes cascade.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from sqlalchemy import event
+from sqlalchemy import BindParameter, ColumnElement, bindparam, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -101,3 +101,29 @@ async def autocommit(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
     async with sessionmaker() as session:
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
+
+
+def values_rows(
+    columns: Sequence[ColumnElement[Any]], rows: int, per_row: Collection[str]
+) -> tuple[str, list[BindParameter[Any]]]:
+    """`(:a_0, :b, ...), (:a_1, :b, ...)`: a multi-row VALUES list that PostgreSQL and
+    SQLite both read, and its typed binds. Columns named in `per_row` get a bind per row
+    (`:name_<row>`), the others one bind shared by every row (`:name`).
+
+    With the binds typed, the asyncpg dialect casts each (`$1::TIMESTAMP WITH TIME
+    ZONE`), so PostgreSQL knows the VALUES columns' types even outside an INSERT; SQLite
+    needs no cast. One statement for a whole batch, the same SQL on both databases.
+    """
+    names = [column.key for column in columns]
+    listed = [
+        ", ".join(f":{name}_{row}" if name in per_row else f":{name}" for name in names)
+        for row in range(rows)
+    ]
+    binds = [bindparam(c.key, type_=c.type) for c in columns if c.key not in per_row]
+    binds += [
+        bindparam(f"{c.key}_{row}", type_=c.type)
+        for row in range(rows)
+        for c in columns
+        if c.key in per_row
+    ]
+    return ", ".join(f"({row})" for row in listed), binds

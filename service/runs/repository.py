@@ -5,10 +5,11 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Column, TextualSelect, and_, bindparam, or_, select, text
+from sqlalchemy import Column, TextualSelect, and_, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from service.db import values_rows
 from service.models import ACTIVE_STATUSES, Run, metadata
 from service.models.run import ACTIVE_SQL
 
@@ -67,27 +68,14 @@ def _insert_unless_active(
     rows: int, per_row: Collection[str], returning: list[Column[Any]]
 ) -> TextualSelect:
     """Written out, because PostgreSQL and SQLite spell this insert the same (multi-row
-    VALUES included) while SQLAlchemy builds it only per database. Columns in `per_row`
-    are bound per row (`:id_0`, `:id_1`, ...), the others once for all rows."""
+    VALUES included) while SQLAlchemy builds it only per database."""
     columns = list(metadata.tables["run"].columns)
-    names = ", ".join(column.name for column in columns)
-    each = [
-        ", ".join(f":{c.name}_{row}" if c.name in per_row else f":{c.name}" for c in columns)
-        for row in range(rows)
-    ]
-    values = ", ".join(f"({row})" for row in each)
+    values, binds = values_rows(columns, rows, per_row)
     sql = (
-        f"INSERT INTO run ({names}) VALUES {values} "  # noqa: S608 - constant SQL
-        f"ON CONFLICT (task_id) WHERE {ACTIVE_SQL} DO NOTHING "
+        f"INSERT INTO run ({', '.join(column.name for column in columns)}) "  # noqa: S608
+        f"VALUES {values} ON CONFLICT (task_id) WHERE {ACTIVE_SQL} DO NOTHING "
         f"RETURNING {', '.join(column.name for column in returning)}"
     )
-    binds = [bindparam(c.name, type_=c.type) for c in columns if c.name not in per_row]
-    binds += [
-        bindparam(f"{c.name}_{row}", type_=c.type)
-        for row in range(rows)
-        for c in columns
-        if c.name in per_row
-    ]
     return text(sql).bindparams(*binds).columns(*returning)
 
 

@@ -18,16 +18,30 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from datetime import datetime
 from typing import Any
 
 from redis.asyncio import Redis
-from sqlalchemy import Row, bindparam, func, select, text, update
+from sqlalchemy import (
+    ColumnClause,
+    Integer,
+    Row,
+    String,
+    TextClause,
+    bindparam,
+    column,
+    func,
+    select,
+    text,
+    update,
+)
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.broker.channel import Subscription
 from service.broker.queue import Queue, schedules_channel
-from service.db import SessionMaker, transaction
+from service.db import SessionMaker, transaction, values_rows
 from service.models import metadata
 from service.models.types import UTCDateTime, utcnow
 from service.runs.service import DueTask, start_scheduled
@@ -56,11 +70,25 @@ _CLAIM = (
     .values(next_run_at=_TASK.c.next_run_at)  # a write first: the claim takes the rows
     .returning(_TASK.c.id, _TASK.c.tenant_id, _TASK.c.source, _TASK.c.schedule, _TASK.c.paused)
 )
-_MOVE = text(
-    "UPDATE task SET next_run_at = :at, skipped_runs = skipped_runs + :skipped WHERE id = :id"
-).bindparams(bindparam("at", type_=UTCDateTime()))
-"""Sent once per batch with one parameter set per task (executemany: asyncpg pipelines
-them in one round trip; the same SQL on both databases)."""
+_MOVE_COLUMNS: list[ColumnClause[Any]] = [  # the VALUES list of `_move_statement`
+    column("id", String()),
+    column("at", UTCDateTime()),
+    column("skipped", Integer()),
+]
+_MOVE_NAMES = [c.key for c in _MOVE_COLUMNS]
+
+
+@functools.lru_cache(maxsize=64)
+def _move_statement(rows: int) -> TextClause:
+    """Moves a batch's tasks to their next slots and counts their skips, in one
+    statement (half the time of one UPDATE per task, executemany; `bench/scheduler.py`),
+    the same SQL on both databases. Built once per batch size."""
+    values, binds = values_rows(_MOVE_COLUMNS, rows, _MOVE_NAMES)
+    return text(
+        "UPDATE task SET next_run_at = v.column2, "  # noqa: S608 - constant SQL
+        "skipped_runs = task.skipped_runs + v.column3 "
+        f"FROM (VALUES {values}) AS v WHERE task.id = v.column1"
+    ).bindparams(*binds)
 
 
 _UNSLOTTED = select(_TASK.c.id, _TASK.c.schedule).where(
@@ -111,8 +139,17 @@ class Scheduler:
                 return MAX_SLEEP_SECONDS
             if soonest > now:
                 return (soonest - now).total_seconds()
-            if await self.fire_due(now) == 0:  # due, but another scheduler has them
+            if await self._fire_all(now) == 0:  # due, but another scheduler has them
                 return 0.05
+
+    async def _fire_all(self, now: datetime) -> int:
+        """`fire_due` until a batch comes back short: a full one means more may be due,
+        and asking for the soonest slot in between would only say so."""
+        fired = total = await self.fire_due(now)
+        while fired == BATCH:
+            fired = await self.fire_due(utcnow())
+            total += fired
+        return total
 
     async def fire_due(self, now: datetime) -> int:
         """Claim up to `BATCH` due slots and start their runs; returns how many slots.
@@ -125,9 +162,7 @@ class Scheduler:
             claimed = (await session.execute(_CLAIM, {"now": now, "limit": BATCH})).all()
             due = [DueTask(row.id, row.tenant_id, row.source) for row in claimed if _live(row)]
             started = await start_scheduled(session, due, now)
-            moves = [_move(row, started, now) for row in claimed]
-            if moves:
-                await session.execute(_MOVE, moves)
+            await _move_all(session, [_move(row, started, now) for row in claimed])
         await self._enqueue(list(started.values()))
         if claimed:
             skipped = len(due) - len(started)
@@ -146,13 +181,22 @@ def _live(task: Row[Any]) -> bool:
     return not task.paused and bool(task.schedule)
 
 
-def _move(task: Row[Any], started: dict[str, str], now: datetime) -> dict[str, Any]:
-    """The task's `_MOVE` parameters: its first slot after now (none when it is not
-    live), and one more skipped slot when it was live but got no run (KEEP)."""
+def _move(task: Row[Any], started: dict[str, str], now: datetime) -> tuple[str, Any, int]:
+    """Where a claimed task goes: its first slot after now (none when it is not live),
+    and one more skipped slot when it was live but got no run (KEEP)."""
     if not _live(task):
-        return {"id": task.id, "at": None, "skipped": 0}
-    skipped = int(task.id not in started)
-    return {"id": task.id, "at": _slot(task.id, task.schedule, now), "skipped": skipped}
+        return task.id, None, 0
+    return task.id, _slot(task.id, task.schedule, now), int(task.id not in started)
+
+
+async def _move_all(session: AsyncSession, moves: list[tuple[str, Any, int]]) -> None:
+    params = {
+        f"{name}_{row}": value
+        for row, move in enumerate(moves)
+        for name, value in zip(_MOVE_NAMES, move, strict=True)
+    }
+    if moves:
+        await session.execute(_move_statement(len(moves)), params)
 
 
 def _slot(task_id: str, schedule: dict[str, Any] | None, now: datetime) -> datetime | None:

@@ -51,9 +51,22 @@ def _sqlite_savepoint_in_transaction(connection: Connection, _name: str) -> None
     everything at once: a later rollback of the session would not undo it. IMMEDIATE,
     because a savepoint is only ever taken to write.
     """
+    _begin_immediate(connection)
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """A `locked_transaction` takes SQLite's write lock before its first statement."""
+    if connection.get_execution_options().get(_WRITE_LOCK):
+        _begin_immediate(connection)
+
+
+def _begin_immediate(connection: Connection) -> None:
     driver = connection.connection.driver_connection
     if driver is not None and not getattr(driver, "in_transaction", True):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_WRITE_LOCK = "backsync_write_lock"
 
 
 def create_engine(
@@ -67,6 +80,7 @@ def create_engine(
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "savepoint", _sqlite_savepoint_in_transaction)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         database_url,
@@ -92,6 +106,17 @@ async def transaction(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]
         except BaseException:
             await session.rollback()
             raise
+
+
+@asynccontextmanager
+async def locked_transaction(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """`transaction`, for reading rows in order to change them: on SQLite it holds the
+    database's write lock from its first statement (BEGIN IMMEDIATE), as a PostgreSQL
+    `SELECT ... FOR UPDATE` holds the rows it reads. One such reader at a time on
+    SQLite; on PostgreSQL the option means nothing (its statements lock rows)."""
+    async with transaction(sessionmaker) as session:
+        await session.connection(execution_options={_WRITE_LOCK: True})
+        yield session
 
 
 @asynccontextmanager

@@ -127,6 +127,7 @@ from service.runs.scheduler import (
     _SOONEST,
     BATCH,
     Scheduler,
+    _Claimed,
     _live,
     _move,
     _move_all,
@@ -696,8 +697,9 @@ async def _steps(sessionmaker: Any, queue: Queue, laps: Laps, slots: str) -> int
     now = utcnow()
     laps.start()
     async with sessionmaker() as session:
-        claimed = (await session.execute(_CLAIM, {"now": now, "limit": BATCH})).all()
-        laps.lap("claim: UPDATE ... SKIP LOCKED RETURNING")
+        result = await session.execute(_CLAIM, {"now": now, "limit": BATCH})
+        claimed = [_Claimed(*row) for row in result]
+        laps.lap("claim: SELECT ... FOR UPDATE SKIP LOCKED")
         due = [DueTask(row.id, row.tenant_id, row.source) for row in claimed if _live(row)]
         laps.lap("DueTask per slot (run options)")
         started = await start_scheduled(session, due, now)

@@ -179,8 +179,7 @@ class _Worker(Worker):
     def __init__(self, *args: Any, idle_poll: float, **kwargs: Any) -> None:
         super().__init__(*args, poll_delay=0, **kwargs)  # the waiting is `_wait_for_work`
         self._idle_poll = idle_poll
-        self._rung = asyncio.Event()
-        self._freed = asyncio.Event()
+        self._wake = asyncio.Event()
         self._doorbell: Subscription | None = None
 
     async def _poll_iteration(self) -> None:
@@ -193,20 +192,21 @@ class _Worker(Worker):
         await self._wait_for_work()
 
     def _ring(self, _data: bytes) -> None:
-        self._rung.set()
+        self._wake.set()
 
     async def _wait_for_work(self) -> None:
-        """Until there may be something to start: with every slot busy, until one frees;
-        else until the doorbell rings (it may have rung during the poll). At most
-        `idle_poll` either way."""
+        """Until there may be something to start, at most `idle_poll`: the doorbell rang
+        or a job ended (both may have happened during the poll). A job's end counts even
+        with slots free: the poll asked for no more jobs than it had free slots, so it
+        may have left some behind, and they were enqueued (and rang) before it. With
+        every slot busy, only a freed slot ends the wait."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(self._idle_poll):
-                if self.job_counter < self.max_jobs:
-                    await self._rung.wait()
-                    self._rung.clear()
-                while self.job_counter >= self.max_jobs:
-                    await self._freed.wait()
-                    self._freed.clear()
+                while True:
+                    await self._wake.wait()
+                    self._wake.clear()
+                    if self.job_counter < self.max_jobs:
+                        return
 
     async def run_job(self, job_id: str, score: int) -> None:
         try:
@@ -214,7 +214,7 @@ class _Worker(Worker):
         finally:
             # `set` runs before arq's done-callback frees the slot, but the waiter it
             # wakes is queued behind that callback: the poll then sees the free slot.
-            asyncio.get_running_loop().call_soon(self._freed.set)
+            asyncio.get_running_loop().call_soon(self._wake.set)
 
     async def close(self) -> None:
         if self._doorbell is not None:

@@ -6,12 +6,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
@@ -24,7 +26,11 @@ from service.dependencies import current_principal
 from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
+from service.notifications.router import router as events_router
+from service.notifications.webhooks.router import router as webhooks_router
+from service.openapi import finish as finish_openapi
 from service.ops.router import router as ops_router
+from service.push.router import router as push_router
 from service.records.router import router as records_router
 from service.runs.router import router as runs_router
 from service.state import AppState
@@ -85,6 +91,10 @@ async def _unauthenticated(request: Request) -> JSONResponse | None:
     except ServiceError as exc:
         return _problem(exc.problem(), exc.headers())
     return None
+
+
+def _operation_id(route: APIRoute) -> str:
+    return route.name
 
 
 def _needs_caller(route: object) -> bool:
@@ -153,7 +163,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await queue.close()
             await engine.dispose()
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from files shipped in the
+    # installed package (fastapi-offline), not from a CDN, so they work on a machine with
+    # no internet access.
+    app = FastAPIOffline(
+        # Readable, stable operation ids (`list_tasks`, not `list_tasks_v1_tasks_get`): a
+        # generated client's method names (tests/test_openapi.py checks they are unique).
+        generate_unique_id_function=_operation_id,
         title="Backsync",
         version=__version__,
         description=DESCRIPTION,
@@ -162,9 +178,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             {"name": "tasks", "description": "Register and manage sync tasks"},
             {"name": "runs", "description": "Trigger, inspect and cancel runs"},
             {"name": "records", "description": "The change feed of synced records"},
+            {
+                "name": "events",
+                "description": "What happened: runs ended, records changed, tasks paused",
+            },
+            {
+                "name": "webhooks",
+                "description": "Events delivered to your endpoints, signed per Standard Webhooks",
+            },
+            {
+                "name": "push",
+                "description": "Secret URLs a provider's new-data notification calls to"
+                " trigger a task (`/v1/push/{token}` needs no API key)",
+            },
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
+    build_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = finish_openapi(build_openapi())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -172,6 +209,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(NulFreeUrl)
     app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestId)
-    for router in (tasks_router, runs_router, records_router, ops_router):
+    routers = (
+        tasks_router,
+        runs_router,
+        records_router,
+        events_router,
+        webhooks_router,
+        push_router,
+        ops_router,
+    )
+    for router in routers:
         app.include_router(router)
     return app

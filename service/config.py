@@ -66,11 +66,40 @@ class Settings(BaseSettings):
     beyond it the attempt ends as retryable `upstream_held` and frees the worker."""
     upstream_max_hold_seconds: float = 3600.0
     """Cap on how long one `Retry-After` holds back every task on a host."""
+    push_rate_per_minute: int = Field(default=60, ge=1)
+    """Calls one push URL (`/v1/push/{token}`) may make per minute, in bursts of as many;
+    past it a call is answered 429 with `Retry-After`. Counted in Redis, so every API
+    process shares the one budget (`service.broker.rate_limit`)."""
+    push_max_body_bytes: int = Field(default=64 * 1024, ge=0)
+    """Largest body a push may carry (413 past it); the body is read and ignored."""
     upstream_retry_delay_seconds: float = Field(default=0.5, gt=0, le=60)
     """The first in-place retry of a failed request waits up to this long, the next ones
     twice as long each (full jitter; `service.sync.request_retry`)."""
 
-    @field_validator("secret_keys", "allowed_targets", mode="before")
+    auto_pause_after_failures: int = Field(default=10, ge=0)
+    """Failed runs in a row after which a task pauses itself and emits `task.paused`
+    (0: never)."""
+    event_retention_days: float = Field(default=30, gt=0)
+    """Events older than this are pruned from the feed (`GET /v1/events`)."""
+
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0, le=60)
+    """A webhook delivery attempt that has not answered by then is a failure (and retried)."""
+    webhook_retry_delays: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
+    )
+    """Seconds before each retry of a failed delivery (Standard Webhooks' schedule: then
+    5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h; about 27 hours in all). After the last the
+    delivery is `failed`."""
+    webhook_disable_after_days: float = Field(default=5, gt=0)
+    """An endpoint whose deliveries have failed this long with no success is disabled,
+    with a `webhook.disabled` event."""
+    webhook_max_in_flight: int = Field(default=50, ge=1)
+    """Deliveries one worker sends at once."""
+    webhook_poll_seconds: float = Field(default=1.0, gt=0)
+    """How often a worker looks for events and due retries without a doorbell ring: the
+    most a lost ring (or a retry falling due) waits."""
+
+    @field_validator("secret_keys", "allowed_targets", "webhook_retry_delays", mode="before")
     @classmethod
     def _csv(cls, value: object) -> object:
         return _split_csv(value)

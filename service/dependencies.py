@@ -6,7 +6,8 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, cast
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Security
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.service import Principal, authenticate
@@ -85,7 +86,21 @@ async def unit_of_work(state: State) -> AsyncIterator[UnitOfWork]:
 Work = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
 
 
-async def current_principal(request: Request, work: Work) -> Principal:
+API_KEY = HTTPBearer(
+    auto_error=False,
+    scheme_name="ApiKey",
+    bearerFormat="bks_<prefix>_<secret>",
+    description="An API key (`backsync keys create`): `Authorization: Bearer bks_…`.",
+)
+"""Declares the key in the OpenAPI document (the docs page's Authorize button); the key
+itself is read and checked by `authenticate`, which answers every failure with 401."""
+
+
+async def current_principal(
+    request: Request,
+    work: Work,
+    _key: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)] = None,
+) -> Principal:
     principal = await authenticate(work.session, request.headers.get("authorization"))
     request.state.tenant = principal.tenant_id
     bind_log_context(tenant=principal.tenant_id)

@@ -7,6 +7,7 @@ Services raise these; the API turns them into `application/problem+json`. The tr
      ├── Unauthenticated            401  missing, malformed, unknown or revoked API key
      ├── NotFound                   404  also for another tenant's ids: existence is not leaked
      ├── Conflict                   409  e.g. a task name that is taken
+     │    ├── CredentialsUnreadable 409  stored credentials no longer decrypt: send new ones
      │    └── IdempotencyKeyInUse   409  the key's first request is still running; `Retry-After`
      ├── PayloadTooLarge            413
      ├── InvalidInput               422  semantic validation; carries `errors: [{loc, msg}]`
@@ -100,6 +101,13 @@ class Conflict(ServiceError):
     status = 409
     slug = "conflict"
     title = "Conflict"
+
+
+class CredentialsUnreadable(Conflict):
+    """The task's stored credentials no longer decrypt (the server's keys changed)."""
+
+    slug = "credentials-unreadable"
+    title = "Stored credentials cannot be read"
 
 
 class IdempotencyKeyInUse(Conflict):

@@ -5,9 +5,11 @@ a `RedactingFilter`, which masks, in the message, its arguments and exception te
 whatever looks like a secret — `Authorization` values, Bearer/Basic credentials, API keys
 (`bks_<prefix>_****`, the prefix stays so a key can still be told apart), Fernet tokens,
 the password in `scheme://user:password@host`, and credential query parameters
-(`?api_key=****`) or JSON/dict entries (`"token": "****"`). It works on patterns, not on
-known values, so it also catches a secret that reached a log line by a path nobody
-foresaw (an exception message, a URL logged by httpx).
+(`?api_key=****`) or JSON/dict entries (`"token": "****"`). It works on patterns, so it
+also catches a secret that reached a log line by a path nobody foresaw (an exception
+message, a URL logged by httpx). And work that holds a task's credentials (a run, a dry
+run) names them (`bind_secrets`): their values are masked wherever they appear, whatever
+a parameter or header carrying them is called (`?apitok=…` matches no pattern).
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ import contextvars
 import logging
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
+from urllib.parse import quote, quote_plus
 
 import orjson
 
@@ -32,6 +35,25 @@ _CONTEXT_FIELDS = ("request_id", "tenant", "task_id", "run_id")
 
 def bind_log_context(**fields: str) -> None:
     log_context.set({**(log_context.get() or {}), **fields})
+
+
+_known_secrets: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "known_secrets", default=()
+)
+MIN_KNOWN_SECRET = 4
+"""Shorter values are not masked by value: they would mask ordinary words and numbers."""
+
+
+def bind_secrets(values: Iterable[str]) -> None:
+    """Mask these values (and their URL-encoded forms) in every line logged by the work
+    in hand: the credentials of the task a run or dry run is sending."""
+    forms = {
+        form
+        for value in values
+        if len(value) >= MIN_KNOWN_SECRET
+        for form in (value, quote(value, safe=""), quote_plus(value))
+    }
+    _known_secrets.set(tuple(sorted(forms, key=len, reverse=True)))
 
 
 MASK = "****"
@@ -89,7 +111,11 @@ def _mask_match(match: re.Match[str]) -> str:
 
 
 def redact(text: str) -> str:
-    """`text` with everything that looks like a credential replaced by `****`."""
+    """`text` with every bound secret (`bind_secrets`) and everything that looks like a
+    credential replaced by `****`."""
+    for value in _known_secrets.get():
+        if value in text:
+            text = text.replace(value, MASK)
     lowered = text.lower()
     if not any(marker in lowered for marker in _MARKERS):
         return text

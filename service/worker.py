@@ -18,6 +18,8 @@ from service.config import Settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
 from service.http_client import create_upstream_client
+from service.notifications.service import prune_forever
+from service.notifications.webhooks import deliverer as webhooks
 from service.runs.jobs import sync_run
 from service.runs.ledger import ledger_for
 from service.runs.recovery import reconcile_forever
@@ -64,16 +66,25 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         )
         await budget.start()
         ctx["engine"] = engine
+        secrets = SecretBox(settings.secret_keys)
+        hooks = None if burst else webhooks.build(sessionmaker, secrets, settings)
         ctx["deps"] = RunnerDeps(
-            ledger=ledger_for(sessionmaker, worker_identity(), settings.lease_seconds),
+            ledger=ledger_for(
+                sessionmaker,
+                worker_identity(),
+                settings.lease_seconds,
+                settings.auto_pause_after_failures,
+            ),
             http=create_upstream_client(settings),
-            secrets=SecretBox(settings.secret_keys),
+            secrets=secrets,
             queue=queue,
             budget=budget,
             request_retry=RequestRetry(
                 base_delay=settings.upstream_retry_delay_seconds,
                 max_delay=8 * settings.upstream_retry_delay_seconds,
             ),
+            max_hold_seconds=settings.upstream_max_hold_seconds,
+            **({"events_written": hooks.wake} if hooks else {}),
         )
         if not burst:
             scheduler = Scheduler(sessionmaker, queue)
@@ -87,11 +98,18 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                     settings.queued_grace_seconds,
                 )
             )
+            assert hooks is not None
+            ctx["webhooks"] = asyncio.create_task(
+                hooks.run_forever(webhooks.subscription(settings.queue_name, ctx["redis"], hooks))
+            )
+            ctx["pruner"] = asyncio.create_task(
+                prune_forever(sessionmaker, settings.event_retention_days)
+            )
         _calm_the_garbage_collector()
         log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        for name in ("reconciler", "scheduler"):
+        for name in ("reconciler", "scheduler", "pruner", "webhooks"):
             loop: asyncio.Task[None] | None = ctx.get(name)
             if loop is not None:
                 loop.cancel()

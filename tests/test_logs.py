@@ -214,8 +214,34 @@ async def test_json_lines_of_a_run_carry_its_run_task_and_tenant(
         run = await sync(client, auth, task["id"])
     finally:
         logging.getLogger("service").removeHandler(handler)
+        logging.getLogger("service").setLevel(logging.NOTSET)  # as it was: later tests log DEBUG
     lines = [json.loads(line) for line in stream.getvalue().splitlines()]
     about_run = [line for line in lines if line.get("run_id") == run["id"]]
     assert about_run, lines
     assert all(line["task_id"] == task["id"] for line in about_run)
     assert all(line["tenant"].startswith("ten_") for line in about_run)
+
+
+async def test_a_run_masks_its_own_credentials_whatever_they_are_called(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    worker: object,
+    redacted_caplog: pytest.LogCaptureFixture,
+) -> None:
+    """`apitok` is on no list of credential names: the value is masked because the run
+    knows it is its task's credential. The dry run (in the API) does the same."""
+    secret = "zq-not-a-pattern-4711"
+    url = upstream.route("/odd", lambda _r: JSONResponse({"error": "boom"}, status_code=404))
+    body = http_task(url, name="odd", auth={"type": "query", "name": "apitok", "value": secret})
+    run = await sync(client, auth, (await create_task(client, auth, body))["id"])
+    dry = await client.post("/v1/tasks:validate", json=body, headers=auth)
+
+    assert run["status"] == "failed" and dry.status_code == 200
+    assert all(seen.query.get("apitok") == secret for seen in upstream.hits("/odd"))
+    records = redacted_caplog.records
+    everything = "\n".join(
+        [redacted_caplog.text, *(r.getMessage() + (r.exc_text or "") for r in records)]
+    )
+    assert "apitok=****" in everything  # the engine's DEBUG line, the value masked
+    assert secret not in everything

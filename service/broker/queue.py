@@ -26,6 +26,7 @@ from arq.constants import job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from arq.worker import Worker
+from redis.asyncio import Redis
 
 from service.broker.channel import Subscription
 from service.config import Settings
@@ -99,6 +100,11 @@ class Queue:
         )
         return cls(pool, settings.queue_name)
 
+    @property
+    def redis(self) -> Redis:
+        """The connection pool, for Backsync's own keys (`service.broker.rate_limit`)."""
+        return self._pool
+
     async def enqueue_run(
         self, run_id: str, *, job_suffix: str | None = None, not_before: datetime | None = None
     ) -> None:
@@ -133,6 +139,10 @@ class Queue:
         """Wake every worker's scheduler: a task's next slot may be sooner now."""
         await self._pool.publish(schedules_channel(self._queue_name), b"")
 
+    async def webhooks_due(self) -> None:
+        """Wake the workers' webhook deliverers: events were written or a delivery made."""
+        await self._pool.publish(webhooks_channel(self._queue_name), b"")
+
     async def ping(self) -> bool:
         try:
             return bool(await asyncio.wait_for(self._pool.ping(), timeout=2))
@@ -146,6 +156,12 @@ class Queue:
 def schedules_channel(queue_name: str) -> str:
     """Published when a task's schedule changes (`service.runs.scheduler`)."""
     return f"{queue_name}:schedules"
+
+
+def webhooks_channel(queue_name: str) -> str:
+    """Published after a commit that wrote events or deliveries
+    (`service.notifications.webhooks.deliverer`)."""
+    return f"{queue_name}:webhooks"
 
 
 def doorbell_channel(queue_name: str) -> str:

@@ -10,12 +10,16 @@ SQLModel.metadata.naming_convention = {
     "pk": "pk_%(table_name)s",
 }
 
+from service.models.event import Event  # noqa: E402
 from service.models.idempotency import IdempotencyRecord  # noqa: E402
 from service.models.page_validator import PageValidator  # noqa: E402
+from service.models.push_url import PushUrl  # noqa: E402
 from service.models.record import Record  # noqa: E402
 from service.models.run import ACTIVE_STATUSES, FINAL_STATUSES, Run  # noqa: E402
 from service.models.task import Task, TaskTag  # noqa: E402
 from service.models.tenant import ApiKey, Tenant  # noqa: E402
+from service.models.webhook import Webhook  # noqa: E402
+from service.models.webhook_delivery import WebhookDelivery  # noqa: E402
 
 metadata = SQLModel.metadata
 
@@ -23,12 +27,16 @@ __all__ = [
     "ACTIVE_STATUSES",
     "FINAL_STATUSES",
     "ApiKey",
+    "Event",
     "IdempotencyRecord",
     "PageValidator",
+    "PushUrl",
     "Record",
     "Run",
     "Task",
     "TaskTag",
     "Tenant",
+    "Webhook",
+    "WebhookDelivery",
     "metadata",
 ]

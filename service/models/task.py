@@ -34,7 +34,14 @@ class Task(SQLModel, table=True):
     )
     tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
     paused: bool = False
+    paused_reason: str | None = Field(default=None, max_length=40)
+    """`client` (paused through the API) or `consecutive_failures` (paused by the worker
+    after `BACKSYNC_AUTO_PAUSE_AFTER_FAILURES` failed runs in a row)."""
     consecutive_failures: int = 0
+    auth_failed_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
+    """When the upstream last refused the task's credentials (401/403) in the current
+    failure streak: `task.auth_failed` is emitted once per streak, and a success or new
+    credentials end the streak."""
     last_success_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     next_run_at: datetime | None = Field(default=None, sa_type=UTCDateTime, index=True)
     """The task's next schedule slot; null when it has no schedule or is paused, so the
@@ -42,6 +49,9 @@ class Task(SQLModel, table=True):
     skipped_runs: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     """Schedule slots skipped because the previous run was still active (WorkManager's
     KEEP policy: a slot never stacks a second run)."""
+    debounce_seconds: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    """A push starts its run no earlier than this after the burst's first push, so a
+    burst of notifications gives one run (`service.push`)."""
     watermark: Any | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     record_seq: int = Field(default=0, sa_type=BigInt)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

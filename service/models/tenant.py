@@ -4,13 +4,15 @@ from datetime import datetime
 
 from sqlmodel import Field, SQLModel
 
-from service.models.types import UTCDateTime, utcnow
+from service.models.types import BigInt, UTCDateTime, utcnow
 
 
 class Tenant(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=40)
     name: str = Field(max_length=200, unique=True)
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
+    event_seq: int = Field(default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"})
+    """The tenant's last event `seq` (see `Event`): bumped under the row's lock."""
 
 
 class ApiKey(SQLModel, table=True):

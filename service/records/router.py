@@ -6,6 +6,7 @@ from fastapi import APIRouter, Query
 
 from service.dependencies import Caller, Work
 from service.errors import InvalidInput, NotFound, Unauthenticated, problem_responses
+from service.pagination import MAX_SEQ
 from service.records import service
 from service.records.schemas import ChangeFeed, RecordFeed
 
@@ -21,7 +22,9 @@ async def task_records(
     work: Work,
     caller: Caller,
     task_id: str,
-    after: Annotated[int, Query(ge=0, description="Only records changed after this seq")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="Only records changed after this seq")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> RecordFeed:
     """The task's change feed: records inserted, changed or deleted after `after`"""

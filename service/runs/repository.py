@@ -5,7 +5,7 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Column, TextualSelect, and_, or_, select, text
+from sqlalchemy import Column, TextualSelect, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
@@ -104,12 +104,14 @@ async def orphans(
     session: AsyncSession, now: datetime, queued_before: datetime, limit: int = 500
 ) -> Sequence[Run]:
     """Active runs no worker is known to be on: expired leases, overdue retries, and
-    queued runs old enough that their job may have been lost with Redis."""
+    queued runs due long enough ago that their job may have been lost with Redis (a
+    queued run with a not-before time, `next_attempt_at`, is due from then on)."""
+    queued_since = func.coalesce(col(Run.next_attempt_at), col(Run.created_at))
     result = await session.execute(
         select(Run)
         .where(
             or_(
-                and_(col(Run.status) == "queued", col(Run.created_at) < queued_before),
+                and_(col(Run.status) == "queued", queued_since < queued_before),
                 and_(col(Run.status) == "retrying", col(Run.next_attempt_at) <= now),
                 and_(
                     col(Run.status) == "running",

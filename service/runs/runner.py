@@ -19,14 +19,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+import redis.exceptions
+import sqlalchemy.exc
+
 from service.broker.queue import Queue
 from service.crypto import SecretBox, SecretBoxError
-from service.logs import bind_log_context
+from service.logs import bind_log_context, bind_secrets
 from service.models.types import utcnow
 from service.runs.ledger import LeasedRun, Outcome, RunLedger
 from service.sync import (
@@ -41,6 +44,7 @@ from service.sync import (
     UpstreamClient,
     iter_pages,
     next_delay,
+    secret_values,
     start_params,
 )
 from service.tasks.service import unsealed_source
@@ -56,12 +60,18 @@ MAX_ATTEMPTS_FACTOR = 10
 """A run ends after `retry.max_attempts` attempts that committed no page, or after this
 many times `max_attempts` attempts in all, whichever comes first."""
 
-_INTERNAL_ERROR: dict[str, Any] = {
-    "code": "internal_error",
-    "message": "internal error while syncing",
-    "http_status": None,
-    "retryable": True,
-}
+_UNAVAILABLE = (
+    OSError,  # connections refused, reset or timed out
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+)
+"""Crashes caused by the database or Redis being away: the next attempt may well work."""
+
+
+def _nobody_listens() -> None:
+    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +84,10 @@ class RunnerDeps:
     """Shared per-host request budget (rate limits, Retry-After holds) across workers."""
     request_retry: RequestRetry = REQUEST_RETRY
     """How a failed request is tried again in place, before it ends the attempt."""
+    max_hold_seconds: float = 3600.0
+    """The server's cap on a `Retry-After` wait (`BACKSYNC_UPSTREAM_MAX_HOLD_SECONDS`)."""
+    events_written: Callable[[], None] = _nobody_listens
+    """Rung when a run ends (its end wrote events): the worker's webhook deliverer."""
 
 
 async def execute_run(deps: RunnerDeps, run_id: str) -> None:
@@ -90,11 +104,12 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
         except SyncError as exc:
             log.info("run %s attempt %s failed: %s", run_id, run.attempt, exc.code)
             await _failed(deps, run, exc.as_dict(), exc.retry_after, exc.requests)
-        except Exception:
+        except Exception as exc:
             log.exception("run %s crashed", run_id)
-            await _failed(deps, run, _INTERNAL_ERROR, None, 0)
+            await _failed(deps, run, _crash(exc), None, 0)
         else:
             log.info("run %s attempt %s: %s", run_id, run.attempt, outcome.value)
+    deps.events_written()  # a ring that finds no new event costs one query
 
 
 async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
@@ -126,12 +141,49 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
     raise AssertionError("the engine stopped before a last page")
 
 
+def _crash(exc: Exception) -> dict[str, Any]:
+    """The error of an attempt that raised something unexpected. Only a crash caused by
+    the database or Redis being away is retried: any other would crash the next attempt
+    the same way, so it ends the run at once rather than spending every attempt. The
+    message names the exception's type only (its text can carry data or credentials);
+    the worker's log has the traceback."""
+    transient = isinstance(exc, _UNAVAILABLE) or (
+        isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
+    )
+    kind = type(exc).__name__
+    message = (
+        f"internal error while syncing ({kind}); retried: the database or Redis was unavailable"
+        if transient
+        else f"internal error while syncing ({kind}); not retried, it would fail the same way"
+        " (the worker's log has the details)"
+    )
+    return {
+        "code": "internal_error",
+        "message": message,
+        "http_status": None,
+        "retryable": transient,
+    }
+
+
+def _held_too_long(error: dict[str, Any], retry_after: float, limit: float) -> dict[str, Any]:
+    """The upstream asked (`Retry-After`) for a longer wait than the task and the server
+    allow: the run ends now, saying until when, instead of parking for days."""
+    until = (utcnow() + timedelta(seconds=retry_after)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    message = (
+        f"the upstream asked to wait until {until} (Retry-After {retry_after:g} s), longer"
+        f" than this run may wait ({limit:g} s: the smaller of retry.max_delay_seconds and"
+        " BACKSYNC_UPSTREAM_MAX_HOLD_SECONDS); a later trigger or schedule slot tries again"
+    )
+    return {**error, "code": "upstream_held", "message": message, "retryable": False}
+
+
 def _source(secrets: SecretBox, run: LeasedRun) -> Source:
     """The task's source with its credentials, and this run's incremental bounds."""
     try:
         source = unsealed_source(run.source, run.auth_ciphertext, secrets)
     except SecretBoxError as exc:
         raise SyncError(str(exc), code="credentials_unreadable") from exc
+    bind_secrets(secret_values(source.auth))  # masked in this run's logs, by value
     if source.incremental is None or "url" in run.checkpoint:
         return source
     backfill = run.options.get("backfill")
@@ -156,6 +208,9 @@ async def _failed(
     if it committed no page; waiting for a held host (`upstream_held`) never counts."""
     await deps.ledger.settle(run, requests)  # keep what the good pages established
     retry = Retry.model_validate(run.retry)
+    limit = min(retry.max_delay_seconds, deps.max_hold_seconds)
+    if error.get("retryable") and retry_after is not None and retry_after > limit:
+        error = _held_too_long(error, retry_after, limit)
     counted = run.committed_pages == 0 and error.get("code") != "upstream_held"
     entry = run.attempt_entry(error, counted=counted)
     spent = counted + sum(1 for old in run.attempts if old.get("counted", True))

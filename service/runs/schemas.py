@@ -98,12 +98,15 @@ class RunOut(BaseModel):
     id: str
     task_id: str
     status: RunStatus
-    trigger: Literal["manual", "schedule"]
+    trigger: Literal["manual", "schedule", "push"]
     attempt: int
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    next_attempt_at: datetime | None
+    next_attempt_at: datetime | None = Field(
+        description="When a retrying run's next attempt starts, or when a queued run may"
+        " start (a push to a task with `debounce_seconds`); null when it may start now."
+    )
     cancel_requested: bool
     stats: RunStats
     error: RunError | None

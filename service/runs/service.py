@@ -44,9 +44,12 @@ async def trigger(
     task_id: str,
     body: TriggerIn | None = None,
     trigger: str = "manual",
+    not_before: datetime | None = None,
 ) -> tuple[Run, bool]:
     """A new queued run, or the task's active one (returns created=False; its options
-    stay as they were).
+    stay as they were). A new run with `not_before` waits until then (its
+    `next_attempt_at`; workers do not claim it earlier), so that pushes arriving
+    meanwhile coalesce into it.
 
     A partial unique index allows one active run per task, so two racing triggers
     (any number of API processes) still give one run.
@@ -55,7 +58,12 @@ async def trigger(
     options = run_options(task.source, body)
     for _ in range(3):  # the active run may end between the insert and the read
         run = Run(
-            id=new_id("run"), task_id=task.id, tenant_id=tenant_id, trigger=trigger, options=options
+            id=new_id("run"),
+            task_id=task.id,
+            tenant_id=tenant_id,
+            trigger=trigger,
+            options=options,
+            next_attempt_at=not_before,
         )
         created = await repository.insert_unless_active(session, run)
         if created is not None:

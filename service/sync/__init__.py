@@ -16,7 +16,7 @@ from service.sync.incremental import Watermark, later, start_params
 from service.sync.pages import Page, fetch_one, iter_pages
 from service.sync.paginators import PageRequest, first_request
 from service.sync.request_retry import REQUEST_RETRY, RequestRetry
-from service.sync.spec import SECRET_FIELDS, Limits, Retry, Source
+from service.sync.spec import SECRET_FIELDS, Limits, Retry, Source, secret_values
 from service.sync.ssrf import GuardedBackend, Resolver, TargetPolicy, check_target, system_resolver
 
 __all__ = [
@@ -50,6 +50,7 @@ __all__ = [
     "over",
     "page_key",
     "records_of",
+    "secret_values",
     "start_params",
     "system_resolver",
 ]

@@ -13,6 +13,8 @@ from collections import deque
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass, replace
 
+import httpx
+
 from service.sync.budget import HostBudget
 from service.sync.client import UpstreamClient
 from service.sync.conditional import (
@@ -95,17 +97,41 @@ async def iter_pages(
     """
     flight = _Flight(client, source, limits, budget, validators, digest_seed(source), ahead, retry)
     request: PageRequest | None = start or first_request(source)
+    requested: set[_Address] = set()
     try:
         while request is not None:
             if request.index >= limits.max_pages:
                 raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
+            requested.add(_address(request))
             page = await flight.take(request)
+            _check_no_cycle(page, requested)  # before `follow` would fetch it again
             if ahead:
                 page = await flight.follow(page)
             yield page
             request = page.next
     finally:
         await flight.drop()
+
+
+_Address = tuple[str, tuple[tuple[str, str], ...]]
+
+
+def _address(request: PageRequest) -> _Address:
+    """Where a request goes, however it is spelled: `?p=2` in the URL (a next_url) and
+    `params={"p": 2}` are one address, in any order of parameters."""
+    url = httpx.URL(request.url).copy_merge_params(request.params or {})
+    return str(url.copy_with(query=None)), tuple(sorted(url.params.multi_items()))
+
+
+def _check_no_cycle(page: Page, requested: set[_Address]) -> None:
+    """A page whose next page was already requested in this attempt closes a cycle
+    (a -> b -> a): following it would fetch the same pages until `max_pages`. The page
+    is not stored (as a page that names itself is not: `_interpret`)."""
+    if page.next is not None and _address(page.next) in requested:
+        raise PaginationLoop(
+            f"the upstream pointed back to a page already fetched in this run (page"
+            f" {page.request.index + 1} leads to an earlier one): a pagination cycle"
+        )
 
 
 @dataclass(slots=True)

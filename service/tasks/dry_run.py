@@ -13,6 +13,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.crypto import mask
+from service.logs import bind_secrets
 from service.sync import (
     SECRET_FIELDS,
     PageRequest,
@@ -21,6 +22,7 @@ from service.sync import (
     fetch_one,
     first_request,
     records_of,
+    secret_values,
 )
 from service.tasks.schemas import RunError, TaskIn
 
@@ -103,6 +105,7 @@ def _shown(request: PageRequest, body: TaskIn) -> PageRef:
 
 async def dry_run(client: UpstreamClient, body: TaskIn) -> DryRun:
     source, limits = body.source, body.limits
+    bind_secrets(secret_values(source.auth))  # masked in this request's logs, by value
     request = first_request(source)
     try:
         page = await fetch_one(client, source, limits.model_copy(update={"max_pages": 1}), request)

@@ -12,6 +12,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -54,6 +55,12 @@ TASK_EXAMPLE: dict[str, Any] = {
     },
     "tags": ["wearable"],
 }
+
+
+DEBOUNCE = (
+    "Seconds a push (`/v1/push/{token}`) waits before its run starts, from the first push"
+    " of a burst: pushes arriving meanwhile join that run. 0: at once."
+)
 
 
 class Schedule(BaseModel):
@@ -135,6 +142,7 @@ class TaskIn(BaseModel):
     health_mapping: dict[str, Any] | None = None
     tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list)
     paused: bool = False
+    debounce_seconds: int = Field(default=0, ge=0, le=3600, description=DEBOUNCE)
 
 
 class TaskPatch(BaseModel):
@@ -156,6 +164,24 @@ class TaskPatch(BaseModel):
     health_mapping: dict[str, Any] | None = None
     tags: list[str] | None = None
     paused: bool | None = None
+    debounce_seconds: int | None = None
+
+
+# Parts of a task as stored, documented as the models they were validated with when the
+# task was registered. They are not validated again on the way out: a task stored under
+# older rules must still be readable (and fixable) through the API.
+StoredSource = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Source"}]})
+]
+StoredSchedule = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Schedule"}]})
+]
+StoredRetry = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Retry"}]})
+]
+StoredLimits = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Limits"}]})
+]
 
 
 class TaskOut(BaseModel):
@@ -171,11 +197,14 @@ class TaskOut(BaseModel):
                     },
                     "state": "active",
                     "paused": False,
+                    "paused_reason": None,
                     "next_run_at": None,
                     "skipped_runs": 0,
+                    "debounce_seconds": 0,
                     "last_run": None,
                     "last_success_at": None,
                     "consecutive_failures": 0,
+                    "auth_failed_at": None,
                     "watermark": None,
                     "created_at": "2026-11-22T10:00:00Z",
                     "updated_at": "2026-11-22T10:00:00Z",
@@ -188,14 +217,22 @@ class TaskOut(BaseModel):
     name: str
     user_id: str | None
     kind: str
-    source: dict[str, Any] = Field(description="The source, credentials masked as `****abcd`.")
-    schedule: dict[str, Any] | None
-    retry: dict[str, Any]
-    limits: dict[str, Any]
+    source: StoredSource = Field(description="The source, credentials masked as `****abcd`.")
+    schedule: StoredSchedule | None
+    retry: StoredRetry
+    limits: StoredLimits
     health_mapping: dict[str, Any] | None
     tags: list[str]
     state: Literal["active", "paused"]
     paused: bool
+    paused_reason: Literal["client", "consecutive_failures"] | None = Field(
+        default=None,
+        description=(
+            "Why the task is paused: `client` (through the API) or `consecutive_failures`"
+            " (by the worker after `BACKSYNC_AUTO_PAUSE_AFTER_FAILURES` failed runs in a"
+            ' row; PATCH `{"paused": false}` resumes it). Null while active.'
+        ),
+    )
     next_run_at: datetime | None = Field(
         description="When the schedule fires next; null without a schedule or while paused."
     )
@@ -203,9 +240,17 @@ class TaskOut(BaseModel):
         default=0,
         description="Schedule slots skipped because the previous run was still active.",
     )
+    debounce_seconds: int = Field(default=0, description=DEBOUNCE)
     last_run: RunSummary | None
     last_success_at: datetime | None
-    consecutive_failures: int
+    consecutive_failures: int = Field(description="Failed runs since the last success.")
+    auth_failed_at: datetime | None = Field(
+        default=None,
+        description=(
+            "When the upstream last refused the task's credentials (401/403) since its last"
+            " success: ask the user to reconnect. Cleared by a success or new credentials."
+        ),
+    )
     watermark: Any | None
     created_at: datetime
     updated_at: datetime

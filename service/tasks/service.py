@@ -17,8 +17,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.config import Settings
-from service.crypto import SecretBox, mask
-from service.errors import Conflict, FieldError, InvalidInput, NotFound
+from service.crypto import SecretBox, SecretBoxError, mask
+from service.errors import Conflict, CredentialsUnreadable, FieldError, InvalidInput, NotFound
 from service.http_client import target_policy
 from service.ids import new_id
 from service.models import Run, Task
@@ -58,10 +58,11 @@ def _seal(source: Source, secrets: SecretBox) -> tuple[dict[str, Any], str | Non
     return data, ciphertext
 
 
-def _document(task: Task, secrets: SecretBox) -> dict[str, Any]:
-    """The task as a client would PUT it, credentials included (for merge patches)."""
+def _document(task: Task, secrets: SecretBox | None) -> dict[str, Any]:
+    """The task as a client would PUT it, credentials included (for merge patches);
+    without `secrets`, masked as stored."""
     source = dict(task.source)
-    if task.auth_ciphertext:
+    if task.auth_ciphertext and secrets is not None:
         source["auth"] = secrets.decrypt_json(task.auth_ciphertext)
     return {
         "name": task.name,
@@ -74,6 +75,7 @@ def _document(task: Task, secrets: SecretBox) -> dict[str, Any]:
         "health_mapping": task.health_mapping,
         "tags": task.tags,
         "paused": task.paused,
+        "debounce_seconds": task.debounce_seconds,
     }
 
 
@@ -98,6 +100,36 @@ def _keep_masked_secrets(current: dict[str, Any], patched: dict[str, Any]) -> No
     for name in SECRET_FIELDS.get(str(old.get("type")), ()):
         if isinstance(new.get(name), str) and name in old and new[name] == mask(old[name]):
             new[name] = old[name]
+
+
+def _merged(task: Task, secrets: SecretBox, changes: dict[str, Any]) -> TaskIn:
+    """The task with `changes` merged in (RFC 7396), echoed masked secrets kept.
+
+    When the stored credentials cannot be decrypted (the server's keys changed without
+    them: see "Rotating the credential encryption key"), only changes that bring new
+    ones, a whole `source.auth`, can be merged; anything else is a 409 saying so."""
+    try:
+        current = _document(task, secrets)
+    except SecretBoxError as exc:
+        new_auth = (changes.get("source") or {}).get("auth")
+        if not _complete_auth(new_auth):
+            raise CredentialsUnreadable(
+                "the task's stored credentials cannot be decrypted with the server's keys"
+                " (BACKSYNC_SECRET_KEYS); send new ones as a whole source.auth, or pause or"
+                " delete the task"
+            ) from exc
+        current = {**_document(task, None), "source": {**task.source, "auth": {}}}
+    patched = merge_patch(current, changes)
+    _keep_masked_secrets(current, patched)
+    return _validated(patched)
+
+
+def _complete_auth(auth: Any) -> bool:
+    """A `source.auth` with every secret field given in clear (none echoed masked)."""
+    if not isinstance(auth, dict) or auth.get("type") not in SECRET_FIELDS:
+        return False
+    fields = SECRET_FIELDS[auth["type"]]
+    return all(isinstance(auth.get(f), str) and not auth[f].startswith("****") for f in fields)
 
 
 def _validated(document: dict[str, Any]) -> TaskIn:
@@ -189,7 +221,9 @@ def _check_policy(body: TaskIn, settings: Settings) -> None:
 
 
 async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: SecretBox) -> None:
-    schedule_before, paused_before, now = task.schedule, task.paused, utcnow()
+    schedule_before, now = task.schedule, utcnow()
+    if _credentials_changed(task, body, secrets):
+        task.auth_failed_at = None  # new credentials: a refusal is news again
     task.source, task.auth_ciphertext = _seal(body.source, secrets)
     task.name = body.name
     task.user_id = body.user_id
@@ -201,10 +235,32 @@ async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: Secre
     task.limits = body.limits.model_dump(mode="json")
     task.health_mapping = body.health_mapping
     task.tags = list(dict.fromkeys(body.tags))
-    task.paused = body.paused
-    task.next_run_at = _next_slot(task, schedule_before, paused_before, now)
+    task.debounce_seconds = body.debounce_seconds
+    _set_paused(task, body.paused, schedule_before, now)
     task.updated_at = now
     await repository.set_tags(session, task.id, task.tags)
+
+
+def _set_paused(
+    task: Task, paused: bool, schedule_before: dict[str, Any] | None, now: datetime
+) -> None:
+    """Pause or resume through the API (`paused_reason: client`), and the next slot."""
+    paused_before = task.paused
+    task.paused = paused
+    if paused != paused_before:
+        task.paused_reason = "client" if paused else None
+    task.next_run_at = _next_slot(task, schedule_before, paused_before, now)
+    task.updated_at = now
+
+
+def _credentials_changed(task: Task, body: TaskIn, secrets: SecretBox) -> bool:
+    new = body.source.auth.model_dump(mode="json")
+    sealed = new if SECRET_FIELDS[new["type"]] else None  # what `_seal` keeps
+    try:
+        stored = secrets.decrypt_json(task.auth_ciphertext) if task.auth_ciphertext else None
+    except SecretBoxError:
+        return True  # unreadable ones are being replaced
+    return bool(stored != sealed)
 
 
 def _next_slot(
@@ -270,10 +326,7 @@ async def _resolve_conflict(
     if on_conflict == "replace":
         await _apply(session, existing, body, secrets)
     elif on_conflict == "update":
-        current = _document(existing, secrets)
-        patched = merge_patch(current, body.model_dump(mode="json", exclude_unset=True))
-        _keep_masked_secrets(current, patched)
-        merged = _validated(patched)
+        merged = _merged(existing, secrets, body.model_dump(mode="json", exclude_unset=True))
         _check_policy(merged, settings)
         await _apply(session, existing, merged, secrets)
     await session.flush()
@@ -297,10 +350,12 @@ async def update_task(
 ) -> Task:
     _check_storable(patch)
     task = await get_task(session, tenant_id, task_id)
-    current = _document(task, secrets)
-    patched = merge_patch(current, patch.model_dump(mode="json", exclude_unset=True))
-    _keep_masked_secrets(current, patched)
-    body = _validated(patched)
+    if patch.model_fields_set == {"paused"} and patch.paused is not None:
+        # needs no credentials: works even when they cannot be decrypted
+        _set_paused(task, patch.paused, task.schedule, utcnow())
+        await session.flush()
+        return task
+    body = _merged(task, secrets, patch.model_dump(mode="json", exclude_unset=True))
     _check_policy(body, settings)
     if body.source.url != task.source.get("url"):
         await _check_target(body, settings)
@@ -336,11 +391,14 @@ def to_out(task: Task, last_run: Run | None) -> TaskOut:
         tags=task.tags,
         state="paused" if task.paused else "active",
         paused=task.paused,
+        paused_reason=task.paused_reason if task.paused else None,
         next_run_at=None if task.paused else task.next_run_at,
         skipped_runs=task.skipped_runs,
+        debounce_seconds=task.debounce_seconds,
         last_run=RunSummary.model_validate(last_run, from_attributes=True) if last_run else None,
         last_success_at=task.last_success_at,
         consecutive_failures=task.consecutive_failures,
+        auth_failed_at=task.auth_failed_at,
         watermark=task.watermark,
         created_at=task.created_at,
         updated_at=task.updated_at,

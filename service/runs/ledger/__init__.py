@@ -18,8 +18,10 @@ from service.runs.ledger.sqlite import SqliteLedger
 __all__ = ["LeasedRun", "Outcome", "RunLedger", "ledger_for"]
 
 
-def ledger_for(sessionmaker: SessionMaker, owner: str, lease_seconds: float) -> RunLedger:
+def ledger_for(
+    sessionmaker: SessionMaker, owner: str, lease_seconds: float, auto_pause_after: int = 10
+) -> RunLedger:
     bind = sessionmaker.kw["bind"]
     assert isinstance(bind, AsyncEngine)
     ledger = PostgresLedger if bind.dialect.name == "postgresql" else SqliteLedger
-    return ledger(sessionmaker, owner, lease_seconds)
+    return ledger(sessionmaker, owner, lease_seconds, auto_pause_after)

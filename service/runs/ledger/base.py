@@ -33,6 +33,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import SessionMaker, autocommit, transaction
 from service.models.types import utcnow
+from service.runs.ledger.outcomes import fail_run, succeed_run
 from service.runs.ledger.progress import last_copies, page_progress
 from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Written
 from service.runs.ledger.statements import (
@@ -40,11 +41,9 @@ from service.runs.ledger.statements import (
     CLAIMED_TASK,
     LOCK_TASK,
     RUN,
-    TASK,
     VALIDATORS,
     end_run,
     held,
-    succeed_run,
     sweep,
 )
 from service.sync import Page, Row, Validator, later, page_key
@@ -55,11 +54,19 @@ _DONE: dict[str, Any] = {"done": True}
 class RunLedger(abc.ABC):
     """The worker's one interface to the database about a run (see the module doc)."""
 
-    def __init__(self, sessionmaker: SessionMaker, owner: str, lease_seconds: float) -> None:
+    def __init__(
+        self,
+        sessionmaker: SessionMaker,
+        owner: str,
+        lease_seconds: float,
+        auto_pause_after: int = 10,
+    ) -> None:
         self.sessionmaker = sessionmaker
         self.owner = owner
         """This worker's identity on the leases it holds."""
         self.lease_seconds = lease_seconds
+        self.auto_pause_after = auto_pause_after
+        """Failed runs in a row that pause a task (0: never; `outcomes.fail_run`)."""
 
     def lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.lease_seconds)
@@ -100,6 +107,8 @@ class RunLedger(abc.ABC):
             run_id=run_id,
             task_id=values["task_id"],
             tenant_id=values["tenant_id"],
+            user_id=values["user_id"],
+            trigger=values["trigger"],
             attempt=values["attempt"],
             attempts=list(values["attempts"] or []),
             cancel_requested=bool(values["cancel_requested"]),
@@ -111,6 +120,7 @@ class RunLedger(abc.ABC):
             retry=values["retry"],
             task_watermark=values["watermark"],
             record_seq=values["record_seq"],
+            prior_failures=values["consecutive_failures"],
             watermark=checkpoint.get("watermark"),
         )
         run.compares_first = run.record_seq > 0 and not run.sweeps
@@ -254,14 +264,10 @@ class RunLedger(abc.ABC):
             await session.execute(end_run(run, self.owner, "cancelled", None, entry))
 
     async def fail(self, run: LeasedRun, error: dict[str, Any], entry: dict[str, Any]) -> None:
-        """End the run as failed, and count the failure on its task."""
+        """End the run as failed: its task's failure streak, auto-pause and events
+        (`outcomes.fail_run`)."""
         async with transaction(self.sessionmaker) as session:
-            ended = await session.execute(end_run(run, self.owner, "failed", error, entry))
-            if ended.first() is not None:
-                failures = {"consecutive_failures": TASK.c.consecutive_failures + 1}
-                await session.execute(
-                    update(TASK).where(TASK.c.id == run.task_id).values(**failures)
-                )
+            await fail_run(session, run, self.owner, error, entry, self.auto_pause_after)
 
     async def retry_later(
         self, run: LeasedRun, error: dict[str, Any], entry: dict[str, Any], at: datetime

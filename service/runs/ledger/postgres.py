@@ -37,9 +37,10 @@ import orjson
 from sqlalchemy import JSON, BindParameter, Executable, TextClause, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import autocommit
+from service.db import autocommit, transaction
 from service.models.types import UTCDateTime
 from service.runs.ledger.base import RunLedger
+from service.runs.ledger.outcomes import record_success
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
 from service.sync import Row
@@ -101,6 +102,8 @@ _TASK_OUTCOME = (
     + _UNLESS_CANCELLED.format(column="last_success_at", value=":now")
     + ", consecutive_failures = "
     + _UNLESS_CANCELLED.format(column="consecutive_failures", value="0")
+    + ", auth_failed_at = "
+    + _UNLESS_CANCELLED.format(column="auth_failed_at", value="NULL")
 )
 _TASK_WATERMARK = ", watermark = " + _UNLESS_CANCELLED.format(
     column="watermark", value="CAST(:watermark AS json)"
@@ -258,8 +261,14 @@ class PostgresLedger(RunLedger):
             watermark=ending is not None and ending.watermark is not None,
             marks=run.sweeps,
         )
-        async with autocommit(self.sessionmaker) as session:
-            changed, cancel = (await session.execute(statement, params)).one()
+        if ending is None:
+            async with autocommit(self.sessionmaker) as session:
+                changed, cancel = (await session.execute(statement, params)).one()
+        else:  # the success's events commit with it (`outcomes`)
+            async with transaction(self.sessionmaker) as session:
+                changed, cancel = (await session.execute(statement, params)).one()
+                if cancel is False:
+                    await record_success(session, run, ending.now)
         return Written(int(changed), None if cancel is None else bool(cancel))
 
 

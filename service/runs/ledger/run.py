@@ -8,6 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from service.models.types import utcnow
+from service.notifications.catalog import RunSubject
 from service.runs.ledger.progress import QuietPages
 from service.sync import Row, Validator, Watermark
 
@@ -33,6 +34,8 @@ class LeasedRun:
     run_id: str
     task_id: str
     tenant_id: str
+    user_id: str | None
+    trigger: str
     attempt: int
     attempts: list[dict[str, Any]]
     """The attempts recorded so far (only the lease holder writes them)."""
@@ -46,6 +49,9 @@ class LeasedRun:
     retry: dict[str, Any]
     task_watermark: Watermark | None
     record_seq: int
+    prior_failures: int
+    """The task's `consecutive_failures` at the claim: only the end of its one active run
+    changes it, so it is still the streak this run's success would end."""
     started_at: datetime = field(default_factory=utcnow)
     """When this attempt began."""
     watermark: Watermark | None = None
@@ -63,6 +69,11 @@ class LeasedRun:
     def done(self) -> bool:
         """The last page was committed before an interruption: only the end is left."""
         return bool(self.checkpoint.get("done"))
+
+    @property
+    def subject(self) -> RunSubject:
+        """This run, as the events about it name it."""
+        return RunSubject(self.task_id, self.user_id, self.run_id, self.trigger, self.attempt)
 
     @property
     def sweeps(self) -> bool:

@@ -34,6 +34,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db import transaction
 from service.models.types import UTCDateTime
 from service.runs.ledger.base import RunLedger
+from service.runs.ledger.outcomes import succeed_run
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.statements import (
     CLAIMED_TASK,
@@ -41,7 +42,6 @@ from service.runs.ledger.statements import (
     TASK,
     claimed_run_update,
     held,
-    succeed_run,
 )
 from service.sync import Row
 

@@ -12,7 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import metadata
 from service.models.types import utcnow
-from service.runs.ledger.run import Ending, LeasedRun
+from service.runs.ledger.run import LeasedRun
 
 RUN: Table = metadata.tables["run"]
 TASK: Table = metadata.tables["task"]
@@ -21,9 +21,19 @@ RECORD: Table = metadata.tables["record"]
 LOCK_TASK = select(TASK.c.id).where(TASK.c.id == bindparam("task_id")).with_for_update()
 
 
-CLAIMED_RUN = ("task_id", "attempt", "cancel_requested", "checkpoint", "options", "attempts")
+CLAIMED_RUN = (
+    "task_id",
+    "attempt",
+    "cancel_requested",
+    "checkpoint",
+    "options",
+    "attempts",
+    "trigger",
+)
 CLAIMED_TASK = (
     "tenant_id",
+    "user_id",
+    "consecutive_failures",
     "source",
     "auth_ciphertext",
     "limits",
@@ -34,11 +44,14 @@ CLAIMED_TASK = (
 
 
 def claimed_run_update() -> Any:
-    """Queued; retrying and due; or running under an expired lease -> running, ours."""
+    """Queued and due; retrying and due; or running under an expired lease -> running,
+    ours. A queued run is due at once unless it has a not-before time in
+    `next_attempt_at` (a debounced push): its deferred job may reach a worker early (a
+    skewed clock), and a reconciler re-send must not start it before its time either."""
     c = RUN.c
     now = bindparam("now", type_=c.started_at.type)
     claimable = or_(
-        c.status == "queued",
+        and_(c.status == "queued", or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)),
         and_(c.status == "retrying", c.next_attempt_at <= now),
         and_(c.status == "running", or_(c.lease_expires_at.is_(None), c.lease_expires_at < now)),
     )
@@ -60,30 +73,6 @@ def held(run_id: Any, owner: Any) -> Any:
     """The run is running under `owner`'s lease: the fence of every write."""
     c = RUN.c
     return and_(c.id == run_id, c.status == "running", c.lease_owner == owner)
-
-
-async def succeed_run(
-    session: AsyncSession, run: LeasedRun, owner: str, ending: Ending, deleted: int = 0
-) -> None:
-    """The run succeeds (fenced) and its task records the outcome and watermark."""
-    await session.execute(
-        update(RUN)
-        .where(held(run.run_id, owner))
-        .values(
-            status="succeeded",
-            finished_at=ending.now,
-            error=None,
-            next_attempt_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            attempts=ending.attempts,
-            deleted=RUN.c.deleted + deleted,
-        )
-    )
-    task: dict[str, Any] = {"last_success_at": ending.now, "consecutive_failures": 0}
-    if ending.watermark is not None:
-        task["watermark"] = ending.watermark
-    await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
 
 
 async def sweep(session: AsyncSession, run: LeasedRun, now: datetime) -> int:

@@ -1,0 +1,85 @@
+"""The OpenAPI document as a client generator needs it, finished in one place.
+
+FastAPI documents an error's schema under the route's `application/json`, and every
+route with parameters gets its own 422 (`HTTPValidationError`) — neither is what the
+server sends. `finish` rewrites every 4xx/5xx response that carries a problem to
+`application/problem+json` with the `Problem` schema (RFC 9457: what `service.errors`
+renders), drops the unused validation schemas, and documents the response headers the
+middleware and routes add (`X-Request-ID` everywhere, `Location`, `Idempotent-Replayed`,
+`Retry-After`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from service.errors import PROBLEM_JSON, InvalidInput
+
+_PROBLEM = {"$ref": "#/components/schemas/Problem"}
+_REPLACED = ("#/components/schemas/Problem", "#/components/schemas/HTTPValidationError")
+_UNUSED = ("HTTPValidationError", "ValidationError")
+_STRING = {"type": "string"}
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Request-ID": {
+        "description": "This request's id (yours, if you sent one); logs carry it.",
+        "schema": _STRING,
+    },
+    "Location": {"description": "Where the created resource lives.", "schema": _STRING},
+    "Idempotent-Replayed": {
+        "description": "`true` when this is the stored answer to an earlier request with"
+        " the same `Idempotency-Key`.",
+        "schema": _STRING,
+    },
+    "Retry-After": {"description": "Seconds to wait before trying again.", "schema": _STRING},
+}
+
+
+_INVALID = {
+    "type": f"urn:backsync:problem:{InvalidInput.slug}",
+    "title": InvalidInput.title,
+    "status": InvalidInput.status,
+    "detail": "the request is not valid; see `errors`",
+    "errors": [{"loc": ["path", "run_id"], "msg": "String should have at most 40 characters"}],
+}
+"""FastAPI's own 422 (a malformed parameter), as the server renders it."""
+
+LOCATED = frozenset({"create_task", "trigger_run", "create_push_url"})
+"""Operations whose 201/202 says where the new resource lives."""
+
+
+def finish(document: dict[str, Any]) -> dict[str, Any]:
+    for item in document.get("paths", {}).values():
+        for operation in item.values():
+            parameters = operation.get("parameters", [])
+            idempotent = any(p.get("name") == "Idempotency-Key" for p in parameters)
+            located = operation.get("operationId") in LOCATED
+            for code, response in operation.get("responses", {}).items():
+                _problem_json(code, response)
+                headers = _headers(code, idempotent=idempotent, located=located)
+                response["headers"] = {**response.get("headers", {}), **headers}
+    schemas = document.get("components", {}).get("schemas", {})
+    for name in _UNUSED:
+        schemas.pop(name, None)
+    return document
+
+
+def _problem_json(code: str, response: dict[str, Any]) -> None:
+    if code[0] not in "45":
+        return
+    content = response.get("content", {})
+    plain = content.get("application/json", {}).get("schema", {})
+    if plain.get("$ref") not in _REPLACED and PROBLEM_JSON not in content:
+        return  # a body of its own (readiness), not a problem
+    example = content.get(PROBLEM_JSON, {}).get("example") or _INVALID
+    response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM, "example": example}}
+
+
+def _headers(code: str, *, idempotent: bool, located: bool) -> dict[str, dict[str, Any]]:
+    names = ["X-Request-ID"]
+    if located and code in ("201", "202"):
+        names.append("Location")
+    if idempotent and code[0] == "2":
+        names.append("Idempotent-Replayed")
+    if code in ("409", "429"):  # 409: only while the same Idempotency-Key is in flight
+        names.append("Retry-After")
+    return {name: _HEADERS[name] for name in names}

@@ -1,0 +1,130 @@
+"""How a run's end changes its task, and what it tells the world: the events of SPEC §7
+a run causes, written in the transaction that ends it (`service.notifications.outbox`).
+
+- Success: the task's failure streak ends (`consecutive_failures` 0, `auth_failed_at`
+  cleared); events `run.succeeded`, `records.changed` when the run wrote anything, and
+  `task.recovered` when it ends a streak of failed runs.
+- Failure (the run's final attempt): the streak grows; events `run.failed`, then
+  `task.auth_failed` the first time in a streak the upstream refused the credentials
+  (401/403), and `task.paused` when the streak reaches the auto-pause threshold, which
+  also pauses the task (its schedule stops until a client resumes it). A resumed task
+  that keeps failing pauses again after as many failures more (at twice, three times the threshold),
+  and its first success still says `task.recovered`.
+
+Attempts that will be retried emit nothing: a client hears about a run once, when it
+ends.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from service.models.types import utcnow
+from service.notifications import catalog
+from service.notifications.outbox import NewEvent, append
+from service.runs.ledger.run import Ending, LeasedRun
+from service.runs.ledger.statements import RUN, TASK, end_run, held
+
+_STATS = (
+    "pages",
+    "requests",
+    "not_modified",
+    "records_seen",
+    "inserted",
+    "updated",
+    "unchanged",
+    "rejected",
+    "deleted",
+    "bytes",
+)
+_ENDED = select(*(RUN.c[name] for name in _STATS), TASK.c.record_seq).join_from(
+    RUN, TASK, TASK.c.id == RUN.c.task_id
+)
+
+
+async def succeed_run(
+    session: AsyncSession, run: LeasedRun, owner: str, ending: Ending, deleted: int = 0
+) -> None:
+    """The run succeeds (fenced), its task records the outcome and watermark, and the
+    success's events are written."""
+    await session.execute(
+        update(RUN)
+        .where(held(run.run_id, owner))
+        .values(
+            status="succeeded",
+            finished_at=ending.now,
+            error=None,
+            next_attempt_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
+            attempts=ending.attempts,
+            deleted=RUN.c.deleted + deleted,
+        )
+    )
+    task: dict[str, Any] = {
+        "last_success_at": ending.now,
+        "consecutive_failures": 0,
+        "auth_failed_at": None,
+    }
+    if ending.watermark is not None:
+        task["watermark"] = ending.watermark
+    await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**task))
+    await record_success(session, run, ending.now)
+
+
+async def record_success(session: AsyncSession, run: LeasedRun, now: datetime) -> None:
+    """The events of a success just written in this transaction (PostgreSQL's ledger
+    writes the success itself, in its page statement)."""
+    ended = (await session.execute(_ENDED.where(RUN.c.id == run.run_id))).one()
+    stats = {name: int(ended[n]) for n, name in enumerate(_STATS)}
+    subject = run.subject
+    events = [catalog.run_succeeded(subject, now, stats)]
+    if stats["inserted"] or stats["updated"] or stats["deleted"]:
+        changed = (stats["inserted"], stats["updated"], stats["deleted"], int(ended.record_seq))
+        events.append(catalog.records_changed(subject, *changed))
+    if run.prior_failures:
+        events.append(catalog.task_recovered(subject, run.prior_failures))
+    await append(session, run.tenant_id, events, now)
+
+
+async def fail_run(
+    session: AsyncSession,
+    run: LeasedRun,
+    owner: str,
+    error: dict[str, Any],
+    entry: dict[str, Any],
+    pause_after: int,
+) -> None:
+    """End the run as failed (fenced), count the failure on its task, pause the task
+    after `pause_after` in a row (0: never), and write the events. The task row is
+    written first: it takes the task's lock before the run's, the order every page
+    commit takes them in (and SQLite's write lock, before anything is read)."""
+    counted = await session.execute(
+        update(TASK)
+        .where(TASK.c.id == run.task_id)
+        .values(consecutive_failures=TASK.c.consecutive_failures + 1)
+        .returning(TASK.c.consecutive_failures, TASK.c.paused, TASK.c.auth_failed_at)
+    )
+    task = counted.first()
+    ended = await session.execute(end_run(run, owner, "failed", error, entry))
+    if task is None or ended.first() is None:  # the task is gone, or the run not ours
+        await session.rollback()
+        return
+    now = utcnow()
+    failures, paused, auth_failed_at = task
+    subject = run.subject
+    events: list[NewEvent] = [catalog.run_failed(subject, now, error, failures)]
+    changes: dict[str, Any] = {}
+    if error.get("http_status") in catalog.AUTH_REFUSED and auth_failed_at is None:
+        changes["auth_failed_at"] = now
+        events.append(catalog.task_auth_failed(subject, error))
+    if pause_after and failures % pause_after == 0 and not paused:
+        changes.update(paused=True, paused_reason=catalog.PAUSED_BY_FAILURES, next_run_at=None)
+        events.append(catalog.task_paused(subject, failures, error))
+    if changes:
+        await session.execute(update(TASK).where(TASK.c.id == run.task_id).values(**changes))
+    await append(session, run.tenant_id, events, now)

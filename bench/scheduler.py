@@ -26,10 +26,11 @@ at >= 5,000 runs per second, and no task gets two runs. PostgreSQL only (the cla
    `<queue>:schedules` as the API does. From that commit it measures:
    - **runs created**: `count(*)` of `run` rows with trigger `schedule`, polled every
      `--poll-interval` (50 ms), until all exist;
-   - **runs enqueued**: every enqueue (`Queue.enqueue_run`) publishes one message on
-     the queue's doorbell channel right after arq's `enqueue_job` has stored the job;
-     this process subscribes to it and timestamps each message, so the time of the
-     N-th message is when the N-th run reached Redis (not quantised by the poll). The
+   - **runs enqueued**: every enqueue (`Queue.enqueue_run`, `Queue.enqueue_runs`)
+     publishes on the queue's doorbell channel, in the same Lua script that stored the
+     jobs, how many it stored; this process subscribes to it and timestamps each
+     message, so the time of the message carrying the N-th job is when the N-th run
+     reached Redis (not quantised by the poll). The
      reconciler also enqueues (and rings) runs queued longer than
      `BACKSYNC_QUEUED_GRACE_SECONDS`: the workers get `--queued-grace` (600 s) so that
      only the schedulers ring during the measurement. Cross-check at the end: the
@@ -42,10 +43,10 @@ at >= 5,000 runs per second, and no task gets two runs. PostgreSQL only (the cla
    moved to its next slot; then the idle tick again (the claimed tasks' old index
    entries are dead until vacuumed);
 5. **breakdown** (`--breakdown-rounds`, workers stopped): one batch of `BATCH` slots
-   in this process, step by step, as `Scheduler.fire_due` does it (the service's own
-   statements and functions), then the same work batched (one INSERT ... SELECT for
-   the runs, one UPDATE for the slots, one pipelined enqueue): what limits a scheduler,
-   and what batching would be worth, without changing the service;
+   in this process: `Scheduler.fire_due` whole, then its steps lapped (the service's own
+   statements and functions), then the same steps with the slots moved by one UPDATE
+   per task (executemany) instead of one `UPDATE ... FROM (VALUES ...)`: what limits
+   a scheduler, and what the one statement buys;
 6. prints the figures and writes `bench/scheduler-results.json`; stops the workers,
    drops the database and deletes the queue's Redis keys.
 
@@ -83,12 +84,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import psutil  # type: ignore[import-untyped, unused-ignore]
-from arq.constants import expires_extra_ms, job_key_prefix
-from arq.jobs import serialize_job
 from redis.asyncio import Redis
-from sqlalchemy import bindparam, insert, select, text
+from sqlalchemy import bindparam, insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlmodel import col
 
 from bench.concurrency import (
     _env_pair,
@@ -117,17 +115,24 @@ from bench.ingest import (
     wait_quiet,
 )
 from bench.slow_upstream import task_path
-from service.broker.queue import Queue, _dumps, doorbell_channel, schedules_channel
+from service.broker.queue import Queue, doorbell_channel, schedules_channel
 from service.config import Settings
 from service.db import create_engine, create_sessionmaker
 from service.ids import new_id
 from service.migrations import upgrade
-from service.models import FINAL_STATUSES, Run, Task, metadata
-from service.models.run import ACTIVE_SQL
+from service.models import FINAL_STATUSES, metadata
 from service.models.types import UTCDateTime, utcnow
-from service.runs import repository
-from service.runs.scheduler import _CLAIM, _SOONEST, BATCH, _slot
-from service.runs.service import _options
+from service.runs.scheduler import (
+    _CLAIM,
+    _SOONEST,
+    BATCH,
+    Scheduler,
+    _Claimed,
+    _live,
+    _move,
+    _move_all,
+)
+from service.runs.service import DueTask, start_scheduled
 from service.tasks.schedule import next_run_at
 from service.tasks.schemas import TaskIn
 
@@ -308,8 +313,9 @@ async def idle_tick(engine: AsyncEngine, samples: int) -> dict[str, Any]:
 
 
 class Doorbells:
-    """Counts the messages on the queue's doorbell channel, each with its arrival time:
-    one per `Queue.enqueue_run` without a delay, right after the job is in Redis."""
+    """Counts the jobs announced on the queue's doorbell channel, each with the arrival
+    time of its message: the enqueue script publishes how many jobs it has just stored
+    (one for `Queue.enqueue_run`, a batch's for `Queue.enqueue_runs`)."""
 
     def __init__(self, redis: Redis, channel: str) -> None:
         self._redis, self._channel = redis, channel
@@ -326,8 +332,9 @@ class Doorbells:
     async def _listen(self, pubsub: Any) -> None:
         try:
             async for message in pubsub.listen():
-                if message["type"] == "message":
-                    self.times.append(time.perf_counter())
+                if message["type"] == "message":  # its data: how many jobs (b"": one)
+                    at = time.perf_counter()
+                    self.times.extend([at] * int(message["data"] or 1))
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
@@ -644,24 +651,11 @@ def worker_log_warnings(paths: list[Path]) -> list[str]:
 
 # ---- where a batch's time goes ------------------------------------------------------
 
-_ALT_INSERT = text(
-    "INSERT INTO run (id, task_id, tenant_id, status, trigger, attempt, created_at, pages, "  # noqa: S608
-    "requests, not_modified, records_seen, inserted, updated, unchanged, rejected, deleted, "
-    "bytes, attempts, options, cancel_requested) "
-    "SELECT v.id, t.id, t.tenant_id, 'queued', 'schedule', 1, :now, 0, 0, 0, 0, 0, 0, 0, 0, "
-    "0, 0, '[]', CAST(v.options AS json), false "
-    "FROM unnest(CAST(:run_ids AS text[]), CAST(:task_ids AS text[]), "
-    "CAST(:options AS text[])) AS v(id, task_id, options) "
-    "JOIN task t ON t.id = v.task_id "
-    f"ON CONFLICT (task_id) WHERE {ACTIVE_SQL} DO NOTHING RETURNING id"
-).bindparams(bindparam("now", type_=UTCDateTime()))
-"""One statement for a whole batch: the runs `start_scheduled` makes one INSERT each."""
 _ALT_SLOTS = text(
-    "UPDATE task SET next_run_at = v.at "
-    "FROM unnest(CAST(:ids AS text[]), CAST(:ats AS timestamptz[])) AS v(id, at) "
-    "WHERE task.id = v.id"
-)
-"""One statement for a batch's next slots: the session's flush sends one UPDATE per task."""
+    "UPDATE task SET next_run_at = :at, skipped_runs = skipped_runs + :skipped WHERE id = :id"
+).bindparams(bindparam("at", type_=UTCDateTime()))
+"""One UPDATE per task, sent as an executemany (asyncpg pipelines it): timed against the
+service's one `UPDATE ... FROM (VALUES ...)` (`_move_all`)."""
 
 
 class Laps:
@@ -697,131 +691,76 @@ async def _due_batch(engine: AsyncEngine, first: int) -> None:
     )
 
 
+async def _steps(sessionmaker: Any, queue: Queue, laps: Laps, slots: str) -> int:
+    """One batch as `Scheduler.fire_due` does it (its statements and functions), lapped;
+    `slots="executemany"` moves the slots with `_ALT_SLOTS` instead."""
+    now = utcnow()
+    laps.start()
+    async with sessionmaker() as session:
+        result = await session.execute(_CLAIM, {"now": now, "limit": BATCH})
+        claimed = [_Claimed(*row) for row in result]
+        laps.lap("claim: SELECT ... FOR UPDATE SKIP LOCKED")
+        due = [DueTask(row.id, row.tenant_id, row.source) for row in claimed if _live(row)]
+        laps.lap("DueTask per slot (run options)")
+        started = await start_scheduled(session, due, now)
+        laps.lap("start_scheduled: one INSERT ... VALUES (...) x N")
+        moves = [_move(row, started, now) for row in claimed]
+        laps.lap("next slot per task (_move; cron once per batch)")
+        if slots == "executemany":
+            params = [dict(zip(("id", "at", "skipped"), move, strict=True)) for move in moves]
+            await session.execute(_ALT_SLOTS, params)
+            laps.lap("[alternative] one UPDATE per task, executemany")
+        else:
+            await _move_all(session, moves)
+            laps.lap("_move_all: one UPDATE ... FROM (VALUES ...)")
+        await session.commit()
+        laps.lap("commit")
+    await queue.enqueue_runs(list(started.values()))
+    laps.lap("enqueue_runs: one Lua script (+ doorbell)")
+    if len(started) != BATCH:
+        raise BenchError(f"breakdown: started {len(started)} runs, not {BATCH}")
+    return len(started)
+
+
 async def breakdown(
     engine: AsyncEngine, settings: Settings, first: int, rounds: int
 ) -> dict[str, Any]:
-    """Where one scheduler batch (`BATCH` slots) spends its time, step by step, in this
-    process with the workers stopped: the service's steps (`Scheduler.fire_due`, with
-    the service's own statements and functions), then batched alternatives it does not
-    have (one INSERT ... SELECT for the runs, one UPDATE for the slots, one pipelined
-    enqueue). Each round uses tasks never dispatched, and commits (the rows stay)."""
+    """Where one scheduler batch (`BATCH` slots) spends its time, in this process with the
+    workers stopped: `Scheduler.fire_due` whole, then step by step, then with the slots
+    moved by one UPDATE per task (executemany). Each round uses tasks never dispatched,
+    and commits (the rows stay)."""
     sessionmaker = create_sessionmaker(engine)
     scratch = settings.model_copy(update={"queue_name": f"{settings.queue_name}:breakdown"})
     queue = await Queue.connect(scratch)
-    pool: Any = queue._pool
-    current, batched = Laps(), Laps()
+    scheduler = Scheduler(sessionmaker, queue)
+    whole, steps, many = Laps(), Laps(), Laps()
     try:
         for round_ in range(rounds):
-            # the service's way, step by step (fire_due's body)
-            await _due_batch(engine, first + 2 * round_ * BATCH)
-            now = utcnow()
-            current.start()
-            async with sessionmaker() as session:
-                claimed = await session.execute(_CLAIM, {"now": now, "limit": BATCH})
-                ids = list(claimed.scalars())
-                current.lap("claim: UPDATE ... SKIP LOCKED RETURNING")
-                tasks = (await session.scalars(select(Task).where(col(Task.id).in_(ids)))).all()
-                current.lap("load the tasks (ORM)")
-                runs = [
-                    Run(
-                        id=new_id("run"),
-                        task_id=task.id,
-                        tenant_id=task.tenant_id,
-                        trigger="schedule",
-                        options=_options(task, None),
-                    )
-                    for task in tasks
-                ]
-                current.lap("Run(...) objects (start_scheduled)")
-                for run in runs:
-                    await repository.insert_unless_active(session, run)
-                current.lap("one INSERT per run (insert_unless_active)")
-                for task in tasks:
-                    task.next_run_at = _slot(task.id, task.schedule, now)
-                current.lap("next slot per task (_slot: cronsim)")
-                await session.flush()
-                current.lap("flush: one UPDATE per task")
-                await session.commit()
-                current.lap("commit")
-            for run in runs:
-                await queue.enqueue_run(run.id)
-            current.lap("enqueue_run per run (arq + doorbell)")
-            if len(ids) != BATCH:
-                raise BenchError(f"breakdown: claimed {len(ids)} slots, not {BATCH}")
-
-            # batched: the same work in a few statements and one Redis round trip
-            await _due_batch(engine, first + (2 * round_ + 1) * BATCH)
-            now = utcnow()
-            batched.start()
-            async with engine.connect() as connection:
-                ids = list(
-                    (await connection.execute(_CLAIM, {"now": now, "limit": BATCH})).scalars()
-                )
-                batched.lap("claim: UPDATE ... SKIP LOCKED RETURNING")
-                task_table = metadata.tables["task"]
-                rows = (
-                    await connection.execute(
-                        select(task_table.c.id, task_table.c.source, task_table.c.schedule).where(
-                            task_table.c.id.in_(ids)
-                        )
-                    )
-                ).all()
-                batched.lap("read id, source, schedule (Core)")
-                slots: dict[str, Any] = {}
-                ats = []
-                for task_id, _source, schedule in rows:
-                    if schedule.get("cron") is not None:  # a cron slot is the task's as much
-                        key = json.dumps(schedule, sort_keys=True)  # as anyone's: once each
-                        if key not in slots:
-                            slots[key] = _slot(task_id, schedule, now)
-                        ats.append(slots[key])
-                    else:
-                        ats.append(_slot(task_id, schedule, now))
-                batched.lap("next slot once per distinct cron")
-                created = await connection.execute(
-                    _ALT_INSERT,
-                    {
-                        "now": now,
-                        "run_ids": [new_id("run") for _ in rows],
-                        "task_ids": [row[0] for row in rows],
-                        "options": ["{}" for _ in rows],
-                    },
-                )
-                run_ids = list(created.scalars())
-                batched.lap("one INSERT ... SELECT for the batch")
-                await connection.execute(_ALT_SLOTS, {"ids": [row[0] for row in rows], "ats": ats})
-                batched.lap("one UPDATE ... FROM unnest for the slots")
-                await connection.commit()
-                batched.lap("commit")
-            stamp = int(time.time() * 1000)
-            async with pool.pipeline(transaction=False) as pipe:
-                for run_id in run_ids:
-                    job_id = f"run:{run_id}"
-                    job = serialize_job("sync_run", (run_id,), {}, None, stamp, serializer=_dumps)
-                    pipe.set(job_key_prefix + job_id, job, px=expires_extra_ms, nx=True)
-                    pipe.zadd(scratch.queue_name, {job_id: stamp}, nx=True)
-                pipe.publish(doorbell_channel(scratch.queue_name), b"")
-                await pipe.execute()
-            batched.lap("one pipelined enqueue (SET NX + ZADD NX each, one PUBLISH)")
-            if len(run_ids) != BATCH:
-                raise BenchError(f"breakdown: batched insert made {len(run_ids)} runs")
+            base = first + 3 * round_ * BATCH
+            await _due_batch(engine, base)
+            whole.start()
+            if await scheduler.fire_due(utcnow()) != BATCH:
+                raise BenchError("breakdown: fire_due did not take a whole batch")
+            whole.lap("Scheduler.fire_due")
+            await _due_batch(engine, base + BATCH)
+            await _steps(sessionmaker, queue, steps, "service")
+            await _due_batch(engine, base + 2 * BATCH)
+            await _steps(sessionmaker, queue, many, "executemany")
     finally:
         await queue.close()
         with contextlib.suppress(Exception):
             await clean_redis(scratch)
-    now_table, batched_table = current.table(BATCH), batched.table(BATCH)
-    now_total = sum(step["ms_per_batch"] for step in now_table)
-    batched_total = sum(step["ms_per_batch"] for step in batched_table)
-    return {
-        "batch": BATCH,
-        "rounds": rounds,
-        "service": now_table,
-        "service_ms_per_batch": round(now_total, 1),
-        "service_runs_per_second_one_scheduler": round(1000 * BATCH / now_total),
-        "batched": batched_table,
-        "batched_ms_per_batch": round(batched_total, 1),
-        "batched_runs_per_second_one_scheduler": round(1000 * BATCH / batched_total),
-    }
+    tables = {"whole": whole.table(BATCH), "service": steps.table(BATCH)}
+    tables["executemany"] = many.table(BATCH)
+    report: dict[str, Any] = {"batch": BATCH, "rounds": rounds}
+    for key, table in tables.items():
+        total = sum(step["ms_per_batch"] for step in table)
+        report |= {
+            key: table,
+            f"{key}_ms_per_batch": round(total, 1),
+            f"{key}_runs_per_second_one_scheduler": round(1000 * BATCH / total),
+        }
+    return report
 
 
 # ---- report -------------------------------------------------------------------------
@@ -925,7 +864,12 @@ def print_breakdown(split: dict[str, Any] | None) -> None:
         f"\none batch of {split['batch']} slots, step by step (this process, workers stopped, "
         f"median of {split['rounds']} rounds)"
     )
-    for title, key in (("the service's way (fire_due)", "service"), ("batched", "batched")):
+    titles = (
+        ("Scheduler.fire_due, whole", "whole"),
+        ("its steps", "service"),
+        ("its steps, slots moved by one UPDATE per task (executemany)", "executemany"),
+    )
+    for title, key in titles:
         print(
             f"  {title}: {split[f'{key}_ms_per_batch']:.1f} ms per batch = "
             f"{split[f'{key}_runs_per_second_one_scheduler']:,} runs/s for one scheduler"
@@ -1156,8 +1100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if min(args.tasks, args.due, args.workers, args.idle_samples) < 1 or args.warmup < 0:
         parser.error("--tasks, --due, --workers, --idle-samples must be >= 1, --warmup >= 0")
-    if args.due + 2 * BATCH * args.breakdown_rounds + args.warmup > args.tasks:
-        parser.error(f"--due + {2 * BATCH} * --breakdown-rounds + --warmup exceed --tasks")
+    if args.due + 3 * BATCH * args.breakdown_rounds + args.warmup > args.tasks:
+        parser.error(f"--due + {3 * BATCH} * --breakdown-rounds + --warmup exceed --tasks")
     if args.database_url.startswith("sqlite"):
         parser.error("the scheduler benchmark needs PostgreSQL")
     if not args.database_name.startswith(BENCH_DB):

@@ -6,12 +6,12 @@ processes) can both write; foreign keys are switched on so deletes cascade.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from sqlalchemy import event
+from sqlalchemy import BindParameter, ColumnElement, bindparam, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.ext.asyncio import (
@@ -51,9 +51,22 @@ def _sqlite_savepoint_in_transaction(connection: Connection, _name: str) -> None
     everything at once: a later rollback of the session would not undo it. IMMEDIATE,
     because a savepoint is only ever taken to write.
     """
+    _begin_immediate(connection)
+
+
+def _sqlite_begin(connection: Connection) -> None:
+    """A `locked_transaction` takes SQLite's write lock before its first statement."""
+    if connection.get_execution_options().get(_WRITE_LOCK):
+        _begin_immediate(connection)
+
+
+def _begin_immediate(connection: Connection) -> None:
     driver = connection.connection.driver_connection
     if driver is not None and not getattr(driver, "in_transaction", True):
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+_WRITE_LOCK = "backsync_write_lock"
 
 
 def create_engine(
@@ -67,6 +80,7 @@ def create_engine(
         )
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         event.listen(engine.sync_engine, "savepoint", _sqlite_savepoint_in_transaction)
+        event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
     return create_async_engine(
         database_url,
@@ -95,9 +109,46 @@ async def transaction(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]
 
 
 @asynccontextmanager
+async def locked_transaction(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
+    """`transaction`, for reading rows in order to change them: on SQLite it holds the
+    database's write lock from its first statement (BEGIN IMMEDIATE), as a PostgreSQL
+    `SELECT ... FOR UPDATE` holds the rows it reads. One such reader at a time on
+    SQLite; on PostgreSQL the option means nothing (its statements lock rows)."""
+    async with transaction(sessionmaker) as session:
+        await session.connection(execution_options={_WRITE_LOCK: True})
+        yield session
+
+
+@asynccontextmanager
 async def autocommit(sessionmaker: SessionMaker) -> AsyncIterator[AsyncSession]:
     """A session whose statements each commit on their own: for work that is one
     statement (atomic by itself), it saves the BEGIN and COMMIT round trips."""
     async with sessionmaker() as session:
         await session.connection(execution_options={"isolation_level": "AUTOCOMMIT"})
         yield session
+
+
+def values_rows(
+    columns: Sequence[ColumnElement[Any]], rows: int, per_row: Collection[str]
+) -> tuple[str, list[BindParameter[Any]]]:
+    """`(:a_0, :b, ...), (:a_1, :b, ...)`: a multi-row VALUES list that PostgreSQL and
+    SQLite both read, and its typed binds. Columns named in `per_row` get a bind per row
+    (`:name_<row>`), the others one bind shared by every row (`:name`).
+
+    With the binds typed, the asyncpg dialect casts each (`$1::TIMESTAMP WITH TIME
+    ZONE`), so PostgreSQL knows the VALUES columns' types even outside an INSERT; SQLite
+    needs no cast. One statement for a whole batch, the same SQL on both databases.
+    """
+    names = [column.key for column in columns]
+    listed = [
+        ", ".join(f":{name}_{row}" if name in per_row else f":{name}" for name in names)
+        for row in range(rows)
+    ]
+    binds = [bindparam(c.key, type_=c.type) for c in columns if c.key not in per_row]
+    binds += [
+        bindparam(f"{c.key}_{row}", type_=c.type)
+        for row in range(rows)
+        for c in columns
+        if c.key in per_row
+    ]
+    return ", ".join(f"({row})" for row in listed), binds

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from sqlalchemy import text
 
-from service.db import create_engine, create_sessionmaker
+from service.db import create_engine, create_sessionmaker, locked_transaction, transaction
 from service.ids import new_id
 
 
@@ -34,5 +36,43 @@ async def test_a_savepoint_shares_the_fate_of_its_transaction(
                 text("SELECT count(*) FROM tenant WHERE id = :id"), {"id": tenant}
             )
             assert found.scalar_one() == rows_left
+    finally:
+        await engine.dispose()
+
+
+async def test_a_locked_transaction_reads_what_no_other_one_changes_before_it_commits(
+    clean_db: str,
+) -> None:
+    """Two claimers read the same counter and write it + 1 (the scheduler's claim reads
+    due rows, then writes them): in `locked_transaction`s neither update is lost, on
+    SQLite (the write lock is taken before the read) as on PostgreSQL (`FOR UPDATE`)."""
+    engine = create_engine(clean_db)
+    sessionmaker = create_sessionmaker(engine)
+    tenant = new_id("ten")
+    read = text("SELECT name FROM tenant WHERE id = :id FOR UPDATE")
+    if engine.dialect.name == "sqlite":
+        read = text("SELECT name FROM tenant WHERE id = :id")  # SQLite has no FOR UPDATE
+    write = text("UPDATE tenant SET name = :name WHERE id = :id")
+
+    async def claim() -> None:
+        async with locked_transaction(sessionmaker) as session:
+            count = int((await session.execute(read, {"id": tenant})).scalar_one())
+            await asyncio.sleep(0.2)  # the other claimer runs meanwhile
+            await session.execute(write, {"id": tenant, "name": str(count + 1)})
+
+    try:
+        async with transaction(sessionmaker) as session:
+            await session.execute(
+                text(
+                    "INSERT INTO tenant (id, name, created_at) VALUES (:id, '0', CURRENT_TIMESTAMP)"
+                ),
+                {"id": tenant},
+            )
+        await asyncio.gather(claim(), claim())
+        async with engine.connect() as connection:
+            name = await connection.execute(
+                text("SELECT name FROM tenant WHERE id = :id"), {"id": tenant}
+            )
+            assert name.scalar_one() == "2"
     finally:
         await engine.dispose()

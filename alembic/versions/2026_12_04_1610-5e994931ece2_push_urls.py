@@ -28,9 +28,7 @@ def upgrade() -> None:
         sa.Column("verification_hash", sa.String(length=64), nullable=True),
         sa.Column("response_status", sa.Integer(), nullable=False),
         sa.Column("created_at", service.models.types.UTCDateTime(timezone=True), nullable=False),
-        sa.Column(
-            "last_called_at", service.models.types.UTCDateTime(timezone=True), nullable=True
-        ),
+        sa.Column("last_called_at", service.models.types.UTCDateTime(timezone=True), nullable=True),
         sa.Column("call_count", sa.Integer(), nullable=False),
         sa.ForeignKeyConstraint(
             ["task_id"], ["task.id"], name=op.f("fk_push_url_task_id_task"), ondelete="CASCADE"

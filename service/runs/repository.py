@@ -1,12 +1,15 @@
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any, NamedTuple
 
-from sqlalchemy import TextualSelect, and_, bindparam, func, or_, select, text
+from sqlalchemy import Column, TextualSelect, and_, func, or_, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlmodel import col
 
+from service.db import values_rows
 from service.models import ACTIVE_STATUSES, Run, metadata
 from service.models.run import ACTIVE_SQL
 
@@ -37,21 +40,54 @@ async def insert_unless_active(session: AsyncSession, run: Run) -> Run | None:
     return (await session.scalars(statement, run.model_dump())).one_or_none()
 
 
-def _insert_unless_active() -> TextualSelect:
-    """Written out, because PostgreSQL and SQLite spell this insert the same while
-    SQLAlchemy builds it only per database."""
+async def insert_many_unless_active(
+    session: AsyncSession, template: Run, rows: Sequence[RunRow]
+) -> list[tuple[str, str]]:
+    """`insert_unless_active` for many runs in one statement: each row's `RunRow` fields,
+    every other column `template`'s. Returns (run id, task id) of the runs inserted;
+    a task that already had an active run is left out."""
+    if not rows:
+        return []
+    params = template.model_dump(exclude=set(RunRow._fields))
+    for index, row in enumerate(rows):
+        params.update({f"{name}_{index}": value for name, value in row._asdict().items()})
+    result = await session.execute(_insert_many(len(rows)), params)
+    return [(run_id, task_id) for run_id, task_id in result]
+
+
+class RunRow(NamedTuple):
+    """What differs between the runs of one `insert_many_unless_active`."""
+
+    id: str
+    task_id: str
+    tenant_id: str
+    options: dict[str, Any]
+
+
+def _insert_unless_active(
+    rows: int, per_row: Collection[str], returning: list[Column[Any]]
+) -> TextualSelect:
+    """Written out, because PostgreSQL and SQLite spell this insert the same (multi-row
+    VALUES included) while SQLAlchemy builds it only per database."""
     columns = list(metadata.tables["run"].columns)
-    names = ", ".join(column.name for column in columns)
-    values = ", ".join(f":{column.name}" for column in columns)
+    values, binds = values_rows(columns, rows, per_row)
     sql = (
-        f"INSERT INTO run ({names}) VALUES ({values}) "  # noqa: S608 - constant SQL
-        f"ON CONFLICT (task_id) WHERE {ACTIVE_SQL} DO NOTHING RETURNING {names}"
+        f"INSERT INTO run ({', '.join(column.name for column in columns)}) "  # noqa: S608
+        f"VALUES {values} ON CONFLICT (task_id) WHERE {ACTIVE_SQL} DO NOTHING "
+        f"RETURNING {', '.join(column.name for column in returning)}"
     )
-    binds = [bindparam(column.name, type_=column.type) for column in columns]
-    return text(sql).bindparams(*binds).columns(*columns)
+    return text(sql).bindparams(*binds).columns(*returning)
 
 
-_INSERT_UNLESS_ACTIVE = _insert_unless_active()
+_RUN = metadata.tables["run"]
+_INSERT_UNLESS_ACTIVE = _insert_unless_active(1, (), list(_RUN.columns))
+
+
+@functools.lru_cache(maxsize=64)
+def _insert_many(rows: int) -> TextualSelect:
+    """One statement per batch size, built once: SQLAlchemy and the driver then cache
+    its compiled and prepared forms."""
+    return _insert_unless_active(rows, RunRow._fields, [_RUN.c.id, _RUN.c.task_id])
 
 
 async def page_for_task(

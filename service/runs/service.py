@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
-from service.models import FINAL_STATUSES, Run, Task
+from service.models import FINAL_STATUSES, Run
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
 from service.runs import repository
@@ -18,13 +19,13 @@ from service.tasks.schemas import RunError
 from service.tasks.service import get_task
 
 
-def _options(task: Task, body: TriggerIn | None) -> dict[str, Any]:
-    """What this run does beyond a plain sync, fixed now for all its attempts: a task
-    changed while it runs must not change what an attempt resumes into."""
+def run_options(source: dict[str, Any], body: TriggerIn | None = None) -> dict[str, Any]:
+    """What a run of a task with `source` does beyond a plain sync, fixed now for all its
+    attempts: a task changed while it runs must not change what an attempt resumes into."""
     body = body or TriggerIn()
     if body.full_refresh and body.backfill is not None:
         raise InvalidInput.at(["body"], "give full_refresh or backfill, not both")
-    incremental = bool(task.source.get("incremental"))
+    incremental = bool(source.get("incremental"))
     if body.backfill is not None:
         if not incremental:
             raise InvalidInput.at(
@@ -32,7 +33,7 @@ def _options(task: Task, body: TriggerIn | None) -> dict[str, Any]:
             )
         return {"backfill": {"from": body.backfill.from_, "to": body.backfill.to}}
     options: dict[str, Any] = {"full_refresh": True} if body.full_refresh else {}
-    if task.source.get("detect_deletions") and (body.full_refresh or not incremental):
+    if source.get("detect_deletions") and (body.full_refresh or not incremental):
         options["sweep"] = True  # it reads the whole collection: what it misses is gone
     return options
 
@@ -54,7 +55,7 @@ async def trigger(
     (any number of API processes) still give one run.
     """
     task = await get_task(session, tenant_id, task_id)
-    options = _options(task, body)
+    options = run_options(task.source, body)
     for _ in range(3):  # the active run may end between the insert and the read
         run = Run(
             id=new_id("run"),
@@ -73,17 +74,27 @@ async def trigger(
     raise Conflict("the task's runs are changing too fast; try again")
 
 
-async def start_scheduled(session: AsyncSession, task: Task) -> Run | None:
-    """The run of a schedule's slot, or None when the task's previous run is still
-    queued, running or retrying: the slot is skipped, not stacked (WorkManager's KEEP)."""
-    run = Run(
-        id=new_id("run"),
-        task_id=task.id,
-        tenant_id=task.tenant_id,
-        trigger="schedule",
-        options=_options(task, None),
-    )
-    return await repository.insert_unless_active(session, run)
+async def start_scheduled(
+    session: AsyncSession, due: Sequence[DueTask], now: datetime
+) -> dict[str, str]:
+    """The runs of schedule slots, in one statement: {task id: run id}. A task whose
+    previous run is still queued, running or retrying gets none: the slot is skipped,
+    not stacked (WorkManager's KEEP)."""
+    template = Run(id="", task_id="", tenant_id="", trigger="schedule", created_at=now)
+    rows = [
+        repository.RunRow(new_id("run"), task.id, task.tenant_id, run_options(task.source))
+        for task in due
+    ]
+    started = await repository.insert_many_unless_active(session, template, rows)
+    return {task_id: run_id for run_id, task_id in started}
+
+
+class DueTask(NamedTuple):
+    """What starting a scheduled run needs of its task."""
+
+    id: str
+    tenant_id: str
+    source: dict[str, Any]
 
 
 async def get_run(session: AsyncSession, tenant_id: str, run_id: str) -> Run:

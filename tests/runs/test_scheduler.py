@@ -255,3 +255,46 @@ async def test_a_scheduled_task_stored_without_a_slot_gets_one_when_a_worker_sta
     assert (await client.get(f"/v1/tasks/{plain['id']}", headers=auth)).json()[
         "next_run_at"
     ] is None
+
+
+async def test_one_batch_skips_exactly_the_tasks_with_an_active_run_and_counts_them(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, clock: Clock, worker: Any
+) -> None:
+    fast = upstream.route("/items", page_number(make_records(3), size=10))
+    slow = upstream.route("/slow", slowly(page_number(make_records(3), size=10), 3.0))
+    free = [await _scheduled_task(client, auth, fast, name=f"free{i}") for i in range(5)]
+    busy = [await _scheduled_task(client, auth, slow, name=f"busy{i}") for i in range(3)]
+    paused = await _scheduled_task(client, auth, fast, name="paused")
+    await client.patch(f"/v1/tasks/{paused['id']}", json={"paused": True}, headers=auth)
+    for task in busy:
+        trigger = await client.post(f"/v1/tasks/{task['id']}/runs", headers=auth)
+        await wait_run(client, auth, trigger.json()["id"], until={"running"})
+
+    # One batch claims all nine: five start, three are skipped, the paused one is cleared.
+    everyone = [*free, *busy, paused]
+    await clock.due_at(utcnow() - timedelta(seconds=1), *(task["id"] for task in everyone))
+
+    async def all_moved() -> bool:
+        for task in [*free, *busy]:
+            shown = (await client.get(f"/v1/tasks/{task['id']}", headers=auth)).json()
+            if datetime.fromisoformat(shown["next_run_at"]) <= utcnow():
+                return False
+        return True
+
+    await _until(all_moved)
+    for task in free:
+        runs = await _runs(client, auth, task["id"])
+        assert [run["trigger"] for run in runs] == ["schedule"]
+    for task in busy:
+        assert [run["trigger"] for run in await _runs(client, auth, task["id"])] == ["manual"]
+    skipped = {
+        task["id"]: await clock.scalar(
+            "SELECT skipped_runs FROM task WHERE id = :id", id=task["id"]
+        )
+        for task in everyone
+    }
+    assert skipped == {task["id"]: int(task in busy) for task in everyone}
+    assert await _runs(client, auth, paused["id"]) == []
+    assert (
+        await clock.scalar("SELECT next_run_at FROM task WHERE id = :id", id=paused["id"]) is None
+    )

@@ -1,0 +1,134 @@
+"""The queue writes jobs with its own script (one round trip for a whole batch), so these
+tests hold it to arq: a real arq worker runs what it enqueued, each job id once, and a
+job id is deduplicated against arq's own `enqueue_job` both ways, as arq dedupes."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from arq import create_pool
+from arq.connections import ArqRedis
+from arq.constants import job_key_prefix, result_key_prefix
+from arq.jobs import Job, JobStatus
+from arq.utils import to_unix_ms
+from redis.asyncio import Redis
+
+from service.broker.queue import (
+    Queue,
+    _loads,
+    build_worker,
+    doorbell_channel,
+    redis_settings,
+    run_job_id,
+)
+from service.config import Settings
+from service.models.types import utcnow
+
+
+@pytest.fixture
+async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
+    """An arq pool on the test's queue: the service's `Queue` and arq's own enqueue
+    side by side."""
+    arq_pool = await create_pool(
+        redis_settings(settings.redis_url or ""), default_queue_name=settings.queue_name
+    )
+    try:
+        yield arq_pool
+    finally:
+        await arq_pool.aclose()
+
+
+async def sync_run(ctx: dict[str, Any], run_id: str) -> None:
+    """Stands in for the service's job (arq finds a job's function by this name)."""
+    ctx["calls"].append(run_id)
+
+
+async def _calls(ctx: dict[str, Any]) -> None:
+    ctx["calls"] = []
+
+
+async def _nothing(_ctx: dict[str, Any]) -> None:
+    return None
+
+
+async def _run_burst(settings: Settings) -> list[str]:
+    """Runs every queued job on a real arq worker (`build_worker`, burst mode); returns
+    the run ids its `sync_run` was called with."""
+    worker = build_worker(settings, [sync_run], _calls, _nothing, burst=True, handle_signals=False)
+    try:
+        await asyncio.wait_for(worker.async_run(), timeout=20)
+        calls: list[str] = worker.ctx["calls"]
+    finally:
+        await worker.close()
+    return calls
+
+
+async def test_a_batch_is_run_by_an_arq_worker_each_job_once(
+    settings: Settings, pool: ArqRedis
+) -> None:
+    queue = Queue.from_pool(pool, settings.queue_name)
+    runs = [f"run_{i:03d}" for i in range(50)]
+
+    assert await queue.enqueue_runs(runs) == 50
+    assert await queue.enqueue_runs([*runs[:10], "run_new"]) == 1  # the same job ids
+    await queue.enqueue_run(runs[0])  # as the API and the reconciler send: still one job
+
+    assert sorted(await _run_burst(settings)) == sorted([*runs, "run_new"])
+    # keep_result=0: a finished job frees its id, so the run can be sent again.
+    assert await queue.enqueue_runs(runs[:1]) == 1
+
+
+async def test_a_job_id_is_deduplicated_against_arqs_own_enqueue_both_ways(
+    settings: Settings, pool: ArqRedis
+) -> None:
+    queue = Queue.from_pool(pool, settings.queue_name)
+
+    assert await pool.enqueue_job("sync_run", "a", _job_id=run_job_id("a")) is not None
+    assert await queue.enqueue_runs(["a"]) == 0
+
+    assert await queue.enqueue_runs(["b"]) == 1
+    assert await pool.enqueue_job("sync_run", "b", _job_id=run_job_id("b")) is None
+    job = Job(run_job_id("b"), pool, _queue_name=settings.queue_name, _deserializer=_loads)
+    assert await job.status() == JobStatus.queued
+    info = await job.info()
+    assert info is not None
+    assert (info.function, list(info.args), info.kwargs) == ("sync_run", ["b"], {})
+    assert info.job_try is None  # arq's enqueue_job without _job_try stores none
+
+    # A job whose result arq still keeps is not enqueued again either.
+    await pool.set(result_key_prefix + run_job_id("c"), b"x", ex=60)
+    assert await queue.enqueue_runs(["c"]) == 0
+
+
+async def test_the_doorbell_announces_how_many_jobs_and_a_deferred_job_rings_none(
+    settings: Settings, pool: ArqRedis
+) -> None:
+    queue = Queue.from_pool(pool, settings.queue_name)
+    redis = Redis.from_url(settings.redis_url or "")
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(doorbell_channel(settings.queue_name))
+    try:
+        await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
+        later = utcnow() + timedelta(hours=1)
+
+        await queue.enqueue_run("deferred", not_before=later)
+        await queue.enqueue_runs(["x", "y", "z"])
+        await queue.enqueue_runs(["x"])  # nothing new: no ring
+
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+        assert message is not None and message["data"] == b"3"
+        assert await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.3) is None
+    finally:
+        await pubsub.aclose()
+        await redis.aclose()
+
+    score = await pool.zscore(settings.queue_name, run_job_id("deferred"))
+    assert score == to_unix_ms(later)  # arq's rounding
+    job = Job(run_job_id("deferred"), pool, _queue_name=settings.queue_name, _deserializer=_loads)
+    assert await job.status() == JobStatus.deferred
+    expiry = timedelta(milliseconds=await pool.pttl(job_key_prefix + run_job_id("deferred")))
+    assert timedelta(hours=24, minutes=59) < expiry <= timedelta(hours=25)  # as arq: + 1 day

@@ -21,8 +21,8 @@ from service.health.schemas import (
     BatchAccepted,
     BatchIn,
     BatchOut,
-    ChangeFeed,
     DailyOut,
+    HealthChanges,
     SamplePage,
     SourcesIn,
     SourcesOut,
@@ -44,6 +44,7 @@ TypeQuery = Annotated[
 
 @router.post(
     "/v1/health/samples",
+    summary="Push a batch of health samples",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=BatchAccepted,
     responses=problem_responses(
@@ -74,6 +75,7 @@ async def push_samples(
 
 @router.get(
     "/v1/health/batches/{batch_id}",
+    summary="A health batch: status and counts",
     response_model=BatchOut,
     responses=problem_responses(Unauthenticated, NotFound),
 )
@@ -84,6 +86,7 @@ async def get_batch(work: Work, caller: Caller, batch_id: str) -> BatchOut:
 
 @router.get(
     "/v1/health/samples",
+    summary="A user's health samples",
     response_model=SamplePage,
     responses=problem_responses(Unauthenticated, InvalidInput),
 )
@@ -114,6 +117,7 @@ async def list_samples(
 
 @router.get(
     "/v1/health/daily",
+    summary="Daily summaries by local day",
     response_model=DailyOut,
     response_model_exclude_none=True,
     responses=problem_responses(Unauthenticated, InvalidInput),
@@ -137,7 +141,8 @@ async def daily_summary(
 
 @router.get(
     "/v1/health/changes",
-    response_model=ChangeFeed,
+    summary="A user's health change feed",
+    response_model=HealthChanges,
     responses=problem_responses(Unauthenticated, InvalidInput),
 )
 async def changes(
@@ -146,7 +151,7 @@ async def changes(
     user_id: UserQuery,
     after: Annotated[int, Query(ge=0, le=MAX_SEQ, description="Only changes after this seq")] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-) -> ChangeFeed:
+) -> HealthChanges:
     """A user's inserted, updated and deleted samples since `after`, to mirror on a phone
 
     `seq` increases strictly in commit order: store `next_after` and ask `?after=` it
@@ -158,6 +163,7 @@ async def changes(
 
 @router.put(
     "/v1/health/users/{user_id}/sources",
+    summary="Set a user's source priority",
     response_model=SourcesOut,
     responses=problem_responses(Unauthenticated, InvalidInput),
 )
@@ -168,6 +174,7 @@ async def set_sources(work: Work, caller: Caller, user_id: UserPath, body: Sourc
 
 @router.get(
     "/v1/health/users/{user_id}/sources",
+    summary="A user's source priority",
     response_model=SourcesOut,
     responses=problem_responses(Unauthenticated),
 )

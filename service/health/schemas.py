@@ -201,7 +201,7 @@ class SamplePage(BaseModel):
     next_cursor: str | None = Field(description="Ask `?cursor=` it for the next page.")
 
 
-class ChangeFeed(BaseModel):
+class HealthChanges(BaseModel):
     model_config = ConfigDict(
         json_schema_extra={
             "examples": [

@@ -19,9 +19,9 @@ from service.health.schemas import (
     BatchAccepted,
     BatchIn,
     BatchOut,
-    ChangeFeed,
     DailyOut,
     DailyRow,
+    HealthChanges,
     Rejection,
     SampleOut,
     SamplePage,
@@ -109,11 +109,11 @@ async def list_samples(
 
 async def changes(
     session: AsyncSession, tenant_id: str, user_id: str, after: int, limit: int
-) -> ChangeFeed:
+) -> HealthChanges:
     """The user's changes after `after`, in `seq` order: exact, because one user's
     changes commit in `seq` order (`service.models.HealthUser`)."""
     samples = await repository.changes(session, tenant_id, user_id, after, limit)
-    return ChangeFeed(
+    return HealthChanges(
         items=[to_out(sample) for sample in samples],
         next_after=samples[-1].seq if samples else after,
     )

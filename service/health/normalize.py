@@ -25,6 +25,11 @@ FUTURE_SLACK = timedelta(days=1)
 """A sample may end at most this far after it arrives (clocks are wrong; days are not)."""
 
 
+DECIMALS = 6
+"""Converted values are rounded to this many decimals: 418.4 kJ is 100 kcal, not
+99.99999999999999 (no health measure carries more precision)."""
+
+
 class Rejected(Exception):
     """Why a sample is not stored; the message is the reason the client sees."""
 
@@ -142,7 +147,7 @@ def _value(sample: SampleIn, kind: SampleType, seconds: float) -> float:
         raise Rejected(
             f"unit {sample.unit!r} is not a unit of {kind.name} ({', '.join(kind.units)})"
         )
-    value = conversion(sample.value)
+    value = round(conversion(sample.value), DECIMALS)
     if kind.kind is Kind.CATEGORY and value > seconds + 1:
         raise Rejected(f"{kind.name} value {value:g} s is longer than the sample")
     _plausible(kind, value)

@@ -320,3 +320,68 @@ async def test_the_types_table_is_listed(client: httpx.AsyncClient, auth: dict[s
     assert types["blood_glucose"]["units"] == ["mg/dL", "mmol/L"]
     assert types["sleep"]["categories"] == ["awake", "deep", "in_bed", "light", "rem"]
     assert types["steps"]["max_duration_seconds"] == 90000
+
+
+async def test_the_readme_example_gives_what_the_readme_says(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    berlin = {"timezone": "Europe/Berlin"}
+    samples = [
+        steps(
+            "w-1",
+            400,
+            "2026-12-03T23:50:00+01:00",
+            "2026-12-04T00:10:00+01:00",
+            "apple_watch",
+            **berlin,
+        ),
+        steps(
+            "p-1",
+            300,
+            "2026-12-04T00:00:00+01:00",
+            "2026-12-04T00:20:00+01:00",
+            "iphone",
+            tz_offset_minutes=60,
+        ),
+        {
+            "id": "w-2",
+            "source": "apple_watch",
+            "type": "active_energy",
+            "value": 418.4,
+            "unit": "kJ",
+            "start": "2026-12-04T08:00:00+01:00",
+            "end": "2026-12-04T09:00:00+01:00",
+            **berlin,
+        },
+        {
+            "id": "w-3",
+            "source": "apple_watch",
+            "type": "heart_rate",
+            "value": 900,
+            "unit": "bpm",
+            "start": "2026-12-04T08:00:00+01:00",
+        },
+    ]
+    answer = await push(client, auth, samples)
+    assert answer["rejected"] == [
+        {"index": 3, "reason": "heart_rate 900 count/min is outside 20-300"}
+    ]
+    await wait_batch(client, auth, answer["batch_id"])
+
+    default = await daily(client, auth, "steps", "2026-12-03", "2026-12-04")
+    assert [(day["date"], day["sum"]) for day in default["days"]] == [
+        ("2026-12-03", 200),
+        ("2026-12-04", 300),
+    ]
+    await client.put(
+        "/v1/health/users/u_42/sources", json={"sources": ["apple_watch", "iphone"]}, headers=auth
+    )
+    ranked = await daily(client, auth, "steps", "2026-12-03", "2026-12-04")
+    assert [(day["date"], day["sum"]) for day in ranked["days"]] == [
+        ("2026-12-03", 200),
+        ("2026-12-04", 350),
+    ]
+    energy = await client.get(
+        "/v1/health/samples", params={"user_id": "u_42", "type": "active_energy"}, headers=auth
+    )
+    assert [(item["value"], item["unit"]) for item in energy.json()["items"]] == [(100, "kcal")]

@@ -28,8 +28,9 @@ class HealthBatch(SQLModel, table=True):
     tenant_id: str = Field(max_length=40)
     user_id: str = Field(max_length=200)
     status: str = Field(default="pending", max_length=20)
-    samples: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON))
-    """The accepted samples, normalized (`service.health.normalize`); null once done."""
+    samples: list[list[Any]] | None = Field(default=None, sa_column=Column(JSON))
+    """The accepted samples, normalized (`service.health.normalize.Normalized`, each a
+    list in field order); null once done."""
     rejections: list[dict[str, Any]] = Field(sa_column=Column(JSON, nullable=False))
     accepted: int = 0
     ingested: int = 0

@@ -87,11 +87,11 @@ class BatchIn(BaseModel):
     )
 
     user_id: UserId
-    samples: list[
-        Annotated[dict[str, Any], WithJsonSchema(SampleIn.model_json_schema(mode="validation"))]
-    ] = Field(
-        max_length=MAX_BATCH,
-        description=f"At most {MAX_BATCH:,} samples; each is validated on its own.",
+    samples: list[Annotated[Any, WithJsonSchema(SampleIn.model_json_schema(mode="validation"))]] = (
+        Field(
+            max_length=MAX_BATCH,
+            description=f"At most {MAX_BATCH:,} samples; each is validated on its own.",
+        )
     )
 
 

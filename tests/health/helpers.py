@@ -27,7 +27,7 @@ def steps(
 
 
 async def push(
-    client: httpx.AsyncClient, auth: Auth, samples: list[dict[str, Any]], user_id: str = "u_42"
+    client: httpx.AsyncClient, auth: Auth, samples: list[Any], user_id: str = "u_42"
 ) -> dict[str, Any]:
     response = await client.post(
         "/v1/health/samples", json={"user_id": user_id, "samples": samples}, headers=auth

@@ -30,11 +30,12 @@ async def test_a_batch_answers_at_once_and_the_worker_stores_its_accepted_sample
         "unit": "bpm",
         "start": "2026-12-04T08:00:00Z",
     }
-    answer = await push(client, auth, [A, heart, B, {"id": 3}])
+    answer = await push(client, auth, [A, heart, B, {"id": 3}, "steps"])
     assert answer["status"] == "pending" and answer["accepted"] == 2
     assert answer["rejected"] == [
         {"index": 1, "reason": "heart_rate 900 count/min is outside 20-300"},
         {"index": 3, "reason": "id: Input should be a valid string"},
+        {"index": 4, "reason": "Input should be a valid dictionary or instance of SampleIn"},
     ]
 
     batch = await wait_batch(client, auth, answer["batch_id"])

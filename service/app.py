@@ -24,6 +24,7 @@ from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
 from service.dependencies import current_principal
 from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
+from service.health.router import router as health_router
 from service.http_client import create_upstream_client
 from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.notifications.router import router as events_router
@@ -191,6 +192,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "description": "Secret URLs a provider's new-data notification calls to"
                 " trigger a task (`/v1/push/{token}` needs no API key)",
             },
+            {
+                "name": "health",
+                "description": "Health samples from phones and wearables: batches, daily"
+                " summaries by local day, source priority, a change feed",
+            },
             {"name": "operations", "description": "Liveness and readiness"},
         ],
     )
@@ -220,4 +226,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     for router in routers:
         app.include_router(router)
+    app.include_router(health_router)
     return app

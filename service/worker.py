@@ -17,6 +17,7 @@ from service.broker.queue import Queue, build_worker
 from service.config import Settings
 from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
+from service.health.jobs import ingest_health_batch, resend_forever
 from service.http_client import create_upstream_client
 from service.notifications.service import prune_forever
 from service.notifications.webhooks import deliverer as webhooks
@@ -68,6 +69,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
         ctx["engine"] = engine
         secrets = SecretBox(settings.secret_keys)
         hooks = None if burst else webhooks.build(sessionmaker, secrets, settings)
+        ctx["sessionmaker"], ctx["settings"] = sessionmaker, settings
         ctx["deps"] = RunnerDeps(
             ledger=ledger_for(
                 sessionmaker,
@@ -105,11 +107,19 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             ctx["pruner"] = asyncio.create_task(
                 prune_forever(sessionmaker, settings.event_retention_days)
             )
+            ctx["health_resender"] = asyncio.create_task(
+                resend_forever(
+                    sessionmaker,
+                    queue,
+                    settings.reconcile_interval_seconds,
+                    settings.queued_grace_seconds,
+                )
+            )
         _calm_the_garbage_collector()
         log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)
 
     async def shutdown(ctx: dict[str, Any]) -> None:
-        for name in ("reconciler", "scheduler", "pruner", "webhooks"):
+        for name in ("reconciler", "scheduler", "pruner", "webhooks", "health_resender"):
             loop: asyncio.Task[None] | None = ctx.get(name)
             if loop is not None:
                 loop.cancel()
@@ -124,7 +134,12 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             await ctx["engine"].dispose()
 
     return build_worker(
-        settings, [sync_run], startup, shutdown, burst=burst, handle_signals=handle_signals
+        settings,
+        [sync_run, ingest_health_batch],
+        startup,
+        shutdown,
+        burst=burst,
+        handle_signals=handle_signals,
     )
 
 

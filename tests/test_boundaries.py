@@ -9,7 +9,7 @@ from pathlib import Path
 import service
 
 SERVICE = Path(service.__file__).parent
-DOMAINS = ("auth", "idempotency", "tasks", "records", "runs", "notifications")
+DOMAINS = ("auth", "idempotency", "tasks", "records", "runs", "notifications", "health")
 
 
 def _imported_modules(path: Path) -> set[str]:

@@ -72,6 +72,13 @@ def test_request_and_response_models_carry_examples() -> None:
         "TaskPatch",
         "PushUrlCreated",
         "PushReceipt",
+        "BatchIn",
+        "BatchAccepted",
+        "BatchOut",
+        "SamplePage",
+        "HealthChanges",
+        "DailyOut",
+        "SourcesIn",
     ):
         assert schemas[name].get("examples"), f"{name} has no example"
 

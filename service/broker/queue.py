@@ -135,6 +135,13 @@ class Queue:
         sent: int = await self._enqueue(keys=keys, args=args)
         return sent
 
+    async def enqueue_health_batch(self, batch_id: str, *, job_suffix: str | None = None) -> None:
+        """Send a health batch to the workers (`service.health.jobs`); like runs, the job
+        id derives from the batch and the reason for re-sending it."""
+        job_id = f"health:{batch_id}" if job_suffix is None else f"health:{batch_id}:{job_suffix}"
+        await self._pool.enqueue_job("ingest_health_batch", batch_id, _job_id=job_id)
+        await self._pool.publish(doorbell_channel(self._queue_name), b"")
+
     async def schedules_changed(self) -> None:
         """Wake every worker's scheduler: a task's next slot may be sooner now."""
         await self._pool.publish(schedules_channel(self._queue_name), b"")

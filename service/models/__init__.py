@@ -11,6 +11,9 @@ SQLModel.metadata.naming_convention = {
 }
 
 from service.models.event import Event  # noqa: E402
+from service.models.health_batch import HealthBatch  # noqa: E402
+from service.models.health_sample import HealthSample  # noqa: E402
+from service.models.health_user import HealthUser  # noqa: E402
 from service.models.idempotency import IdempotencyRecord  # noqa: E402
 from service.models.page_validator import PageValidator  # noqa: E402
 from service.models.push_url import PushUrl  # noqa: E402
@@ -28,6 +31,9 @@ __all__ = [
     "FINAL_STATUSES",
     "ApiKey",
     "Event",
+    "HealthBatch",
+    "HealthSample",
+    "HealthUser",
     "IdempotencyRecord",
     "PageValidator",
     "PushUrl",

@@ -128,3 +128,16 @@ def webhook_disabled(webhook_id: str, url: str, failing_since: datetime) -> NewE
             "failing_since": failing_since.isoformat(),
         },
     )
+
+
+def health_batch_completed(
+    batch_id: str, user_id: str, totals: dict[str, int], rejected: int, next_after: int
+) -> NewEvent:
+    """The worker stored a health batch: `next_after` is the user's health change feed
+    position after it, so a backend can tell a phone "pull `GET /v1/health/changes`"."""
+    counts = {name: totals[name] for name in HEALTH_BATCH_COUNTS}
+    data = {"batch_id": batch_id, "user_id": user_id, "rejected": rejected, **counts}
+    return NewEvent(HEALTH_BATCH_COMPLETED, {**data, "next_after": next_after}, user_id=user_id)
+
+
+HEALTH_BATCH_COUNTS: Final = ("accepted", "inserted", "updated", "deleted", "unchanged", "ignored")

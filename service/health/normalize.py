@@ -1,0 +1,232 @@
+"""From a sample as sent to a sample as stored: checked, converted, or rejected with a
+reason.
+
+Everything the API decides about one sample is here, as plain functions of the sample
+and the time it arrived, so the rules are unit-tested without a database. The result
+(`Normalized`) is what a batch keeps for the worker: JSON-ready, in canonical units,
+with the content hash that tells a re-sent sample from a changed one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import orjson
+from pydantic import ValidationError
+
+from service.health.schemas import SampleIn
+from service.health.types import NOT_CONVERTIBLE, TYPES, Kind, SampleType
+
+FUTURE_SLACK = timedelta(days=1)
+"""A sample may end at most this far after it arrives (clocks are wrong; days are not)."""
+
+
+DECIMALS = 6
+"""Converted values are rounded to this many decimals: 418.4 kJ is 100 kcal, not
+99.99999999999999 (no health measure carries more precision)."""
+
+
+class Rejected(Exception):
+    """Why a sample is not stored; the message is the reason the client sees."""
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """A sample ready to store: canonical value and unit, UTC times as ISO strings."""
+
+    id: str
+    source: str
+    type: str | None
+    value: float | None
+    unit: str | None
+    start: str | None
+    end: str | None
+    tz_offset_minutes: int | None
+    timezone: str | None
+    device: str | None
+    recording_method: str | None
+    metadata: dict[str, Any] | None
+    stage: str | None
+    modified_at: str | None
+    deleted: bool
+    hash: str
+
+    def to_json(self) -> list[Any]:
+        """A list in field order: a batch keeps 10,000 of them, and `asdict` (which
+        deep-copies) took longer than checking the samples."""
+        return [getattr(self, name) for name in self.__slots__]
+
+    @classmethod
+    def from_json(cls, data: list[Any]) -> Normalized:
+        return cls(*data)
+
+
+def normalize_all(
+    raw: list[dict[str, Any]], user_id: str, now: datetime
+) -> tuple[list[Normalized], list[tuple[int, str]]]:
+    """The accepted samples, and (index, reason) for each rejected one."""
+    accepted: list[Normalized] = []
+    rejected: list[tuple[int, str]] = []
+    for index, item in enumerate(raw):
+        try:
+            accepted.append(normalize(item, user_id, now))
+        except Rejected as exc:
+            rejected.append((index, str(exc)))
+    return accepted, rejected
+
+
+def normalize(raw: Any, user_id: str, now: datetime) -> Normalized:
+    """One sample checked and converted; raises `Rejected` with the reason."""
+    sample = _parse(raw)
+    if sample.user_id is not None and sample.user_id != user_id:
+        raise Rejected(f"user_id {sample.user_id!r} is not the batch's {user_id!r}")
+    if sample.deleted:
+        return _tombstone(sample)
+    kind = _type_of(sample.type)
+    start, end = _times(sample, kind, now)
+    value = _value(sample, kind, (end - start).total_seconds())
+    stage = _stage(sample, kind)
+    return _finish(
+        sample,
+        type=kind.name,
+        value=value,
+        unit=kind.unit,
+        start=start.isoformat(),
+        end=end.isoformat(),
+        timezone=_zone_name(sample.timezone),
+        stage=stage,
+    )
+
+
+def _parse(raw: Any) -> SampleIn:
+    try:
+        return SampleIn.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise Rejected(f"{where}: {first['msg']}" if where else first["msg"]) from None
+
+
+def _type_of(name: str | None) -> SampleType:
+    if name is None:
+        raise Rejected("type is required")
+    if name in NOT_CONVERTIBLE:
+        raise Rejected(NOT_CONVERTIBLE[name])
+    kind = TYPES.get(name)
+    if kind is None:
+        raise Rejected(f"unknown type {name!r} (see GET /v1/health/types)")
+    return kind
+
+
+def _times(sample: SampleIn, kind: SampleType, now: datetime) -> tuple[datetime, datetime]:
+    if sample.start is None:
+        raise Rejected("start is required")
+    start = sample.start.astimezone(UTC)
+    end = sample.end.astimezone(UTC) if sample.end is not None else start
+    if end < start:
+        raise Rejected("end is before start")
+    if end > now + FUTURE_SLACK:
+        raise Rejected("the sample ends more than a day in the future")
+    if kind.max_duration is not None and end - start > kind.max_duration:
+        hours = kind.max_duration.total_seconds() / 3600
+        raise Rejected(f"a {kind.name} sample lasts at most {hours:g} h")
+    return start, end
+
+
+def _value(sample: SampleIn, kind: SampleType, seconds: float) -> float:
+    if sample.value is None:
+        if kind.kind is Kind.CATEGORY:
+            return seconds
+        raise Rejected("value is required")
+    if sample.unit is None:
+        raise Rejected(f"unit is required ({kind.name}: {', '.join(kind.units)})")
+    conversion = kind.units.get(sample.unit)
+    if conversion is None:
+        raise Rejected(
+            f"unit {sample.unit!r} is not a unit of {kind.name} ({', '.join(kind.units)})"
+        )
+    value = round(conversion(sample.value), DECIMALS)
+    if kind.kind is Kind.CATEGORY and value > seconds + 1:
+        raise Rejected(f"{kind.name} value {value:g} s is longer than the sample")
+    _plausible(kind, value)
+    return value
+
+
+def _plausible(kind: SampleType, value: float) -> None:
+    low, high = kind.low, kind.high
+    if (low is not None and value < low) or (high is not None and value > high):
+        if low is not None and high is None:
+            raise Rejected(f"{kind.name} {value:g} {kind.unit} is negative")
+        span = f"{low:g}-{high:g}" if low is not None and high is not None else f"≤ {high:g}"
+        raise Rejected(f"{kind.name} {value:g} {kind.unit} is outside {span}")
+
+
+def _stage(sample: SampleIn, kind: SampleType) -> str | None:
+    if kind.kind is not Kind.CATEGORY:
+        return None
+    stage = (sample.metadata or {}).get("stage")
+    if stage not in kind.categories:
+        raise Rejected(
+            f"{kind.name} needs metadata.stage, one of {', '.join(sorted(kind.categories))}"
+        )
+    return str(stage)
+
+
+def _zone_name(name: str | None) -> str | None:
+    if name is None:
+        return None
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise Rejected(f"timezone {name!r} is not an IANA time zone") from None
+    return name
+
+
+def _tombstone(sample: SampleIn) -> Normalized:
+    """A deletion: only the identity is kept (a deleted health sample's data goes)."""
+    if sample.type is not None and sample.type not in TYPES:
+        raise Rejected(f"unknown type {sample.type!r} (see GET /v1/health/types)")
+    return _finish(sample, type=sample.type, deleted=True)
+
+
+def _finish(sample: SampleIn, **fields: Any) -> Normalized:
+    values: dict[str, Any] = {
+        "id": sample.id,
+        "source": sample.source,
+        "type": None,
+        "value": None,
+        "unit": None,
+        "start": None,
+        "end": None,
+        "tz_offset_minutes": None,
+        "timezone": None,
+        "device": None,
+        "recording_method": None,
+        "metadata": None,
+        "stage": None,
+        "modified_at": _iso(sample.modified_at),
+        "deleted": False,
+    }
+    if not fields.get("deleted"):
+        values |= {
+            "tz_offset_minutes": sample.tz_offset_minutes,
+            "device": sample.device,
+            "recording_method": sample.recording_method,
+            "metadata": sample.metadata,
+        }
+    values |= fields
+    values["hash"] = content_hash(values)
+    return Normalized(**values)
+
+
+def content_hash(values: dict[str, Any]) -> str:
+    """What tells a changed sample from one sent again (`modified_at` included)."""
+    return hashlib.md5(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)).hexdigest()  # noqa: S324
+
+
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.astimezone(UTC).isoformat()

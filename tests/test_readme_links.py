@@ -24,5 +24,7 @@ def test_markdown_links_stay_inside_the_repository() -> None:
             if re.match(r"[a-z]+://", target) and not any(host in target for host in EXAMPLES):
                 outside.append(f"{document.relative_to(ROOT)}: {target}")
             elif not re.match(r"[a-z]+:|#", target):
-                assert (document.parent / target.split("#")[0]).exists(), f"{document}: {target}"
+                path = (document.parent / target.split("#")[0]).resolve()
+                assert path.is_relative_to(ROOT.resolve()), f"{document}: {target} leaves the repo"
+                assert path.exists(), f"{document}: {target} does not exist"
     assert outside == []

@@ -4,9 +4,11 @@
 #   docker build -t backsync .
 #   docker run --rm -e BACKSYNC_DATABASE_URL=... backsync backsync migrate
 #
-# The install steps are the ones scripts/check-install proves without Docker:
-# build the wheel, pip install the .whl (non-editable) into a venv. The alembic
-# migrations ship inside the wheel (service/_migrations).
+# The install steps are the ones scripts/check-install proves without Docker: the
+# exact dependency versions of requirements.lock (scripts/lock writes it), then the
+# wheel built from the sources, installed (non-editable) without letting pip pick
+# any other version, then `pip check` that the lock satisfies the wheel's
+# requirements. The alembic migrations ship inside the wheel (service/_migrations).
 
 # Both stages must use the same base: the venv's interpreter is a symlink to it.
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
@@ -24,18 +26,18 @@ RUN python -m venv /opt/build-tools \
 
 WORKDIR /src
 
-# Dependencies first, in their own layer: rebuilt only when pyproject.toml changes.
-COPY pyproject.toml ./
-RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep=chr(10))" > /tmp/requirements.txt \
-    && /opt/venv/bin/pip install -r /tmp/requirements.txt
+# Dependencies first, in their own layer: rebuilt only when the lock changes.
+COPY requirements.lock ./
+RUN /opt/venv/bin/pip install -r requirements.lock
 
 # Then the sources the wheel is built from (the hatchling config in pyproject.toml
 # force-includes alembic/ and alembic.ini as service/_migrations).
-COPY README.md alembic.ini ./
+COPY pyproject.toml README.md alembic.ini ./
 COPY alembic ./alembic
 COPY service ./service
 RUN /opt/build-tools/bin/python -m build --wheel --outdir /tmp/dist . \
-    && /opt/venv/bin/pip install /tmp/dist/*.whl
+    && /opt/venv/bin/pip install --no-deps /tmp/dist/*.whl \
+    && /opt/venv/bin/pip check
 
 
 FROM ${PYTHON_IMAGE} AS runtime

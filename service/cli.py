@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,6 +19,7 @@ from typing import Annotated
 
 import typer
 
+from service import __version__
 from service.config import Settings, get_settings
 
 app = typer.Typer(
@@ -30,6 +33,24 @@ secrets_app = typer.Typer(
     help="Manage the Fernet keys that encrypt upstream credentials.", no_args_is_help=True
 )
 app.add_typer(secrets_app, name="secrets")
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"backsync {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_show_version, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """Backsync: server-side background sync for mobile apps."""
 
 
 def _fail(message: str) -> typer.Exit:
@@ -50,13 +71,59 @@ Host = Annotated[str | None, typer.Option("--host", help="Bind address (BACKSYNC
 Port = Annotated[int | None, typer.Option("--port", help="API port (BACKSYNC_PORT)")]
 
 
-def _bind(host: str | None, port: int | None) -> None:
+def _bind(host: str | None, port: int | None) -> Settings:
     """`--host`/`--port` win over the environment, for this process and its children."""
     if host is not None:
         os.environ["BACKSYNC_HOST"] = host
     if port is not None:
         os.environ["BACKSYNC_PORT"] = str(port)
     get_settings.cache_clear()
+    return get_settings()
+
+
+def _check_free(settings: Settings) -> None:
+    """Refuse, in one line naming the flag, an address the API could not listen on.
+
+    Without it, `api` ends in uvicorn's bind error, and `dev`/`demo` start migrations,
+    Valkey and a worker before their API child dies; worse, `demo` would find the
+    Backsync already on that port ready and register its task there. A bind with
+    SO_REUSEADDR as uvicorn's own: only a listener makes it fail, not TIME_WAIT.
+    """
+    host, port = settings.host, settings.port
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as exc:
+        raise _fail(_bind_failure(host, port, exc)) from None
+
+
+def _bind_failure(host: str, port: int, exc: OSError) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        if _is_backsync(host, port):
+            return (
+                f"another Backsync is already serving on {host}:{port}: stop it, or pick"
+                " another port with --port (or BACKSYNC_PORT)"
+            )
+        return f"port {port} on {host} is in use: pick another with --port (or BACKSYNC_PORT)"
+    if exc.errno == errno.EACCES:
+        return f"not allowed to listen on port {port}: pick another with --port (or BACKSYNC_PORT)"
+    reason = exc.strerror or str(exc)
+    return f"cannot listen on {host}:{port} ({reason}): check --host (or BACKSYNC_HOST)"
+
+
+def _is_backsync(host: str, port: int) -> bool:
+    """Whether what holds the port answers `/readyz` as Backsync does (its fields)."""
+    import httpx
+
+    target = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+    shown = f"[{target}]" if ":" in target else target
+    try:
+        body = httpx.get(f"http://{shown}:{port}/readyz", timeout=2).json()
+    except (httpx.HTTPError, ValueError):
+        return False
+    return isinstance(body, dict) and {"database", "redis", "migrations"} <= body.keys()
 
 
 @app.command()
@@ -66,9 +133,9 @@ def api(host: Host = None, port: Port = None) -> None:
 
     from service.logs import configure_logging
 
-    _bind(host, port)
-    settings = get_settings()
+    settings = _bind(host, port)
     _require_production_settings(settings)
+    _check_free(settings)
     configure_logging(settings.log_format, settings.log_level)
     uvicorn.run(
         "service.app:create_app",
@@ -132,12 +199,15 @@ def keys_create(tenant: Annotated[str, typer.Option(help="Tenant name; created i
 
 @keys_app.command("revoke")
 def keys_revoke(
-    prefix: Annotated[str, typer.Argument(help="The key's prefix: bks_<prefix>_…")],
+    key: Annotated[str, typer.Argument(help="The whole key, or its prefix: bks_<prefix>_…")],
 ) -> None:
-    """Revoke an API key by its prefix."""
-    if not asyncio.run(_revoke_key(get_settings(), prefix)):
-        raise _fail(f"no key with prefix {prefix}")
-    typer.echo(f"revoked {prefix}")
+    """Revoke an API key, given whole or by its prefix."""
+    from service.auth.service import key_prefix
+
+    prefix = key_prefix(key)  # never echo a whole key back: it may be in a terminal's log
+    if not asyncio.run(_revoke_key(get_settings(), key)):
+        raise _fail(f"no key matches bks_{prefix}_…")
+    typer.echo(f"revoked bks_{prefix}_…")
 
 
 async def _create_key(settings: Settings, tenant: str, raw_key: str | None) -> str:
@@ -152,14 +222,14 @@ async def _create_key(settings: Settings, tenant: str, raw_key: str | None) -> s
         await engine.dispose()
 
 
-async def _revoke_key(settings: Settings, prefix: str) -> bool:
+async def _revoke_key(settings: Settings, key_or_prefix: str) -> bool:
     from service.auth.service import revoke_key
     from service.db import create_engine, create_sessionmaker, transaction
 
     engine = create_engine(settings.database_url)
     try:
         async with transaction(create_sessionmaker(engine)) as session:
-            return await revoke_key(session, prefix)
+            return await revoke_key(session, key_or_prefix)
     finally:
         await engine.dispose()
 
@@ -219,8 +289,8 @@ def _state_value(path: Path, make: str) -> str:
 @app.command()
 def dev(host: Host = None, port: Port = None) -> None:
     """Everything on one machine: migrations, embedded Redis, API on :8000 and a worker."""
-    _bind(host, port)
-    settings = get_settings()
+    settings = _bind(host, port)
+    _check_free(settings)
     with _dev_processes(settings) as (children, api_key, redis_url):
         _banner(settings, api_key, redis_url)
         _wait(children)
@@ -232,8 +302,8 @@ def demo(host: Host = None, port: Port = None) -> None:
     from service.demo.upstream import DemoUpstream
     from service.demo.walkthrough import run_demo
 
-    _bind(host, port)
-    settings = get_settings()
+    settings = _bind(host, port)
+    _check_free(settings)
     upstream = DemoUpstream()
     upstream_url = upstream.start()
     try:

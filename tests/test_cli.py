@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.metadata
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -33,6 +36,80 @@ async def test_keys_create_then_revoke(settings: Settings, client: httpx.AsyncCl
     missing = run_cli("keys", "revoke", "nosuchprefix", env=cli_env(settings))
     assert missing.returncode == 2
     assert "no key" in missing.stderr
+
+
+async def test_keys_revoke_takes_the_whole_key_and_never_prints_it(
+    settings: Settings, client: httpx.AsyncClient
+) -> None:
+    key = run_cli("keys", "create", "--tenant", "cli-tenant", env=cli_env(settings)).stdout.strip()
+    prefix = key.split("_")[1]
+
+    revoked = run_cli("keys", "revoke", key, env=cli_env(settings))
+
+    assert revoked.returncode == 0, revoked.stderr
+    assert revoked.stdout.strip() == f"revoked bks_{prefix}_…"
+    headers = {"Authorization": f"Bearer {key}"}
+    assert (await client.get("/v1/tasks", headers=headers)).status_code == 401
+
+
+def test_version_is_the_installed_distributions() -> None:
+    result = run_cli("--version", env=dict(os.environ))
+
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"backsync {importlib.metadata.version('backsync')}\n"
+
+
+def _dev_env(tmp_path: Path) -> dict[str, str]:
+    """`dev`/`demo` as a user starts them: no BACKSYNC_ settings, state under tmp_path."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKSYNC_")}
+    return env | {"BACKSYNC_STATE_DIR": str(tmp_path / "state")}
+
+
+@pytest.mark.parametrize("command", ["dev", "demo", "api"])
+def test_a_busy_port_is_one_line_naming_the_flag(
+    command: str, settings: Settings, tmp_path: Path
+) -> None:
+    env = cli_env(settings) if command == "api" else _dev_env(tmp_path)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+
+        result = run_cli(command, "--port", str(port), env=env)
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"port {port} on 127.0.0.1 is in use: pick another with --port (or BACKSYNC_PORT)"
+    ]
+    assert not (tmp_path / "state").exists()  # nothing was started or written first
+
+
+def test_an_address_that_is_not_this_machines_names_the_host_flag(tmp_path: Path) -> None:
+    result = run_cli(
+        "dev", "--host", "192.0.2.1", "--port", str(free_port()), env=_dev_env(tmp_path)
+    )
+
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("cannot listen on 192.0.2.1:")
+    assert line.endswith("check --host (or BACKSYNC_HOST)")
+
+
+async def test_demo_refuses_to_drive_another_backsync_on_its_port(
+    served: str, tmp_path: Path
+) -> None:
+    """Before, the demo's own API failed to bind while the demo registered its task on
+    whatever Backsync answered there. (In a thread: `served` answers on this loop.)"""
+    port = int(served.rsplit(":", 1)[1])
+
+    result = await asyncio.to_thread(run_cli, "demo", "--port", str(port), env=_dev_env(tmp_path))
+
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"another Backsync is already serving on 127.0.0.1:{port}: stop it, or pick another"
+        " port with --port (or BACKSYNC_PORT)"
+    ]
+    assert not (tmp_path / "state").exists()
 
 
 def test_api_and_worker_refuse_to_start_without_redis_or_secret_keys(settings: Settings) -> None:

@@ -70,9 +70,21 @@ async def create_key(session: AsyncSession, tenant_name: str, *, raw_key: str | 
     return raw_key
 
 
-async def revoke_key(session: AsyncSession, prefix: str) -> bool:
-    key = await repository.key_by_prefix(session, prefix.removeprefix(f"{KEY_SCHEME}_"))
+def key_prefix(key_or_prefix: str) -> str:
+    """The public prefix of a whole key (`bks_<prefix>_<secret>`) or of a prefix as
+    written (`<prefix>` or `bks_<prefix>`): what is safe to show back."""
+    parts = _split(key_or_prefix)
+    return parts[0] if parts else key_or_prefix.removeprefix(f"{KEY_SCHEME}_")
+
+
+async def revoke_key(session: AsyncSession, key_or_prefix: str) -> bool:
+    """Revoke by prefix or by the whole key, whichever the operator has at hand (a leaked
+    key is usually pasted whole). A whole key must be the stored one: a mistyped secret
+    revokes nothing rather than whichever key shares its prefix."""
+    key = await repository.key_by_prefix(session, key_prefix(key_or_prefix))
     if key is None:
+        return False
+    if _split(key_or_prefix) and not hmac.compare_digest(key.key_hash, _hash(key_or_prefix)):
         return False
     key.revoked_at = key.revoked_at or utcnow()
     return True

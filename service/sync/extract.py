@@ -41,15 +41,63 @@ class ExtractedPage:
         return len(self.rows) + len(self.rejections)
 
 
-def records_of(body: Any, records_path: str) -> list[Any]:
+def records_of(body: Any, records_path: str, *, first_page: bool = True) -> list[Any]:
+    """The list of records at `records_path`, or `BadConfig` saying what the body holds.
+
+    A missing path is a typo until proven otherwise: on the first page (where every run
+    starts) it fails the run naming the keys that are there, instead of succeeding with
+    0 records. On a later page the first one already proved the path, and some upstreams
+    drop the list from the page past the end, so there it is an empty page. A present
+    `null` is an empty page anywhere: a typo cannot produce it, and serialisers (Go's
+    nil slices) write an empty list that way.
+    """
     records = get_path(body, records_path)
-    if records is MISSING or records is None:
-        if records_path and isinstance(body, dict):
-            return []  # an absent list on the last page means "no records"
-        raise BadConfig(f"records_path {records_path!r} not found in the response")
+    if records is None and records_path:
+        return []
+    if records is MISSING:
+        if not first_page and isinstance(body, dict):
+            return []
+        raise BadConfig(_missing(body, records_path))
     if not isinstance(records, list):
-        raise BadConfig(f"records_path {records_path!r} is a {type(records).__name__}, not a list")
+        where = f"records_path {records_path!r}" if records_path else "the response"
+        hint = "" if records_path else ": set records_path to the key that holds the records"
+        raise BadConfig(f"{where} is {_described(records)}, not a list{hint}")
     return records
+
+
+_JSON_TYPES = {list: "a list", str: "a string", bool: "a boolean", type(None): "null"}
+_SHOWN_KEYS = 20
+
+
+def _keys(value: dict[Any, Any]) -> str:
+    keys = [str(key) for key in value]
+    more = ", …" if len(keys) > _SHOWN_KEYS else ""
+    return (", ".join(keys[:_SHOWN_KEYS]) or "none") + more
+
+
+def _described(value: Any) -> str:
+    """A JSON value's type as the task's author knows it; an object's keys too."""
+    if isinstance(value, dict):
+        return f"an object (keys: {_keys(value)})"
+    return _JSON_TYPES.get(type(value), "a number")
+
+
+def _missing(body: Any, records_path: str) -> str:
+    """Where `records_path` stops leading anywhere in `body`, and what is there instead."""
+    lead = f"records_path {records_path!r} is not in the response"
+    current, walked = body, list[str]()
+    for part in records_path.split("."):
+        following = get_path(current, part)
+        if following is MISSING:
+            where = f"{'.'.join(walked)!r}" if walked else "the response"
+            if not isinstance(current, dict):
+                return f"{lead}: {where} is {_described(current)}"
+            if not walked:
+                return f"{lead} (its top-level keys: {_keys(current)})"
+            return f"{lead}: {where} has no {part!r} (its keys: {_keys(current)})"
+        current = following
+        walked.append(part)
+    raise AssertionError("a path found whole is not missing")  # pragma: no cover
 
 
 def _key_part(record: Any, path: str) -> Any:

@@ -8,6 +8,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import socket
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -181,7 +182,7 @@ async def _fetch_once(
             undecoded = status == 304 or (digest is not None and digest == undecoded_if)
             return FetchedPage(
                 status,
-                None if undecoded else _decode(raw, status),
+                None if undecoded else _decode(raw, status, response.headers),
                 response.headers,
                 without_query_auth(source, str(response.url)),
                 len(raw),
@@ -201,7 +202,7 @@ async def _exchange(
     waits happen before it: they are ours, not the upstream's slowness.
     """
     try:
-        with _translated(limits.timeout_seconds):
+        with _translated(limits.timeout_seconds, request.url):
             async with asyncio.timeout(limits.timeout_seconds):
                 return await _send(client, request, limits.max_response_bytes)
     except UpstreamStatusError as exc:
@@ -211,8 +212,8 @@ async def _exchange(
 
 
 @contextlib.contextmanager
-def _translated(timeout: float) -> Iterator[None]:
-    """httpx's failures in a run's terms."""
+def _translated(timeout: float, url: httpx.URL) -> Iterator[None]:
+    """httpx's failures in a run's terms (`url`: the hop's, named in the message)."""
     try:
         yield
     except (httpx.TimeoutException, TimeoutError) as exc:
@@ -222,7 +223,7 @@ def _translated(timeout: float) -> Iterator[None]:
     except httpx.RemoteProtocolError as exc:
         raise CutOff("upstream closed the connection mid-response") from exc
     except httpx.TransportError as exc:
-        raise UpstreamUnavailable(f"could not reach upstream ({type(exc).__name__})") from exc
+        raise UpstreamUnavailable(_unreachable(exc, url)) from exc
     except httpx.DecodingError as exc:
         raise InvalidBody("upstream body does not match its Content-Encoding") from exc
 
@@ -298,12 +299,41 @@ def _secret_headers(source: Source) -> tuple[str, ...]:
     return ("Authorization", *auth_headers)
 
 
-def _decode(raw: bytes, status: int) -> Any:
+def _unreachable(exc: httpx.TransportError, url: httpx.URL) -> str:
+    """Why no connection was made, told apart: a name that does not resolve is a typo or
+    a DNS problem on our side, a refused connection is the upstream's host being up with
+    nothing listening. Both stay `upstream_unavailable` (either may pass); the message is
+    what points the reader at the right one. httpx keeps the socket error as a cause."""
+    host = f"[{url.host}]" if ":" in url.host else url.host
+    for cause in _causes(exc):
+        if isinstance(cause, socket.gaierror):
+            return f"could not resolve host {url.host} ({cause.strerror or cause})"
+        if isinstance(cause, ConnectionRefusedError):
+            return f"connection refused by {host}:{default_port(url)}"
+    detail = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return f"could not reach upstream {host}:{default_port(url)} ({detail})"
+
+
+def _causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc` and what it was raised from, innermost last (each once: chains can loop)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def _decode(raw: bytes, status: int, headers: httpx.Headers) -> Any:
+    """The JSON body; otherwise an error naming what came instead (an HTML login or error
+    page from a proxy or the wrong URL says more in its content type than in its bytes)."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
+        media_type = headers.get("content-type", "").split(";")[0].strip()
+        shown = f"Content-Type {media_type}" if media_type else "no Content-Type"
         raise InvalidBody(
-            f"upstream body is not valid JSON ({len(raw)} bytes)", http_status=status
+            f"upstream body is not valid JSON ({shown}, {len(raw)} bytes)", http_status=status
         ) from exc
 
 

@@ -296,7 +296,7 @@ def _interpret(
             not_modified=fetched.status == 304,
             known=validator,
         )
-    records = records_of(fetched.body, source.records_path)
+    records = records_of(fetched.body, source.records_path, first_page=request.index == 0)
     extracted = extract(records, source.primary_key)
     view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))
     following = strip_query_auth(source, next_request(source.pagination, request, view))

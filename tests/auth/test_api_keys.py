@@ -110,6 +110,19 @@ async def test_revoking_by_the_full_bks_prefix_works_too(
     assert_unauthenticated(await client.get("/v1/tasks", headers=headers))
 
 
+async def test_revoking_by_the_whole_key_works_and_a_wrong_secret_revokes_nothing(
+    client: httpx.AsyncClient, settings: Settings, make_key: MakeKey
+) -> None:
+    """A leaked key is usually pasted whole; a mistyped one must not revoke its neighbour."""
+    headers = await make_key("acme")
+    key = headers["Authorization"].removeprefix("Bearer ")
+
+    assert not await _revoke_key(settings, key[:-1] + ("A" if key[-1] != "A" else "B"))
+    assert (await client.get("/v1/tasks", headers=headers)).status_code == 200
+    assert await _revoke_key(settings, key)
+    assert_unauthenticated(await client.get("/v1/tasks", headers=headers))
+
+
 async def test_keys_are_stored_hashed(settings: Settings, make_key: MakeKey) -> None:
     keys = [
         (await make_key(tenant))["Authorization"].removeprefix("Bearer ")

@@ -59,6 +59,61 @@ async def test_records_path_on_a_non_list_is_bad_config(
     assert caught.value.code == "bad_config"
 
 
+@pytest.mark.parametrize(
+    ("records_path", "body", "message"),
+    [
+        (
+            "dat",
+            {"data": [{"id": 1}], "meta": {}},
+            "'dat' is not in the response (its top-level keys: data, meta)",
+        ),
+        ("data.itemz", {"data": {"items": []}}, "'data' has no 'itemz' (its keys: items)"),
+        ("data.items", {"data": None}, "'data' is null"),
+        ("data", [{"id": 1}], "the response is a list"),
+        ("", {"data": [], "next": None}, "the response is an object (keys: data, next)"),
+    ],
+)
+async def test_a_first_page_without_the_records_path_is_bad_config_naming_what_is_there(
+    upstream: Upstream, http: UpstreamClient, records_path: str, body: Any, message: str
+) -> None:
+    """A typo must not pass as a sync of 0 records: the message shows the keys to pick from."""
+    url = upstream.route("/typo", lambda _: JSONResponse(body))
+
+    with pytest.raises(BadConfig) as caught:
+        await collect(http, source(url, records_path=records_path))
+
+    assert message in caught.value.message
+    assert caught.value.code == "bad_config"
+    assert caught.value.retryable is False
+
+
+@pytest.mark.parametrize("body", [{"data": []}, {"data": None}])
+async def test_an_empty_or_null_list_is_an_empty_page(
+    upstream: Upstream, http: UpstreamClient, body: Any
+) -> None:
+    """`null` counts as empty: serialisers write empty lists that way (Go's nil slices)."""
+    url = upstream.route("/empty", lambda _: JSONResponse(body))
+
+    pages = await collect(http, source(url, records_path="data"))
+
+    assert len(pages) == 1
+    assert pages[0].records.seen == 0
+
+
+async def test_a_later_page_without_the_list_ends_as_an_empty_page(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    """The first page proved the path; some upstreams drop the list past the end."""
+    pages_by_number = {"1": {"data": [{"id": 1}, {"id": 2}]}, "2": {"total": 2}}
+    url = upstream.route("/paged", lambda r: JSONResponse(pages_by_number[r.query_params["page"]]))
+    pagination = {"type": "page_number", "page_param": "page"}
+
+    pages = await collect(http, source(url, records_path="data", pagination=pagination))
+
+    assert rows(pages) == [{"id": 1}, {"id": 2}]
+    assert [page.records.seen for page in pages] == [2, 0]
+
+
 async def test_compound_primary_key_is_a_json_list(
     upstream: Upstream, http: UpstreamClient
 ) -> None:

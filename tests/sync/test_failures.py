@@ -141,6 +141,22 @@ async def test_invalid_json_is_a_retryable_invalid_body(
     assert caught.value.as_dict()["http_status"] == 200
 
 
+async def test_an_html_answer_names_its_content_type(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    """A login or error page (a proxy, the wrong URL) is recognisable by its content type."""
+    page = b"<!doctype html><title>Sign in</title>"
+    url = upstream.route("/login", lambda _: Response(page, media_type="text/html"))
+
+    with pytest.raises(InvalidBody) as caught:
+        await collect(http, source(url))
+
+    assert caught.value.message == (
+        f"upstream body is not valid JSON (Content-Type text/html, {len(page)} bytes)"
+    )
+    assert caught.value.code == "invalid_body"
+
+
 async def test_broken_compression_is_a_retryable_invalid_body(
     upstream: Upstream, http: UpstreamClient
 ) -> None:
@@ -257,7 +273,8 @@ async def test_redirects_are_followed_to_the_records(
 
 
 async def test_connection_refused_is_upstream_unavailable(http: UpstreamClient) -> None:
-    url = f"http://127.0.0.1:{free_port()}/nothing-listens"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/nothing-listens"
 
     with pytest.raises(UpstreamUnavailable) as caught:
         await collect(http, source(url))
@@ -265,6 +282,20 @@ async def test_connection_refused_is_upstream_unavailable(http: UpstreamClient) 
     assert caught.value.code == "upstream_unavailable"
     assert caught.value.retryable is True
     assert caught.value.http_status is None
+    assert caught.value.message == f"connection refused by 127.0.0.1:{port}"
+
+
+async def test_a_host_that_does_not_resolve_is_told_apart_from_a_refusal(
+    http: UpstreamClient,
+) -> None:
+    """Same code (either may pass), but the message says which: a typo in the host name
+    or DNS trouble here is not a server that is down. `.invalid` never resolves (RFC 2606)."""
+    with pytest.raises(UpstreamUnavailable) as caught:
+        await collect(http, source("https://no-such-upstream.invalid/v1/data"))
+
+    assert caught.value.code == "upstream_unavailable"
+    assert caught.value.message.startswith("could not resolve host no-such-upstream.invalid (")
+    assert "refused" not in caught.value.message
 
 
 async def test_slow_answer_times_out(upstream: Upstream, http: UpstreamClient) -> None:

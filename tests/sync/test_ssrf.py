@@ -351,7 +351,9 @@ async def test_an_unresolvable_host_is_a_retryable_connect_failure() -> None:
             await collect(client, source("http://nowhere.invalid/"))
 
     assert caught.value.retryable is True
-    assert "ConnectError" in caught.value.message
+    assert (
+        caught.value.message == "could not resolve host nowhere.invalid (Name or service not known)"
+    )
 
 
 # ---- check_target (registration) ----------------------------------------------------

@@ -62,6 +62,33 @@ async def test_dry_run_reports_upstream_failures_and_bad_paths(
     assert bad["error"]["code"] == "bad_config"
 
 
+async def test_dry_run_refuses_a_records_path_typo_instead_of_zero_records(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream
+) -> None:
+    url = upstream.route("/typo", lambda _r: JSONResponse({"data": make_records(3), "page": 1}))
+
+    typo = await client.post(
+        "/v1/tasks:validate", json=http_task(url, records_path="dat"), headers=auth
+    )
+    empty = await client.post(
+        "/v1/tasks:validate",
+        json=http_task(
+            upstream.route("/none", lambda _r: JSONResponse({"data": []})), records_path="data"
+        ),
+        headers=auth,
+    )
+
+    assert typo.json()["ok"] is False
+    assert typo.json()["error"] == {
+        "code": "bad_config",
+        "message": "records_path 'dat' is not in the response (its top-level keys: data, page)",
+        "http_status": None,
+        "retryable": False,
+    }
+    assert empty.json()["ok"] is True  # an empty list is a valid empty page
+    assert empty.json()["record_count"] == 0
+
+
 async def test_dry_run_needs_a_key_and_a_valid_task(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:

@@ -495,6 +495,7 @@ def bench_settings(
         redis_key_prefix=f"backsync-bench-{name}-{tag}",
         block_private_targets=False,
         log_level="WARNING",
+        api_rate_per_second=0,  # the bench polls as fast as it measures, not the limit
         **extra,
     )
     return settings, admin_url

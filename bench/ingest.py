@@ -973,6 +973,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         queue_name=f"backsync:bench:{secrets.token_hex(4)}",
         block_private_targets=False,
         log_level="WARNING",
+        api_rate_per_second=0,  # the bench polls as fast as it measures, not the limit
     )
     local_pg = admin_url is not None and (make_url(admin_url).host or "localhost") in (
         "127.0.0.1",

@@ -86,7 +86,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                 max_delay=8 * settings.upstream_retry_delay_seconds,
             ),
             max_hold_seconds=settings.upstream_max_hold_seconds,
-            **({"events_written": hooks.wake} if hooks else {}),
+            **({"events_written": hooks.events_written} if hooks else {}),
         )
         if not burst:
             scheduler = Scheduler(sessionmaker, queue)

@@ -17,6 +17,8 @@ ends.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -29,7 +31,7 @@ from service.notifications.outbox import NewEvent, append
 from service.runs.ledger.run import Ending, LeasedRun
 from service.runs.ledger.statements import RUN, TASK, end_run, held
 
-_STATS = (
+ENDED_STATS = (
     "pages",
     "requests",
     "not_modified",
@@ -41,9 +43,20 @@ _STATS = (
     "deleted",
     "bytes",
 )
-_ENDED = select(*(RUN.c[name] for name in _STATS), TASK.c.record_seq).join_from(
+_ENDED = select(*(RUN.c[name] for name in ENDED_STATS), TASK.c.record_seq).join_from(
     RUN, TASK, TASK.c.id == RUN.c.task_id
 )
+
+Append = Callable[[AsyncSession, str, Sequence[NewEvent], datetime], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Ended:
+    """What a success reports: the run's totals over all its attempts, and its task's
+    feed position after them."""
+
+    totals: dict[str, int]
+    record_seq: int
 
 
 async def succeed_run(
@@ -76,11 +89,20 @@ async def succeed_run(
     await record_success(session, run, ending.now)
 
 
-async def record_success(session: AsyncSession, run: LeasedRun, now: datetime) -> None:
-    """The events of a success just written in this transaction (PostgreSQL's ledger
-    writes the success itself, in its page statement)."""
-    ended = (await session.execute(_ENDED.where(RUN.c.id == run.run_id))).one()
-    stats = {name: int(ended[n]) for n, name in enumerate(_STATS)}
+async def record_success(
+    session: AsyncSession,
+    run: LeasedRun,
+    now: datetime,
+    ended: Ended | None = None,
+    append: Append = append,
+) -> None:
+    """The events of a success just written in this transaction. PostgreSQL's ledger
+    writes the success itself, in its page statement, which also returns `ended`, and
+    appends with one statement of its own; otherwise both are read and written here."""
+    if ended is None:
+        row = (await session.execute(_ENDED.where(RUN.c.id == run.run_id))).one()
+        ended = Ended(dict(zip(ENDED_STATS, row[:-1], strict=True)), row.record_seq)
+    stats = {name: int(ended.totals[name]) for name in ENDED_STATS}
     subject = run.subject
     events = [catalog.run_succeeded(subject, now, stats)]
     if stats["inserted"] or stats["updated"] or stats["deleted"]:

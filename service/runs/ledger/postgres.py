@@ -31,6 +31,8 @@ parameter in Python, which was a fifth of the worker's critical path (bench/inge
 from __future__ import annotations
 
 import functools
+from collections.abc import Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -39,8 +41,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import autocommit, transaction
 from service.models.types import UTCDateTime
+from service.notifications.outbox import NewEvent
 from service.runs.ledger.base import RunLedger
-from service.runs.ledger.outcomes import record_success
+from service.runs.ledger.outcomes import ENDED_STATS, Ended, record_success
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
 from service.sync import Row
@@ -181,9 +184,18 @@ def _statement(*, validators: bool, ends: bool, watermark: bool, marks: bool) ->
         " checkpoint = :checkpoint"
         + (_ENDS_RUN if ends else ", lease_expires_at = :lease_until")
         + " FROM counts c WHERE run.id = (SELECT id FROM held)"
-        " RETURNING run.cancel_requested)"
+        " RETURNING run.cancel_requested"
+        + ("".join(f", run.{name}" for name in ENDED_STATS) if ends else "")
+        + ")"
         + (_VALIDATORS if validators else "")
         + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
+        # An ending commit also says what the run's success reports (`outcomes`): its
+        # totals and the feed position after its records, without another query.
+        + (
+            ", (SELECT row_to_json(progress) FROM progress), (SELECT base + :n_rows FROM seq)"
+            if ends
+            else ""
+        )
     )
     return text(sql).bindparams(*_binds(ends=ends, watermark=watermark))
 
@@ -266,10 +278,46 @@ class PostgresLedger(RunLedger):
                 changed, cancel = (await session.execute(statement, params)).one()
         else:  # the success's events commit with it (`outcomes`)
             async with transaction(self.sessionmaker) as session:
-                changed, cancel = (await session.execute(statement, params)).one()
+                changed, cancel, totals, record_seq = (
+                    await session.execute(statement, params)
+                ).one()
                 if cancel is False:
-                    await record_success(session, run, ending.now)
+                    ended = Ended(totals, record_seq)  # json, decoded by the driver
+                    await record_success(session, run, ending.now, ended, _append_events)
         return Written(int(changed), None if cancel is None else bool(cancel))
+
+
+_APPEND_EVENTS = text(
+    "WITH reserved AS (UPDATE tenant SET event_seq = event_seq + :count WHERE id = :tenant_id"
+    " RETURNING event_seq - :count AS base)"
+    " INSERT INTO event (tenant_id, seq, id, type, task_id, user_id, data, created_at)"
+    " SELECT CAST(:tenant_id AS varchar), r.base + e.n, e.id, e.type, e.task_id, e.user_id,"
+    " CAST(e.data AS json), CAST(:now AS timestamptz) FROM reserved r,"
+    " unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:task_ids AS text[]),"
+    " CAST(:user_ids AS text[]), CAST(:datas AS text[]))"
+    " WITH ORDINALITY AS e(id, type, task_id, user_id, data, n)"
+).bindparams(bindparam("now", type_=UTCDateTime()))
+
+
+async def _append_events(
+    session: AsyncSession, tenant_id: str, events: Sequence[NewEvent], now: datetime
+) -> None:
+    """`outbox.append` in one statement (the seq reserved under the tenant row's lock and
+    the rows inserted together): a run's end is the worker's most frequent writer of
+    events, and every round trip there costs the worker CPU (bench/concurrency.py)."""
+    await session.execute(
+        _APPEND_EVENTS,
+        {
+            "tenant_id": tenant_id,
+            "count": len(events),
+            "now": now,
+            "ids": [event.id for event in events],
+            "types": [event.type for event in events],
+            "task_ids": [event.task_id for event in events],
+            "user_ids": [event.user_id for event in events],
+            "datas": [_json(event.data) for event in events],
+        },
+    )
 
 
 def _claim_statement() -> Executable:

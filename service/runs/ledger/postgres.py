@@ -75,14 +75,18 @@ _ROWS = f"unnest({_text_array('keys')}, {_text_array('datas')}, {_text_array('ha
 # deleted record back), and whether each is new: an unchanged page answers with no rows.
 # The stored hash is looked up per key (LATERAL): an index probe each, whatever the
 # planner's statistics say. Right after a large first load the table is not analyzed
-# yet, and a plain join was planned as a hash join over every record of the task.
+# yet, and a plain join was planned as a hash join over every record of the task. The
+# LATERAL alone did not prevent that: PostgreSQL pulls a simple subquery up into a plain
+# join (EXPLAIN in session 8: a hash of all 100,000 records, spilling to temp files, 86 ms
+# a page). `LIMIT 1` (a no-op: (task_id, key) is the primary key) keeps the subquery a
+# subquery, so each key is one probe of pk_record.
 _CHANGED = text(
     "SELECT t.k, r.hash IS NULL OR r.deleted FROM unnest("  # noqa: S608 - constant SQL
     + _text_array("keys")
     + ", "
     + _text_array("hashes")
     + ") AS t(k, h) LEFT JOIN LATERAL (SELECT r.hash, r.deleted FROM record r"
-    " WHERE r.task_id = CAST(:task_id AS varchar) AND r.key = t.k) AS r ON true"
+    " WHERE r.task_id = CAST(:task_id AS varchar) AND r.key = t.k LIMIT 1) AS r ON true"
     " WHERE r.hash IS DISTINCT FROM t.h OR r.deleted"
 )
 

@@ -63,9 +63,10 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
             located = operation.get("operationId") in LOCATED
             if operation.get("security"):  # every call with an API key is rate-limited
                 operation["responses"].setdefault("429", _rate_limited())
+            keyed = bool(operation.get("security"))
             for code, response in operation.get("responses", {}).items():
                 _problem_json(code, response)
-                headers = _headers(code, idempotent=idempotent, located=located)
+                headers = _headers(code, idempotent=idempotent, located=located, keyed=keyed)
                 response["headers"] = {**response.get("headers", {}), **headers}
     schemas = document.get("components", {}).get("schemas", {})
     for name in _UNUSED:
@@ -97,7 +98,9 @@ def _problem_json(code: str, response: dict[str, Any]) -> None:
     response["content"] = {PROBLEM_JSON: {"schema": _PROBLEM, "example": example}}
 
 
-def _headers(code: str, *, idempotent: bool, located: bool) -> dict[str, dict[str, Any]]:
+def _headers(
+    code: str, *, idempotent: bool, located: bool, keyed: bool
+) -> dict[str, dict[str, Any]]:
     names = ["X-Request-ID"]
     if located and code in ("201", "202"):
         names.append("Location")
@@ -105,6 +108,6 @@ def _headers(code: str, *, idempotent: bool, located: bool) -> dict[str, dict[st
         names.append("Idempotent-Replayed")
     if code in ("409", "429"):  # 409: only while the same Idempotency-Key is in flight
         names.append("Retry-After")
-    if code == "429":
+    if code == "429" and keyed:  # the per-key limit's; a push URL's 429 has Retry-After only
         names += ["RateLimit-Policy", "RateLimit"]
     return {name: _HEADERS[name] for name in names}

@@ -102,7 +102,8 @@ async def iter_pages(
         while request is not None:
             if request.index >= limits.max_pages:
                 raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
-            requested.add(_address(request))
+            if (address := _address(request)) is not None:
+                requested.add(address)
             page = await flight.take(request)
             _check_no_cycle(page, requested)  # before `follow` would fetch it again
             if ahead:
@@ -116,10 +117,14 @@ async def iter_pages(
 _Address = tuple[str, tuple[tuple[str, str], ...]]
 
 
-def _address(request: PageRequest) -> _Address:
+def _address(request: PageRequest) -> _Address | None:
     """Where a request goes, however it is spelled: `?p=2` in the URL (a next_url) and
-    `params={"p": 2}` are one address, in any order of parameters."""
-    url = httpx.URL(request.url).copy_merge_params(request.params or {})
+    `params={"p": 2}` are one address, in any order of parameters. None for a URL that
+    cannot be parsed: its fetch refuses it (`target_refused`), not this check."""
+    try:
+        url = httpx.URL(request.url).copy_merge_params(request.params or {})
+    except httpx.InvalidURL:
+        return None
     return str(url.copy_with(query=None)), tuple(sorted(url.params.multi_items()))
 
 
@@ -127,7 +132,7 @@ def _check_no_cycle(page: Page, requested: set[_Address]) -> None:
     """A page whose next page was already requested in this attempt closes a cycle
     (a -> b -> a): following it would fetch the same pages until `max_pages`. The page
     is not stored (as a page that names itself is not: `_interpret`)."""
-    if page.next is not None and _address(page.next) in requested:
+    if page.next is not None and (address := _address(page.next)) and address in requested:
         raise PaginationLoop(
             f"the upstream pointed back to a page already fetched in this run (page"
             f" {page.request.index + 1} leads to an earlier one): a pagination cycle"

@@ -13,7 +13,7 @@ from urllib.parse import urljoin
 
 import httpx
 
-from service.sync.errors import BadConfig
+from service.sync.errors import BadConfig, TargetRefused
 from service.sync.paths import MISSING, get_path
 from service.sync.spec import (
     CursorPagination,
@@ -151,7 +151,11 @@ def _follow(current: PageRequest, page: PageResponse, target: Any) -> PageReques
         return None
     if not isinstance(target, str):
         raise BadConfig("next page URL is not a string")
-    return PageRequest(url=urljoin(page.url, target), params=None, index=current.index + 1)
+    try:
+        url = urljoin(page.url, target)
+    except ValueError as exc:  # e.g. an unclosed IPv6 literal: no request can be made
+        raise TargetRefused(f"the next page URL is not a valid URL ({exc})") from exc
+    return PageRequest(url=url, params=None, index=current.index + 1)
 
 
 def _link_next(headers: httpx.Headers) -> str | None:

@@ -126,7 +126,9 @@ def _merged(task: Task, secrets: SecretBox, changes: dict[str, Any]) -> TaskIn:
 
 def _complete_auth(auth: Any) -> bool:
     """A `source.auth` with every secret field given in clear (none echoed masked)."""
-    if not isinstance(auth, dict) or auth.get("type") not in SECRET_FIELDS:
+    if not isinstance(auth, dict) or not isinstance(auth.get("type"), str):
+        return False
+    if auth["type"] not in SECRET_FIELDS:
         return False
     fields = SECRET_FIELDS[auth["type"]]
     return all(isinstance(auth.get(f), str) and not auth[f].startswith("****") for f in fields)

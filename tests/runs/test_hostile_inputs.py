@@ -194,6 +194,8 @@ async def test_a_task_whose_credentials_no_longer_decrypt_can_be_paused_or_given
         assert tagged.json()["type"] == "urn:backsync:problem:credentials-unreadable"
         masked = {"source": {"auth": {"type": "bearer", "token": "****3456"}}}
         assert (await client.patch(path, json=masked, headers=auth)).status_code == 409
+        odd = {"source": {"auth": {"type": [1]}}}
+        assert (await client.patch(path, json=odd, headers=auth)).status_code == 409
         upsert = await client.post(
             "/v1/tasks?on_conflict=update",
             json=http_task("https://api.example.com/items"),
@@ -209,3 +211,20 @@ async def test_a_task_whose_credentials_no_longer_decrypt_can_be_paused_or_given
         assert replaced.status_code == 200, replaced.text
         assert replaced.json()["source"]["auth"] == {"type": "bearer", "token": "****4321"}
         assert (await client.patch(path, json={"tags": ["x"]}, headers=auth)).status_code == 200
+
+
+async def test_a_next_link_that_is_not_a_url_is_refused_not_a_crash(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: object
+) -> None:
+    url = upstream.route(
+        "/bad-next", lambda _r: JSONResponse({"data": [{"id": "a"}], "next": "http://[::1/p"})
+    )
+    body = http_task(
+        url, records_path="data", pagination={"type": "next_url", "next_url_path": "next"}
+    )
+    task = await create_task(client, auth, {**body, "retry": PATIENT})
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "target_refused", run["error"]

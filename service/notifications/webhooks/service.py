@@ -112,6 +112,10 @@ async def update(
         webhook.events = _events(patch.events)
     if patch.disabled is True and not webhook.disabled:
         webhook.disabled, webhook.disabled_reason = True, "client"
+        # Write the endpoint's row first: it waits for a fan-out pass holding it, so the
+        # deliveries that pass makes are committed, and ended below; and it takes the
+        # webhook before its deliveries, the order the sender's record takes them in.
+        await session.flush()
         await repository.end_pending(session, webhook.id)
     elif patch.disabled is False and webhook.disabled:
         webhook.disabled, webhook.disabled_reason, webhook.failing_since = False, None, None

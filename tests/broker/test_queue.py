@@ -42,6 +42,13 @@ async def pool(settings: Settings) -> AsyncIterator[ArqRedis]:
         await arq_pool.aclose()
 
 
+def ids(settings: Settings, *names: str) -> list[str]:
+    """Run ids of this test's own: arq's job and result keys are not per queue, and
+    another run of the suite may have left `arq:result:run:a` in a shared Redis."""
+    unique = settings.queue_name.rsplit(":", 1)[-1]
+    return [f"{name}-{unique}" for name in names]
+
+
 async def sync_run(ctx: dict[str, Any], run_id: str) -> None:
     """Stands in for the service's job (arq finds a job's function by this name)."""
     ctx["calls"].append(run_id)
@@ -71,13 +78,14 @@ async def test_a_batch_is_run_by_an_arq_worker_each_job_once(
     settings: Settings, pool: ArqRedis
 ) -> None:
     queue = Queue.from_pool(pool, settings.queue_name)
-    runs = [f"run_{i:03d}" for i in range(50)]
+    runs = ids(settings, *(f"run_{i:03d}" for i in range(50)))
+    (new,) = ids(settings, "run_new")
 
     assert await queue.enqueue_runs(runs) == 50
-    assert await queue.enqueue_runs([*runs[:10], "run_new"]) == 1  # the same job ids
+    assert await queue.enqueue_runs([*runs[:10], new]) == 1  # the same job ids
     await queue.enqueue_run(runs[0])  # as the API and the reconciler send: still one job
 
-    assert sorted(await _run_burst(settings)) == sorted([*runs, "run_new"])
+    assert sorted(await _run_burst(settings)) == sorted([*runs, new])
     # keep_result=0: a finished job frees its id, so the run can be sent again.
     assert await queue.enqueue_runs(runs[:1]) == 1
 
@@ -86,28 +94,30 @@ async def test_a_job_id_is_deduplicated_against_arqs_own_enqueue_both_ways(
     settings: Settings, pool: ArqRedis
 ) -> None:
     queue = Queue.from_pool(pool, settings.queue_name)
+    a, b, c = ids(settings, "a", "b", "c")
 
-    assert await pool.enqueue_job("sync_run", "a", _job_id=run_job_id("a")) is not None
-    assert await queue.enqueue_runs(["a"]) == 0
+    assert await pool.enqueue_job("sync_run", a, _job_id=run_job_id(a)) is not None
+    assert await queue.enqueue_runs([a]) == 0
 
-    assert await queue.enqueue_runs(["b"]) == 1
-    assert await pool.enqueue_job("sync_run", "b", _job_id=run_job_id("b")) is None
-    job = Job(run_job_id("b"), pool, _queue_name=settings.queue_name, _deserializer=_loads)
+    assert await queue.enqueue_runs([b]) == 1
+    assert await pool.enqueue_job("sync_run", b, _job_id=run_job_id(b)) is None
+    job = Job(run_job_id(b), pool, _queue_name=settings.queue_name, _deserializer=_loads)
     assert await job.status() == JobStatus.queued
     info = await job.info()
     assert info is not None
-    assert (info.function, list(info.args), info.kwargs) == ("sync_run", ["b"], {})
+    assert (info.function, list(info.args), info.kwargs) == ("sync_run", [b], {})
     assert info.job_try is None  # arq's enqueue_job without _job_try stores none
 
     # A job whose result arq still keeps is not enqueued again either.
-    await pool.set(result_key_prefix + run_job_id("c"), b"x", ex=60)
-    assert await queue.enqueue_runs(["c"]) == 0
+    await pool.set(result_key_prefix + run_job_id(c), b"x", ex=60)
+    assert await queue.enqueue_runs([c]) == 0
 
 
 async def test_the_doorbell_announces_how_many_jobs_and_a_deferred_job_rings_none(
     settings: Settings, pool: ArqRedis
 ) -> None:
     queue = Queue.from_pool(pool, settings.queue_name)
+    deferred, x, y, z = ids(settings, "deferred", "x", "y", "z")
     redis = Redis.from_url(settings.redis_url or "")
     pubsub = redis.pubsub()
     await pubsub.subscribe(doorbell_channel(settings.queue_name))
@@ -115,9 +125,9 @@ async def test_the_doorbell_announces_how_many_jobs_and_a_deferred_job_rings_non
         await pubsub.get_message(timeout=1.0)  # the subscription's confirmation
         later = utcnow() + timedelta(hours=1)
 
-        await queue.enqueue_run("deferred", not_before=later)
-        await queue.enqueue_runs(["x", "y", "z"])
-        await queue.enqueue_runs(["x"])  # nothing new: no ring
+        await queue.enqueue_run(deferred, not_before=later)
+        await queue.enqueue_runs([x, y, z])
+        await queue.enqueue_runs([x])  # nothing new: no ring
 
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
         assert message is not None and message["data"] == b"3"
@@ -126,9 +136,9 @@ async def test_the_doorbell_announces_how_many_jobs_and_a_deferred_job_rings_non
         await pubsub.aclose()
         await redis.aclose()
 
-    score = await pool.zscore(settings.queue_name, run_job_id("deferred"))
+    score = await pool.zscore(settings.queue_name, run_job_id(deferred))
     assert score == to_unix_ms(later)  # arq's rounding
-    job = Job(run_job_id("deferred"), pool, _queue_name=settings.queue_name, _deserializer=_loads)
+    job = Job(run_job_id(deferred), pool, _queue_name=settings.queue_name, _deserializer=_loads)
     assert await job.status() == JobStatus.deferred
-    expiry = timedelta(milliseconds=await pool.pttl(job_key_prefix + run_job_id("deferred")))
+    expiry = timedelta(milliseconds=await pool.pttl(job_key_prefix + run_job_id(deferred)))
     assert timedelta(hours=24, minutes=59) < expiry <= timedelta(hours=25)  # as arq: + 1 day

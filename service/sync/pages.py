@@ -97,15 +97,19 @@ async def iter_pages(
     """
     flight = _Flight(client, source, limits, budget, validators, digest_seed(source), ahead, retry)
     request: PageRequest | None = start or first_request(source)
+    address = _address(request) if request is not None else None
     requested: set[_Address] = set()
     try:
         while request is not None:
             if request.index >= limits.max_pages:
                 raise PageLimitReached(f"stopped after max_pages={limits.max_pages} pages")
-            if (address := _address(request)) is not None:
+            if address is not None:
                 requested.add(address)
             page = await flight.take(request)
-            _check_no_cycle(page, requested)  # before `follow` would fetch it again
+            # Each URL is parsed once: the next page's address, checked here before
+            # `follow` would fetch it again, is the one the next turn records.
+            address = _address(page.next) if page.next is not None else None
+            _check_no_cycle(page, address, requested)
             if ahead:
                 page = await flight.follow(page)
             yield page
@@ -128,11 +132,11 @@ def _address(request: PageRequest) -> _Address | None:
     return str(url.copy_with(query=None)), tuple(sorted(url.params.multi_items()))
 
 
-def _check_no_cycle(page: Page, requested: set[_Address]) -> None:
-    """A page whose next page was already requested in this attempt closes a cycle
-    (a -> b -> a): following it would fetch the same pages until `max_pages`. The page
-    is not stored (as a page that names itself is not: `_interpret`)."""
-    if page.next is not None and (address := _address(page.next)) and address in requested:
+def _check_no_cycle(page: Page, following: _Address | None, requested: set[_Address]) -> None:
+    """A page whose next page (at `following`) was already requested in this attempt
+    closes a cycle (a -> b -> a): following it would fetch the same pages until
+    `max_pages`. The page is not stored (as a page that names itself is not: `_interpret`)."""
+    if following is not None and following in requested:
         raise PaginationLoop(
             f"the upstream pointed back to a page already fetched in this run (page"
             f" {page.request.index + 1} leads to an earlier one): a pagination cycle"

@@ -3,7 +3,7 @@ error is problem+json 4xx, never a 500): generated and mutated requests, with a 
 key, against the app served on loopback; any 5xx, or any answer that breaks the schema
 the document gives for it, fails the suite.
 
-The run is deterministic (`--generation-deterministic`, a fixed seed, no example
+The run is deterministic (`--generation-deterministic`: no randomness, no example
 database), so CI repeats the same requests and a failure reproduces; its budget
 (`MAX_EXAMPLES` per operation) keeps it within tens of seconds. URLs in bodies are
 pointed at the loopback upstream (`tests/fuzz/hooks.py`), so nothing leaves the machine.
@@ -40,7 +40,7 @@ def _page(_request: Request) -> JSONResponse:
     return JSONResponse({"data": [{"id": "a1", "steps": 1}]})
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)  # about a minute alone; CI shares two cores with the suite
 async def test_no_request_gets_a_5xx_or_an_answer_outside_the_schema(
     served: str, auth: dict[str, str], upstream: Upstream, tmp_path: Path
 ) -> None:
@@ -63,8 +63,6 @@ async def test_no_request_gets_a_5xx_or_an_answer_outside_the_schema(
         "examples,coverage,fuzzing",
         "--max-examples",
         str(MAX_EXAMPLES),
-        "--seed",
-        "20261204",
         "--generation-deterministic",
         "--workers",
         "1",

@@ -72,12 +72,18 @@ async def test_no_request_gets_a_5xx_or_an_answer_outside_the_schema(
         "--report",
         "junit",
         "--report-dir",
-        str(tmp_path),
+        str(tmp_path / "report"),
     ]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks", UPSTREAM_ENV: target}
+    # Run from a scratch directory: st and hypothesis keep caches in the working directory.
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks",
+        UPSTREAM_ENV: target,
+    }
     fuzz = await asyncio.create_subprocess_exec(
         *command,
-        cwd=ROOT,
+        cwd=tmp_path,
         env=env,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,

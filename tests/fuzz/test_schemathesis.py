@@ -91,4 +91,7 @@ async def test_no_request_gets_a_5xx_or_an_answer_outside_the_schema(
     output, _ = await fuzz.communicate()
     report = output.decode()
     assert fuzz.returncode == 0, report
-    assert "No issues found" in report or " passed" in report, report
+    assert " passed" in report, report
+    # Dry runs reached the loopback upstream the hook put in their bodies: URLs were
+    # rewritten, not dropped.
+    assert upstream.hits("/fuzz"), report

@@ -27,7 +27,7 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 
-from service.broker.outage import REDIS_DOWN
+from service.broker.outage import RedisUnavailable
 from service.broker.queue import Queue
 from service.crypto import SecretBox, SecretBoxError
 from service.logs import bind_log_context, bind_secrets
@@ -231,7 +231,7 @@ async def _failed(
     if attempt is not None:
         try:
             await deps.queue.enqueue_run(run.run_id, job_suffix=f"attempt:{attempt}", not_before=at)
-        except REDIS_DOWN:  # the retry is in the database: the reconciler sends it when due
+        except RedisUnavailable:  # the retry is in the database: the reconciler sends it when due
             log.info("run %s: retry not enqueued, Redis is unavailable", run.run_id)
 
 

@@ -130,6 +130,10 @@ class Backoff:
     def reset(self) -> None:
         self._next = self._first
 
-    async def sleep(self) -> None:
+    def delay(self) -> float:
+        """The next wait (and the one after it doubles, up to the cap)."""
         delay, self._next = self._next, min(self._cap, self._next * 2)
-        await asyncio.sleep(delay)
+        return delay
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.delay())

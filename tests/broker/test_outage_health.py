@@ -91,4 +91,4 @@ def test_backoff_doubles_up_to_its_cap_and_resets() -> None:
     backoff = Backoff(first=0.1, cap=0.5)
     delays = [backoff.delay() for _ in range(5)]
     backoff.reset()
-    assert delays + [backoff.delay()] == [0.1, 0.2, 0.4, 0.5, 0.5, 0.1]
+    assert [*delays, backoff.delay()] == [0.1, 0.2, 0.4, 0.5, 0.5, 0.1]

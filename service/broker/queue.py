@@ -165,7 +165,9 @@ class Queue:
         """Send a health batch to the workers (`service.health.jobs`); like runs, the job
         id derives from the batch and the reason for re-sending it."""
         job_id = f"health:{batch_id}" if job_suffix is None else f"health:{batch_id}:{job_suffix}"
-        await self._pool.enqueue_job("ingest_health_batch", batch_id, _job_id=job_id)
+        await self.health.call(
+            lambda: self._pool.enqueue_job("ingest_health_batch", batch_id, _job_id=job_id)
+        )
         await self.health.call(lambda: self._pool.publish(doorbell_channel(self._queue_name), b""))
 
     async def schedules_changed(self) -> None:

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     beyond it the attempt ends as retryable `upstream_held` and frees the worker."""
     upstream_max_hold_seconds: float = 3600.0
     """Cap on how long one `Retry-After` holds back every task on a host."""
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    """Longest one call to Redis may take before Redis counts as away
+    (`service.broker.outage`)."""
+    redis_probe_seconds: float = Field(default=1.0, gt=0, le=60)
+    """While Redis is away, how often a process tries it again; meanwhile what can do
+    without it (the API's rate limits, an enqueue the reconciler redoes) skips it at once."""
+    redis_outage_max_wait_seconds: float = Field(default=300.0, ge=0)
+    """Longest a run whose task has `limits.requests_per_second` pauses for Redis (the
+    shared budget lives there); then its attempt ends as `broker_unavailable`, retried and
+    not counted. Runs without a rate limit keep going through an outage."""
     api_rate_per_second: float = Field(default=50, ge=0)
     """Requests one API key may make per second, on average (0: no limit); past it a
     request is answered 429 with `Retry-After` and `RateLimit` headers. Counted in

@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Date, bindparam, delete, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 from sqlmodel import col
 
 from service.models import HealthBatch, HealthDaily, HealthSample, HealthUser
@@ -214,10 +215,12 @@ async def changes(
 
 
 async def get_batch(session: AsyncSession, tenant_id: str, batch_id: str) -> HealthBatch | None:
+    """The batch without its pending samples (a client polling a 10,000-sample batch
+    would otherwise have the API decode them on every poll: bench/health.py)."""
     result = await session.execute(
-        select(HealthBatch).where(
-            col(HealthBatch.id) == batch_id, col(HealthBatch.tenant_id) == tenant_id
-        )
+        select(HealthBatch)
+        .options(defer(HealthBatch.samples))  # type: ignore[arg-type]
+        .where(col(HealthBatch.id) == batch_id, col(HealthBatch.tenant_id) == tenant_id)
     )
     return result.scalar_one_or_none()
 

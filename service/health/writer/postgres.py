@@ -1,17 +1,21 @@
 """PostgreSQL's sample writer: a chunk's look-up and its upsert as one statement each,
 the rows travelling as one JSON document.
 
-Why: the generic look-up (`(source, id) IN (...)` with a thousand pairs) is not an
-index probe per key on PostgreSQL: it was planned as a walk over all of the user's
-samples, filtered against the list, so each chunk cost more than the last (bench
-session 9: 5,500 samples/s into an empty table, 440/s by its 40,000th sample). Here each
-key is one probe of the primary key (`LATERAL … LIMIT 1`, which PostgreSQL does not
-pull up into a join), and the upsert is one `INSERT … SELECT FROM json_to_recordset`
-per chunk instead of a statement executed per row, with no per-value conversion in
-Python: a normalised sample's times are already ISO strings, which PostgreSQL parses.
-One JSON parameter, not a text array per column, because sample ids and sources are
-the client's strings (no separator is safe in them) and asyncpg checks every element of
-an array parameter in Python. Measured by `python -m bench.health` (bench/RESULTS.md).
+Why: the generic look-up (`(source, id) IN (...)` with a thousand pairs) was planned as
+a walk over the user's samples filtered against the list, so each chunk cost more than
+the last (5,500 samples/s into an empty table, 440/s by its 40,000th sample). Here each
+key is one probe of the primary key: `LATERAL … LIMIT 1`, which PostgreSQL does not pull
+up into a join, and the tenant and user compared to columns of the keys' rows, not to
+constants. With constants, the planner estimates a user it has no statistics for (a new
+user's first upload: every one) at one row, finds the smaller change-feed index
+(tenant, user, seq) as cheap as the primary key, and probes through it, reading all of
+the user's samples for every key; compared to a column, it estimates by the number of
+distinct users, and only the primary key finds one row. The upsert is one
+`INSERT … SELECT FROM json_to_recordset` per chunk instead of a statement executed per
+row, with no per-value conversion in Python: a normalised sample's times are already
+ISO strings, which PostgreSQL parses. One JSON parameter, not a text array per column:
+sample ids and sources are the client's strings (no separator is safe in them), and
+asyncpg checks every element of an array parameter in Python. Measured by `python -m bench.health` (bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -30,11 +34,10 @@ from service.models.types import UTCDateTime
 
 _STORED = text(
     "SELECT k.source, k.id, s.hash, s.modified_at, s.deleted, s.type, s.start_at, s.end_at"
-    " FROM json_to_recordset(CAST(:keys AS json)) AS k(source text, id text)"
+    " FROM json_to_recordset(CAST(:keys AS json)) AS k(t text, u text, source text, id text)"
     " JOIN LATERAL (SELECT s.hash, s.modified_at, s.deleted, s.type, s.start_at, s.end_at"
-    " FROM health_sample s WHERE s.tenant_id = CAST(:tenant_id AS varchar)"
-    " AND s.user_id = CAST(:user_id AS varchar) AND s.source = k.source AND s.id = k.id"
-    " LIMIT 1) AS s ON true"
+    " FROM health_sample s WHERE s.tenant_id = k.t AND s.user_id = k.u"
+    " AND s.source = k.source AND s.id = k.id LIMIT 1) AS s ON true"
 ).columns(modified_at=UTCDateTime(), start_at=UTCDateTime(), end_at=UTCDateTime())
 
 # (name in the JSON rows, PostgreSQL type): the sample's own columns, in
@@ -79,9 +82,10 @@ class PostgresWriter:
     ) -> dict[Key, Stored]:
         if not keys:
             return {}
-        document = orjson.dumps([{"source": s, "id": i} for s, i in set(keys)]).decode()
-        params = {"keys": document, "tenant_id": tenant_id, "user_id": user_id}
-        result = await session.execute(_STORED, params)
+        document = orjson.dumps(
+            [{"t": tenant_id, "u": user_id, "source": s, "id": i} for s, i in set(keys)]
+        ).decode()
+        result = await session.execute(_STORED, {"keys": document})
         return {
             (row[0], row[1]): Stored(row[2], row[3], row[4], row[5], row[6], row[7])
             for row in result.all()

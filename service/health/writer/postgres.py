@@ -15,7 +15,8 @@ distinct users, and only the primary key finds one row. The upsert is one
 row, with no per-value conversion in Python: a normalised sample's times are already
 ISO strings, which PostgreSQL parses. One JSON parameter, not a text array per column:
 sample ids and sources are the client's strings (no separator is safe in them), and
-asyncpg checks every element of an array parameter in Python. Measured by `python -m bench.health` (bench/RESULTS.md).
+asyncpg checks every element of an array parameter in Python. Measured by
+`python -m bench.health` (bench/RESULTS.md).
 """
 
 from __future__ import annotations

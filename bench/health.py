@@ -49,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped, unused-ignore]
 import httpx
 import orjson
 from sqlalchemy import text
@@ -484,10 +484,10 @@ async def bench(args: argparse.Namespace, redis_url: str) -> dict[str, Any]:
         api_env = {"BACKSYNC_HOST": "127.0.0.1", "BACKSYNC_PORT": str(port)}
         processes.append(start(settings, "api", tmpdir / "api.log", **api_env))
         processes.append(start(settings, "worker", tmpdir / "worker.log"))
-        dsn = None
+        dsn: str | None = None
         if admin_url is not None:
-            dsn = make_url(settings.database_url).set(drivername="postgresql")
-            dsn = dsn.render_as_string(hide_password=False)
+            plain = make_url(settings.database_url).set(drivername="postgresql")
+            dsn = plain.render_as_string(hide_password=False)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as http:
             await wait_ready(http, processes[0])
             client = Client(http, key)

@@ -145,7 +145,7 @@ def test_every_type_has_its_canonical_unit_among_its_units() -> None:
         assert (kind.kind is Kind.CATEGORY) == bool(kind.categories), kind.name
 
 
-PLAIN_AND_NOT = [
+PLAIN_AND_NOT: list[dict[str, Any]] = [
     {
         "id": "a",
         "source": "w",

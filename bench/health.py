@@ -234,7 +234,18 @@ class Client:
         return elapsed, len(response.json()["days"])
 
 
-async def analyze(url: str) -> None:
+async def analyze(url: str, tries: int = 5) -> None:
+    """ANALYZE health_sample (retried: the shared server may be out of connections)."""
+    for attempt in range(tries):
+        try:
+            return await _analyze(url)
+        except Exception:
+            if attempt == tries - 1:
+                raise
+            await asyncio.sleep(2)
+
+
+async def _analyze(url: str) -> None:
     engine = create_engine(url)
     try:
         async with engine.connect() as connection:

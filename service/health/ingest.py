@@ -67,7 +67,7 @@ async def _next_chunk(
 
 
 @dataclass(frozen=True, slots=True)
-class Stored:
+class StoreResult:
     """What storing a list of samples did: how many had each verdict, and the user's
     last seq after them."""
 
@@ -77,7 +77,7 @@ class Stored:
 
 async def store_samples(
     session: AsyncSession, tenant_id: str, user_id: str, samples: list[Normalized], now: datetime
-) -> Stored:
+) -> StoreResult:
     """Store normalised samples in the caller's transaction: the de-duplication rule
     applied under the user's lock, each write with the user's next seq.
 
@@ -98,7 +98,7 @@ async def store_samples(
         olds = (before.get(key) for key in planned.writes)
         stale = touched(planned.writes.values(), olds)
         await repository.forget_days(session, tenant_id, user_id, stale)
-    return Stored({str(verdict): count for verdict, count in planned.counts.items()}, seq)
+    return StoreResult({str(verdict): count for verdict, count in planned.counts.items()}, seq)
 
 
 async def fail(sessionmaker: SessionMaker, batch_id: str, error: str) -> None:

@@ -53,7 +53,7 @@ async def _next_chunk(
             return True
         chunk = samples[offset : offset + size]
         now = utcnow()
-        counts, seq = await _store(session, batch, chunk, now)
+        counts, seq = await store(session, batch.tenant_id, batch.user_id, chunk, now)
         finished = now if offset + len(chunk) >= len(samples) else None
         totals = await repository.advance(session, batch.id, len(chunk), counts, finished, now)
         if finished is not None:
@@ -63,16 +63,16 @@ async def _next_chunk(
         return finished is not None
 
 
-async def _store(
-    session: AsyncSession, batch: HealthBatch, chunk: list[Normalized], now: datetime
+async def store(
+    session: AsyncSession, tenant_id: str, user_id: str, samples: list[Normalized], now: datetime
 ) -> tuple[dict[str, int], int]:
-    """Apply the de-duplication rule to the chunk under the user's lock and write what
+    """Apply the de-duplication rule to `samples` under the user's lock and write what
     changes, each write with the user's next seq. Returns the verdict counts and the
-    user's seq after the chunk."""
-    tenant_id, user_id = batch.tenant_id, batch.user_id
+    user's seq after them. The one way samples are stored: a phone's batch (a chunk at a
+    time) and a wearable task's page (`service.health.wearable`) both come through here."""
     base = await repository.lock_user(session, tenant_id, user_id)
-    keys = [(sample.source, sample.id) for sample in chunk]
-    planned = plan(chunk, await repository.stored(session, tenant_id, user_id, keys))
+    keys = [(sample.source, sample.id) for sample in samples]
+    planned = plan(samples, await repository.stored(session, tenant_id, user_id, keys))
     rows = [
         _row(tenant_id, user_id, sample, base + n, now)
         for n, sample in enumerate(planned.writes.values(), start=1)

@@ -20,6 +20,11 @@ unchanged leaves a gap. A run that detects deletions marks every row it sends as
 by it (`seen_run`); its sweep commits with its end (`RunLedger.succeed`). Pages of a
 resync are compared first, read-only (`_changed`), and only their changed rows are sent.
 
+A task with a `health_mapping` commits each page in a transaction instead, the
+statement and then the samples of the rows it sent (`samples`): its pages are compared
+first, so the rows sent are the changed ones (a sweep sends every row; mapping an
+unchanged one writes nothing). Tasks without a mapping keep the one-statement path.
+
 The last page of a run (`PageWrite.ending`) also ends it and records the task's
 outcome and watermark, unless a cancel was asked for meanwhile: then the page still
 commits, and the ledger ends the run as cancelled.
@@ -45,6 +50,7 @@ from service.notifications.outbox import NewEvent
 from service.runs.ledger.base import RunLedger
 from service.runs.ledger.outcomes import ENDED_STATS, Ended, record_success
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
+from service.runs.ledger.samples import write_samples
 from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
 from service.sync import Row
 
@@ -277,16 +283,16 @@ class PostgresLedger(RunLedger):
             watermark=ending is not None and ending.watermark is not None,
             marks=run.sweeps,
         )
-        if ending is None:
+        if ending is None and run.health_mapping is None:
             async with autocommit(self.sessionmaker) as session:
                 changed, cancel = (await session.execute(statement, params)).one()
-        else:  # the success's events commit with it (`outcomes`)
+        else:  # the success's events, a mapped task's samples commit with it
             async with transaction(self.sessionmaker) as session:
-                changed, cancel, totals, record_seq = (
-                    await session.execute(statement, params)
-                ).one()
-                if cancel is False:
-                    ended = Ended(totals, record_seq)  # json, decoded by the driver
+                changed, cancel, *totals_and_seq = (await session.execute(statement, params)).one()
+                if cancel is not None and run.health_mapping is not None:
+                    await write_samples(session, run, write.rows, write.now)
+                if ending is not None and cancel is False:
+                    ended = Ended(*totals_and_seq)  # json, decoded by the driver
                     await record_success(session, run, ending.now, ended, _append_events)
         return Written(int(changed), None if cancel is None else bool(cancel))
 

@@ -13,7 +13,8 @@ What a commit does, in order, in one session, all of its writes in one transacti
 2. the page validators;
 3. the run's counters, checkpoint and lease, fenced by the lease: if this worker lost
    the run, nothing of the page is committed;
-4. on the last page (unless a cancel was asked for), the run's success and the task's
+4. a mapped task's health samples of the rows written (`samples`);
+5. on the last page (unless a cancel was asked for), the run's success and the task's
    outcome and watermark.
 
 A run that detects deletions also marks every row of the page as seen by it (`seen_run`);
@@ -36,6 +37,7 @@ from service.models.types import UTCDateTime
 from service.runs.ledger.base import RunLedger
 from service.runs.ledger.outcomes import succeed_run
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
+from service.runs.ledger.samples import write_samples
 from service.runs.ledger.statements import (
     CLAIMED_TASK,
     RUN,
@@ -107,23 +109,27 @@ class SqliteLedger(RunLedger):
             if counts is None:
                 await session.rollback()
                 return Written(0, None)
-            inserted, changed = counts
+            inserted, rows = counts
+            changed = len(rows)
             if write.validators:
                 await session.execute(_REMEMBER, _validator_params(run.task_id, write))
             cancel = await self._progress(session, run, write, inserted, changed)
             if cancel is None:
                 await session.rollback()
                 return Written(0, None)
+            if run.health_mapping is not None:
+                await write_samples(session, run, rows, write.now)
             if write.ending is not None and not cancel:
                 await succeed_run(session, run, self.owner, write.ending)
         return Written(changed, cancel)
 
     async def _store_rows(
         self, session: AsyncSession, task_id: str, write: PageWrite
-    ) -> tuple[int, int] | None:
-        """Upsert the rows that differ from what is stored; (inserted, changed), or None
-        when the task is gone. Compared here even when the caller compared already: in
-        the transaction it costs no round trip, and it says which rows are new."""
+    ) -> tuple[int, list[Row]] | None:
+        """Upsert the rows that differ from what is stored; (how many are new, the rows
+        written), or None when the task is gone. Compared here even when the caller
+        compared already: in the transaction it costs no round trip, and it says which
+        rows are new."""
         changed = await _changed_keys(session, task_id, write.rows) if write.rows else {}
         rows = [row for row in write.rows if row.key in changed]
         base = await session.execute(
@@ -139,7 +145,7 @@ class SqliteLedger(RunLedger):
             payload = orjson.dumps([(row.key, row.data, row.hash) for row in rows]).decode()
             params = {"task_id": task_id, "base": first + 1, "now": write.now, "rows": payload}
             await session.execute(_UPSERT, params)
-        return sum(changed.values()), len(rows)
+        return sum(changed.values()), rows
 
     async def _progress(
         self, session: AsyncSession, run: LeasedRun, write: PageWrite, inserted: int, changed: int

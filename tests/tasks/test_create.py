@@ -460,7 +460,12 @@ async def test_other_invalid_fields_are_refused_at_the_field(
 
 def raw_task(**change: str) -> bytes:
     """A task as JSON text, with `"PLACEHOLDER"` strings swapped for raw JSON (NaN, \\ud800…)."""
-    mapping = {"type": "steps", "value_path": "s", "unit": "count", "start_path": "t"}
+    mapping: dict[str, Any] = {
+        "type": "steps",
+        "value_path": "s",
+        "unit": "count",
+        "start_path": "t",
+    }
     mapping |= {"id_path": "id", "metadata": {"h": "H"}}  # kept as given: any JSON
     text = json.dumps(
         http_task(URL, params={"p": "P"}, records_path="data")

@@ -23,7 +23,7 @@ from datetime import UTC, date, datetime, timedelta, timezone, tzinfo
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.health.normalize import Normalized, Rejected, normalize
 from service.health.types import NOT_CONVERTIBLE, TYPES, Kind
@@ -332,9 +332,11 @@ def usable(raw: Any, user_id: str | None) -> HealthMapping:
     applied (a task stored before mappings were checked, or one without a user)."""
     try:
         mapping = HealthMapping.model_validate(raw)
-    except ValueError as exc:
+    except ValidationError as exc:
+        first = exc.errors(include_url=False, include_input=False)[0]
+        path = ".".join(str(part) for part in first["loc"])
         raise ValueError(
-            f"the task's health_mapping is invalid ({exc}); fix it with PATCH"
+            f"the task's health_mapping.{path}: {first['msg']}; fix it with PATCH"
         ) from None
     for where, message in problems(mapping):
         path = ".".join(str(part) for part in where)

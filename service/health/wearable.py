@@ -29,7 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.health.ingest import store
 from service.health.mapping import HealthMapping, samples_of
-from service.health.merge import Verdict
+from service.health.merge import WRITES
 from service.health.normalize import Normalized
 
 log = logging.getLogger(__name__)
@@ -70,7 +70,5 @@ async def store_records(
     if not samples:
         return Mapped(0, len(reasons))
     counts, _ = await store(session, tenant_id, user_id, samples, now)
-    written = sum(
-        counts.get(str(v), 0) for v in (Verdict.INSERTED, Verdict.UPDATED, Verdict.DELETED)
-    )
+    written = sum(counts.get(str(verdict), 0) for verdict in WRITES)
     return Mapped(written, len(reasons))

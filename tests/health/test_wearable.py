@@ -19,7 +19,7 @@ from tests.fixtures.upstream import (
     heart_rate_day,
 )
 from tests.health.helpers import changes, daily
-from tests.helpers import create_task, feed, http_task, sync
+from tests.helpers import create_task, feed, http_task, sync, wait_run
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -205,3 +205,37 @@ async def test_a_mapping_needs_the_tasks_user(
 
     assert response.status_code == 422, response.text
     assert response.json()["errors"][0]["loc"] == ["body", "user_id"]
+
+
+async def test_a_mapping_added_later_applies_to_stored_records_with_a_full_refresh(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream
+) -> None:
+    url = upstream.route("/v2/daily_activity", cursor(daily_activity(3), size=2))
+    body = wearable_task(url, DAILY_ACTIVITY_MAPPING)
+    del body["health_mapping"]
+    task = await create_task(client, auth, body)
+    assert (await sync(client, auth, task["id"]))["stats"]["inserted"] == 3
+
+    wrong = {"health_mapping": {**DAILY_ACTIVITY_MAPPING, "duration_seconds": -1}}
+    response = await client.patch(f"/v1/tasks/{task['id']}", json=wrong, headers=auth)
+    assert response.status_code == 422, response.text
+    assert response.json()["errors"][0]["loc"] == ["body", "health_mapping", "duration_seconds"]
+    patched = {"health_mapping": DAILY_ACTIVITY_MAPPING}
+    response = await client.patch(f"/v1/tasks/{task['id']}", json=patched, headers=auth)
+    assert response.status_code == 200, response.text
+    assert response.json()["health_mapping"] == DAILY_ACTIVITY_MAPPING
+    plain = await sync(client, auth, task["id"])
+    assert (plain["stats"]["unchanged"], plain["stats"]["samples_written"]) == (3, 0)
+
+    response = await client.post(
+        f"/v1/tasks/{task['id']}/runs", json={"full_refresh": True}, headers=auth
+    )
+    refreshed = await wait_run(client, auth, response.json()["id"])
+
+    assert refreshed["status"] == "succeeded", refreshed
+    assert (refreshed["stats"]["unchanged"], refreshed["stats"]["samples_written"]) == (3, 9)
+    assert len(await samples(client, auth, "steps")) == 3
+    again = await client.post(
+        f"/v1/tasks/{task['id']}/runs", json={"full_refresh": True}, headers=auth
+    )
+    assert (await wait_run(client, auth, again.json()["id"]))["stats"]["samples_written"] == 0

@@ -124,12 +124,12 @@ class RunLedger(abc.ABC):
             prior_failures=values["consecutive_failures"],
             watermark=checkpoint.get("watermark"),
         )
-        run.compares_first = run.record_seq > 0 and not run.sweeps
         if values["health_mapping"] is not None:
             try:
                 run.health_mapping = usable(values["health_mapping"], run.user_id)
             except ValueError as exc:
                 run.mapping_error = str(exc)
+        run.compares_first = run.record_seq > 0 and not run.sweeps and not run.remaps
         return run
 
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:
@@ -159,8 +159,10 @@ class RunLedger(abc.ABC):
         write = self._page_write(run, rows, len(final), progress, checkpoint, own, last)
         outcome, written = await self._commit(run, write, last)
         # A mapped task always compares first: only changed records are mapped again.
-        run.compares_first = not run.sweeps and (
-            written is None or written.changed == 0 or run.health_mapping is not None
+        run.compares_first = (
+            not run.sweeps
+            and not run.remaps
+            and (written is None or written.changed == 0 or run.health_mapping is not None)
         )
         return outcome
 

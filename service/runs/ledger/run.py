@@ -90,6 +90,13 @@ class LeasedRun:
         return bool(self.options.get("sweep"))
 
     @property
+    def remaps(self) -> bool:
+        """A full refresh of a mapped task maps every record again, changed or not (the
+        way to apply a changed mapping to stored records); samples that come out as
+        stored write nothing."""
+        return self.health_mapping is not None and bool(self.options.get("full_refresh"))
+
+    @property
     def rereads(self) -> bool:
         """Stored validators and digests are ignored: a task with no records has none
         that could match, a full refresh reads every page again, and a sweep must see

@@ -118,7 +118,7 @@ class SqliteLedger(RunLedger):
                 await session.rollback()
                 return Written(0, None)
             if run.health_mapping is not None:
-                await write_samples(session, run, rows, write.now)
+                await write_samples(session, run, write.rows if run.remaps else rows, write.now)
             if write.ending is not None and not cancel:
                 await succeed_run(session, run, self.owner, write.ending)
         return Written(changed, cancel)

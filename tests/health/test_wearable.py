@@ -9,7 +9,12 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy import update
+from sqlmodel import col
 
+from service.config import Settings
+from service.db import create_engine, create_sessionmaker
+from service.models import Task
 from tests.fixtures.upstream import (
     DAILY_ACTIVITY_MAPPING,
     HEART_RATE_MAPPING,
@@ -239,3 +244,29 @@ async def test_a_mapping_added_later_applies_to_stored_records_with_a_full_refre
         f"/v1/tasks/{task['id']}/runs", json={"full_refresh": True}, headers=auth
     )
     assert (await wait_run(client, auth, again.json()["id"]))["stats"]["samples_written"] == 0
+
+
+async def test_a_stored_mapping_a_run_cannot_apply_fails_the_run_saying_why(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, settings: Settings
+) -> None:
+    """A task stored before mappings were checked (any JSON was kept) is not synced
+    without its samples: its run fails at once, naming the field to fix."""
+    url = upstream.route("/v2/daily_activity", cursor(daily_activity(2), size=5))
+    task = await create_task(client, auth, wearable_task(url, DAILY_ACTIVITY_MAPPING))
+    engine = create_engine(settings.database_url)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            await session.execute(
+                update(Task).where(col(Task.id) == task["id"]).values(health_mapping={"h": 1})
+            )
+            await session.commit()
+    finally:
+        await engine.dispose()
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "failed", run
+    assert run["error"]["code"] == "bad_config"
+    assert run["error"]["message"].startswith("the task's health_mapping.h: Extra inputs")
+    assert upstream.hits("/v2/daily_activity") == []
+    assert await feed(client, auth, task["id"]) == []

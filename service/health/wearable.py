@@ -38,6 +38,11 @@ LOGGED_REASONS = 3
 """Rejection reasons logged per page (a broken mapping would otherwise log every record)."""
 
 
+CHUNK = 1000
+"""Samples per look-up and upsert: a page of intraday series holds tens of thousands, and
+both databases cap a statement's parameters (SQLite 32,766, asyncpg 32,767)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Mapped:
     written: int
@@ -67,8 +72,8 @@ async def store_records(
             len(reasons),
             "; ".join(reasons[:LOGGED_REASONS]),
         )
-    if not samples:
-        return Mapped(0, len(reasons))
-    counts, _ = await store(session, tenant_id, user_id, samples, now)
-    written = sum(counts.get(str(verdict), 0) for verdict in WRITES)
+    written = 0
+    for start in range(0, len(samples), CHUNK):
+        counts, _ = await store(session, tenant_id, user_id, samples[start : start + CHUNK], now)
+        written += sum(counts.get(str(verdict), 0) for verdict in WRITES)
     return Mapped(written, len(reasons))

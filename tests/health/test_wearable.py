@@ -270,3 +270,19 @@ async def test_a_stored_mapping_a_run_cannot_apply_fails_the_run_saying_why(
     assert run["error"]["message"].startswith("the task's health_mapping.h: Extra inputs")
     assert upstream.hits("/v2/daily_activity") == []
     assert await feed(client, auth, task["id"]) == []
+
+
+async def test_a_page_of_whole_days_of_minutes_is_stored(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream
+) -> None:
+    """Tens of thousands of samples from one page: more than one statement may carry."""
+    days = [heart_rate_day(f"2026-10-{d:02d}", 600) for d in range(1, 31)]  # 18,000 points
+    url = upstream.route("/v2/heartrate", cursor(days, size=30))
+    task = await create_task(client, auth, wearable_task(url, HEART_RATE_MAPPING, "hr"))
+
+    run = await sync(client, auth, task["id"])
+
+    assert run["status"] == "succeeded", run
+    assert (run["stats"]["pages"], run["stats"]["samples_written"]) == (1, 18_000)
+    heart = await daily(client, auth, "heart_rate", "2026-10-01", "2026-10-31")
+    assert [row["count"] for row in heart["days"]] == [600] * 30

@@ -85,19 +85,29 @@ async def upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
 async def stored(
     session: AsyncSession, tenant_id: str, user_id: str, keys: Sequence[Key]
 ) -> dict[Key, Stored]:
-    if not keys:
-        return {}
+    """The stored state of `keys`, one query per source among them (usually one).
+
+    Per source, the ids go in as `id IN (...)`, which both databases answer with probes
+    of the primary key (tenant, user, source, id). A `(source, id) IN (...)` of pairs is
+    not an index condition on PostgreSQL 15: it read every stored sample of the user
+    and compared each with every pair, 1.5 s per 1,000 keys against a user with 18,000
+    samples (a wearable task's page of intraday heart rate)."""
+    ids: dict[str, set[str]] = {}
+    for source, id_ in keys:
+        ids.setdefault(source, set()).add(id_)
     s = HealthSample
-    result = await session.execute(
-        select(col(s.source), col(s.id), col(s.hash), col(s.modified_at), col(s.deleted))
-        .add_columns(col(s.type))
-        .where(
-            col(s.tenant_id) == tenant_id,
-            col(s.user_id) == user_id,
-            tuple_(col(s.source), col(s.id)).in_(list(set(keys))),
+    found: dict[Key, Stored] = {}
+    for source, wanted in ids.items():
+        result = await session.execute(
+            select(col(s.id), col(s.hash), col(s.modified_at), col(s.deleted), col(s.type)).where(
+                col(s.tenant_id) == tenant_id,
+                col(s.user_id) == user_id,
+                col(s.source) == source,
+                col(s.id).in_(list(wanted)),
+            )
         )
-    )
-    return {(row[0], row[1]): Stored(row[2], row[3], row[4], row[5]) for row in result.all()}
+        found |= {(source, row[0]): Stored(*row[1:]) for row in result.all()}
+    return found
 
 
 async def page(

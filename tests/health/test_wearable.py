@@ -14,6 +14,7 @@ from sqlmodel import col
 
 from service.config import Settings
 from service.db import create_engine, create_sessionmaker
+from service.health import wearable
 from service.models import Task
 from tests.fixtures.upstream import (
     DAILY_ACTIVITY_MAPPING,
@@ -272,17 +273,24 @@ async def test_a_stored_mapping_a_run_cannot_apply_fails_the_run_saying_why(
     assert await feed(client, auth, task["id"]) == []
 
 
-async def test_a_page_of_whole_days_of_minutes_is_stored(
-    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream
+async def test_a_page_with_more_samples_than_a_chunk_is_stored_chunk_by_chunk(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """Tens of thousands of samples from one page: more than one statement may carry."""
-    days = [heart_rate_day(f"2026-10-{d:02d}", 600) for d in range(1, 31)]  # 18,000 points
+    """A page of intraday series can hold more samples than one statement may carry
+    parameters: they are looked up and upserted `CHUNK` at a time, in the page's
+    transaction (made small here; the worker runs in this process)."""
+    monkeypatch.setattr(wearable, "CHUNK", 70)
+    days = [heart_rate_day(f"2026-10-{d:02d}", 25) for d in range(1, 31)]  # 750 points
     url = upstream.route("/v2/heartrate", cursor(days, size=30))
     task = await create_task(client, auth, wearable_task(url, HEART_RATE_MAPPING, "hr"))
 
     run = await sync(client, auth, task["id"])
 
     assert run["status"] == "succeeded", run
-    assert (run["stats"]["pages"], run["stats"]["samples_written"]) == (1, 18_000)
+    assert (run["stats"]["pages"], run["stats"]["samples_written"]) == (1, 750)
     heart = await daily(client, auth, "heart_rate", "2026-10-01", "2026-10-31")
-    assert [row["count"] for row in heart["days"]] == [600] * 30
+    assert [row["count"] for row in heart["days"]] == [25] * 30
+    assert (await sync(client, auth, task["id"]))["stats"]["samples_written"] == 0

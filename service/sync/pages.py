@@ -23,6 +23,7 @@ from service.sync.conditional import (
     conditional_headers,
     digest_seed,
     page_key,
+    records_digest,
     resumed,
     validator_from,
 )
@@ -279,7 +280,7 @@ async def fetch_one(
         retries=retries,
     )
     try:
-        return _interpret(source, request, fetched, validator, conditional=conditional)
+        return _interpret(source, request, fetched, validator, seed, conditional=conditional)
     except SyncError as exc:
         exc.requests = 1 + fetched.retries  # the page was fetched; its run counts them
         raise
@@ -290,10 +291,13 @@ def _interpret(
     request: PageRequest,
     fetched: FetchedPage,
     validator: Validator | None,
+    seed: bytes | None,
     *,
     conditional: bool,
 ) -> Page:
-    """A fetched page's records, its next page and what to remember of it."""
+    """A fetched page's records, its next page and what to remember of it. A page whose
+    records are the stored ones (`records_digest`) is handed on as if its bytes had
+    matched: not extracted, its records counted as stored."""
     if fetched.status == 304 or fetched.body is None:
         if validator is None or (fetched.status == 304 and not conditional):
             raise InvalidBody("upstream answered 304 to an unconditional request", http_status=304)
@@ -306,17 +310,27 @@ def _interpret(
             known=validator,
         )
     records = records_of(fetched.body, source.records_path, first_page=request.index == 0)
-    extracted = extract(records, source.primary_key)
     view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))
     following = strip_query_auth(source, next_request(source.pagination, request, view))
     if following is not None and (following.url, following.params) == (request.url, request.params):
         raise PaginationLoop("the upstream pointed to the same page again")
+    digest_of_records = records_digest(seed, records) if seed is not None else None
+    if (
+        validator is not None
+        and digest_of_records is not None
+        and validator.records_digest == digest_of_records
+        and resumed(validator, request) == following
+    ):
+        unread = replace(fetched, body=None)  # counted as stored (`Page.same_as_before`)
+        return Page(request, unread, ExtractedPage(), following, known=validator)
+    extracted = extract(records, source.primary_key)
     remembered = validator_from(
         fetched.headers,
         following,
         conditional=source.conditional,
         digest=fetched.digest,
         records=extracted,
+        digest_of_records=digest_of_records,
     )
     if remembered == validator:
         remembered = None  # nothing new to store

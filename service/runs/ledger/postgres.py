@@ -20,10 +20,11 @@ unchanged leaves a gap. A run that detects deletions marks every row it sends as
 by it (`seen_run`); its sweep commits with its end (`RunLedger.succeed`). Pages of a
 resync are compared first, read-only (`_changed`), and only their changed rows are sent.
 
-A task with a `health_mapping` commits each page in a transaction instead, the
-statement and then the samples of the rows it sent (`samples`): its pages are compared
-first, so the rows sent are the changed ones (a sweep sends every row; mapping an
-unchanged one writes nothing). Tasks without a mapping keep the one-statement path.
+A task with a `health_mapping` commits each page in a transaction instead: the samples
+of the rows it sends, then the statement (`_write_mapped`, `samples`). Its pages are
+compared first, so the rows sent are the changed ones (a sweep or a full refresh sends
+every row; mapping an unchanged one writes nothing), and never COPYed. Tasks without a
+mapping keep the one-statement path.
 
 The last page of a run (`PageWrite.ending`) also ends it and records the task's
 outcome and watermark, unless a cancel was asked for meanwhile: then the page still
@@ -37,20 +38,20 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 from sqlalchemy import JSON, BindParameter, Executable, TextClause, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import autocommit, transaction
 from service.models.types import UTCDateTime
-from service.notifications.outbox import NewEvent
+from service.notifications.outbox import Computed, NewEvent
 from service.runs.ledger.base import RunLedger
-from service.runs.ledger.outcomes import ENDED_STATS, Ended, record_success
+from service.runs.ledger.outcomes import CHANGED_COUNTS, ENDED_STATS, success_events
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
-from service.runs.ledger.samples import write_samples
+from service.runs.ledger.samples import count_samples, store_samples
 from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
 from service.sync import Row
 
@@ -97,6 +98,17 @@ _CHANGED = text(
 )
 
 _COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
+_PROGRESS = (
+    "), progress AS ("  # noqa: S608 - constant SQL
+    " UPDATE run SET "
+    + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
+    + ", inserted = inserted + :inserted + c.n_new,"
+    " updated = updated + :updated + c.n_changed - c.n_new,"
+    " unchanged = unchanged + :unchanged + :distinct - c.n_changed,"
+    " checkpoint = :checkpoint"
+)
+"""The run's progress from a page's `counts` (n_new, n_changed) and what the caller
+counted (`_COUNTED`); the caller ends the SET list and adds `FROM counts c`."""
 _COUNTED = ("inserted", "updated", "unchanged")
 """Added to what the statement itself counts (earlier copies of a key in the page, and
 the quiet pages before it)."""
@@ -121,19 +133,57 @@ _TASK_OUTCOME = (
 _TASK_WATERMARK = ", watermark = " + _UNLESS_CANCELLED.format(
     column="watermark", value="CAST(:watermark AS json)"
 )
+_COMPUTED = (
+    "json_build_object('stats', json_build_object("  # noqa: S608 - constant SQL
+    + ", ".join(f"'{name}', p.{name}" for name in ENDED_STATS)
+    + "), "
+    + ", ".join(f"'{name}', p.{name}" for name in CHANGED_COUNTS)
+    + ", 'next_after', (SELECT base + :n_rows FROM seq), 'changed', "
+    + " OR ".join(f"p.{name} <> 0" for name in CHANGED_COUNTS)
+    + ")"
+)
+# A success's events (`outcomes.success_events`), written by the statement that ends
+# the run, unless a cancel came first. Each event's data is the catalog's, sent as JSON
+# in which a `Computed` value is {"$computed": name}; `computed` holds those values (the
+# run's totals, from `progress`). The tenant's event seqs are reserved last, after the
+# task's and the run's rows are locked (`service.notifications.outbox`).
+_EVENTS = (
+    ", computed AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
+    f" SELECT {_COMPUTED} AS v FROM progress p WHERE NOT p.cancel_requested"
+    "), kept AS ("
+    " SELECT e.id, e.type, e.task_id, e.user_id, e.data, c.v,"
+    " row_number() OVER (ORDER BY e.n) AS n FROM unnest(CAST(:e_ids AS text[]),"
+    " CAST(:e_types AS text[]), CAST(:e_task_ids AS text[]), CAST(:e_user_ids AS text[]),"
+    " CAST(:e_datas AS text[]), CAST(:e_only_if AS text[]))"
+    " WITH ORDINALITY AS e(id, type, task_id, user_id, data, only_if, n) CROSS JOIN computed c"
+    " WHERE e.only_if IS NULL OR CAST(c.v ->> e.only_if AS boolean)"
+    "), reserved AS ("
+    " UPDATE tenant SET event_seq = event_seq + (SELECT count(*) FROM kept)"
+    " WHERE id = CAST(:tenant_id AS varchar) AND EXISTS (SELECT 1 FROM kept)"
+    " RETURNING event_seq - (SELECT count(*) FROM kept) AS base"
+    "), appended AS ("
+    " INSERT INTO event (tenant_id, seq, id, type, task_id, user_id, data, created_at)"
+    " SELECT CAST(:tenant_id AS varchar), r.base + k.n, k.id, k.type, k.task_id, k.user_id,"
+    " (SELECT json_object_agg(f.key, CASE WHEN json_typeof(f.value) = 'object'"
+    " AND f.value ->> '$computed' IS NOT NULL THEN k.v -> (f.value ->> '$computed')"
+    " ELSE f.value END ORDER BY f.n)"
+    " FROM json_each(CAST(k.data AS json)) WITH ORDINALITY AS f(key, value, n)),"
+    " CAST(:now AS timestamptz) FROM kept k CROSS JOIN reserved r RETURNING 1)"
+)
 _VALIDATORS = (
     ", validated AS ("
     " INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
-    " records_seen, rejected, updated_at)"
-    " SELECT CAST(:task_id AS varchar), v.k, v.e, v.m, CAST(v.n AS json), v.d, v.s, v.r,"
+    " records_seen, rejected, records_digest, updated_at)"
+    " SELECT CAST(:task_id AS varchar), v.k, v.e, v.m, CAST(v.n AS json), v.d, v.s, v.r, v.rd,"
     " CAST(:now AS timestamptz) FROM unnest(CAST(:v_keys AS text[]),"
     " CAST(:v_etags AS text[]), CAST(:v_modified AS text[]), CAST(:v_next AS text[]),"
-    " CAST(:v_digests AS text[]), CAST(:v_seen AS int[]), CAST(:v_rejected AS int[]))"
-    " AS v(k, e, m, n, d, s, r) CROSS JOIN held"
+    " CAST(:v_digests AS text[]), CAST(:v_seen AS int[]), CAST(:v_rejected AS int[]),"
+    " CAST(:v_records_digests AS text[])) AS v(k, e, m, n, d, s, r, rd) CROSS JOIN held"
     " ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
     " last_modified = excluded.last_modified, next_page = excluded.next_page,"
     " digest = excluded.digest, records_seen = excluded.records_seen,"
-    " rejected = excluded.rejected, updated_at = excluded.updated_at RETURNING 1)"
+    " rejected = excluded.rejected, records_digest = excluded.records_digest,"
+    " updated_at = excluded.updated_at RETURNING 1)"
 )
 # What "changed" means is written once for both upserts: another hash, or a record
 # that was deleted and is back (it is inserted again: a new `created_at`, so RETURNING
@@ -159,8 +209,47 @@ _UPSERT_MARKING = (
 )
 
 
+_RESERVE = text(
+    # The first half of a copied page (`_copy`): the task and the run locked as every
+    # page commit takes them, the page's seqs reserved, fenced by the lease.
+    "WITH locked_task AS ("
+    " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
+    "), held AS ("
+    " SELECT id FROM run WHERE id = :run_id AND status = 'running'"
+    " AND lease_owner = :owner AND EXISTS (SELECT 1 FROM locked_task) FOR UPDATE"
+    ") UPDATE task SET record_seq = record_seq + :n_rows"
+    " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
+    " RETURNING record_seq - :n_rows"
+)
+_COPIED_COLUMNS = ("task_id", "key", "data", "hash", "seq", "created_at", "updated_at")
+
+
 @functools.cache
-def _statement(*, validators: bool, ends: bool, watermark: bool, marks: bool) -> TextClause:
+def _copied_progress(*, validators: bool) -> TextClause:
+    """The second half of a copied page: every row was inserted, so the counts are the
+    page's; the run's progress and the page validators as any page's statement."""
+    return _statement(validators=validators, ends=False, watermark=False, marks=False, copied=True)
+
+
+@functools.cache
+def _statement(
+    *, validators: bool, ends: bool, watermark: bool, marks: bool, copied: bool = False
+) -> TextClause:
+    if copied:
+        return text(
+            "WITH held AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
+            " SELECT id, cancel_requested FROM run WHERE id = :run_id AND status = 'running'"
+            " AND lease_owner = :owner FOR UPDATE"
+            "), counts AS (SELECT CAST(:n_rows AS bigint) AS n_new,"
+            " CAST(:n_rows AS bigint) AS n_changed"
+            + _PROGRESS
+            + ", lease_expires_at = :lease_until FROM counts c WHERE run.id = (SELECT id FROM held)"
+            " RETURNING run.cancel_requested)"
+            + (_VALIDATORS if validators else "")
+            + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
+        ).bindparams(
+            *(b for b in _binds(ends=False, watermark=False) if validators or b.key != "now")
+        )
     sql = (
         "WITH locked_task AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
         " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
@@ -185,27 +274,15 @@ def _statement(*, validators: bool, ends: bool, watermark: bool, marks: bool) ->
         + "), counts AS ("
         " SELECT count(*) FILTER (WHERE is_new) AS n_new,"
         " count(*) FILTER (WHERE changed) AS n_changed FROM written"
-        "), progress AS ("
-        " UPDATE run SET "
-        + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
-        + ", inserted = inserted + :inserted + c.n_new,"
-        " updated = updated + :updated + c.n_changed - c.n_new,"
-        " unchanged = unchanged + :unchanged + :distinct - c.n_changed,"
-        " checkpoint = :checkpoint"
+        + _PROGRESS
         + (_ENDS_RUN if ends else ", lease_expires_at = :lease_until")
         + " FROM counts c WHERE run.id = (SELECT id FROM held)"
         " RETURNING run.cancel_requested"
         + ("".join(f", run.{name}" for name in ENDED_STATS) if ends else "")
         + ")"
         + (_VALIDATORS if validators else "")
+        + (_EVENTS if ends else "")
         + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
-        # An ending commit also says what the run's success reports (`outcomes`): its
-        # totals and the feed position after its records, without another query.
-        + (
-            ", (SELECT row_to_json(progress) FROM progress), (SELECT base + :n_rows FROM seq)"
-            if ends
-            else ""
-        )
     )
     return text(sql).bindparams(*_binds(ends=ends, watermark=watermark))
 
@@ -227,6 +304,29 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _computed(value: Any) -> Any:
+    if isinstance(value, Computed):
+        return {"$computed": value.name}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _template(data: dict[str, Any]) -> str:
+    """An event's data as JSON, each `Computed` value as {"$computed": name} (`_EVENTS`)."""
+    return orjson.dumps(data, default=_computed, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+
+
+def _event_params(run: LeasedRun, events: Sequence[NewEvent]) -> dict[str, Any]:
+    return {
+        "tenant_id": run.tenant_id,
+        "e_ids": [event.id for event in events],
+        "e_types": [event.type for event in events],
+        "e_task_ids": [event.task_id for event in events],
+        "e_user_ids": [event.user_id for event in events],
+        "e_datas": [_template(event.data) for event in events],
+        "e_only_if": [event.only_if for event in events],
+    }
+
+
 def _validator_params(validators: list[tuple[str, Any]]) -> dict[str, Any]:
     keys, values = zip(*validators, strict=True)
     return {
@@ -237,6 +337,7 @@ def _validator_params(validators: list[tuple[str, Any]]) -> dict[str, Any]:
         "v_digests": [v.digest for v in values],
         "v_seen": [v.records_seen for v in values],
         "v_rejected": [v.rejected for v in values],
+        "v_records_digests": [v.records_digest for v in values],
     }
 
 
@@ -261,9 +362,6 @@ class PostgresLedger(RunLedger):
             "run_id": run.run_id,
             "task_id": run.task_id,
             "owner": self.owner,
-            "keys": packed([row.key for row in write.rows]),
-            "datas": packed([row.data for row in write.rows]),
-            "hashes": packed([row.hash for row in write.rows]),
             "n_rows": len(write.rows),
             "distinct": write.distinct,
             "checkpoint": write.checkpoint,
@@ -274,60 +372,79 @@ class PostgresLedger(RunLedger):
         if write.validators:
             params.update(_validator_params(write.validators))
         ending = write.ending
-        if ending is not None:
+        if run.fresh and write.rows and ending is None:
+            copied = await self._copy(run, write, params)
+            if copied is not None:
+                return copied
+            run.fresh = False  # a key came back: this run's pages are upserted from now on
+        params["keys"] = packed([row.key for row in write.rows])
+        params["datas"] = packed([row.data for row in write.rows])
+        params["hashes"] = packed([row.hash for row in write.rows])
+        if ending is not None:  # the success's events commit with it (`_EVENTS`)
             params["attempts"] = ending.attempts
             params["watermark"] = ending.watermark
+            params.update(_event_params(run, success_events(run, ending.now)))
         statement = _statement(
             validators=bool(write.validators),
             ends=ending is not None,
             watermark=ending is not None and ending.watermark is not None,
             marks=run.sweeps,
         )
-        if ending is None and run.health_mapping is None:
-            async with autocommit(self.sessionmaker) as session:
-                changed, cancel = (await session.execute(statement, params)).one()
-        else:  # the success's events, a mapped task's samples commit with it
-            async with transaction(self.sessionmaker) as session:
-                changed, cancel, *totals_and_seq = (await session.execute(statement, params)).one()
-                if cancel is not None and run.health_mapping is not None:
-                    await write_samples(session, run, write.rows, write.now)
-                if ending is not None and cancel is False:
-                    ended = Ended(*totals_and_seq)  # json, decoded by the driver
-                    await record_success(session, run, ending.now, ended, _append_events)
+        if run.health_mapping is not None:
+            return await self._write_mapped(run, write, statement, params)
+        async with autocommit(self.sessionmaker) as session:
+            changed, cancel = (await session.execute(statement, params)).one()
         return Written(int(changed), None if cancel is None else bool(cancel))
 
+    async def _write_mapped(
+        self, run: LeasedRun, write: PageWrite, statement: Executable, params: dict[str, Any]
+    ) -> Written:
+        """A mapped task's page: its samples, then the page's statement, in one
+        transaction (`samples`). The samples go first so that the user's `health_user`
+        row is locked before the task, run and tenant rows the statement takes (the order
+        a phone's batch takes `health_user` and the tenant's row in); the run's sample
+        counts are added last, under the run row the statement holds. A lost lease
+        rolls all of it back."""
+        async with transaction(self.sessionmaker) as session:
+            mapped = await store_samples(session, run, write.rows, write.now)
+            changed, cancel = (await session.execute(statement, params)).one()
+            if cancel is None:
+                await session.rollback()
+                return Written(0, None)
+            await count_samples(session, run, mapped)
+        return Written(int(changed), bool(cancel))
 
-_APPEND_EVENTS = text(
-    "WITH reserved AS (UPDATE tenant SET event_seq = event_seq + :count WHERE id = :tenant_id"
-    " RETURNING event_seq - :count AS base)"
-    " INSERT INTO event (tenant_id, seq, id, type, task_id, user_id, data, created_at)"
-    " SELECT CAST(:tenant_id AS varchar), r.base + e.n, e.id, e.type, e.task_id, e.user_id,"
-    " CAST(e.data AS json), CAST(:now AS timestamptz) FROM reserved r,"
-    " unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:task_ids AS text[]),"
-    " CAST(:user_ids AS text[]), CAST(:datas AS text[]))"
-    " WITH ORDINALITY AS e(id, type, task_id, user_id, data, n)"
-).bindparams(bindparam("now", type_=UTCDateTime()))
-
-
-async def _append_events(
-    session: AsyncSession, tenant_id: str, events: Sequence[NewEvent], now: datetime
-) -> None:
-    """`outbox.append` in one statement (the seq reserved under the tenant row's lock and
-    the rows inserted together): a run's end is the worker's most frequent writer of
-    events, and every round trip there costs the worker CPU (bench/concurrency.py)."""
-    await session.execute(
-        _APPEND_EVENTS,
-        {
-            "tenant_id": tenant_id,
-            "count": len(events),
-            "now": now,
-            "ids": [event.id for event in events],
-            "types": [event.type for event in events],
-            "task_ids": [event.task_id for event in events],
-            "user_ids": [event.user_id for event in events],
-            "datas": [_json(event.data) for event in events],
-        },
-    )
+    async def _copy(
+        self, run: LeasedRun, write: PageWrite, params: dict[str, Any]
+    ) -> Written | None:
+        """A page of a task that had no records, `COPY`ed in: every row is new, and COPY
+        is what PostgreSQL takes fastest for inserts (bench/ceilings.py). One transaction
+        of three statements and the COPY, where an upserted page is one statement: the
+        database's work per row, not the round trips, is what a first sync waits on.
+        None, with nothing written, when a row's key is stored already (an upstream
+        repeating a key on a later page): the page is then upserted."""
+        rows = write.rows
+        try:
+            async with transaction(self.sessionmaker) as session:
+                base = (await session.execute(_RESERVE, params)).scalar_one_or_none()
+                if base is None:  # the lease is not ours: nothing was written
+                    return Written(0, None)
+                raw = await (await session.connection()).get_raw_connection()
+                driver, now = raw.driver_connection, write.now
+                assert driver is not None, "a connection checked out has its driver's"
+                await driver.copy_records_to_table(
+                    "record",
+                    records=[
+                        (run.task_id, row.key, row.data, row.hash, base + n, now, now)
+                        for n, row in enumerate(rows, start=1)
+                    ],
+                    columns=_COPIED_COLUMNS,
+                )
+                statement = _copied_progress(validators=bool(write.validators))
+                changed, cancel = (await session.execute(statement, params)).one()
+        except asyncpg.UniqueViolationError:
+            return None
+        return Written(int(changed), None if cancel is None else bool(cancel))
 
 
 def _claim_statement() -> Executable:

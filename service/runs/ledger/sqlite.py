@@ -6,14 +6,17 @@ write and holds it to the commit, which orders pages (and their seqs) across eve
 process sharing the file.
 
 What a commit does, in order, in one session, all of its writes in one transaction:
-1. the rows that differ from what is stored (compared first, in the same session: the
-   driver begins the transaction at the first write, but only this run's lease holder
-   writes the task's records, so nothing changes in between), each reserving a `seq`
-   from the task row, upserted;
+1. the page's rows, each reserving a `seq` from the task row, upserted: only the ones
+   that differ from what is stored are written (the upsert's `WHERE`), and its
+   `RETURNING` says which of those are new. A row sent unchanged leaves a gap in the
+   seqs (as on PostgreSQL); a resync's pages are compared first (`RunLedger.commit`),
+   so only their changed rows are sent. (Comparing every page here first, to say which
+   rows are new, was a fifth of a first sync's event-loop time: bench/ingest.py.)
 2. the page validators;
 3. the run's counters, checkpoint and lease, fenced by the lease: if this worker lost
    the run, nothing of the page is committed;
-4. a mapped task's health samples of the rows written (`samples`);
+4. a mapped task's health samples of the rows sent (its pages are compared first: the
+   rows sent are its new and changed records; `samples`);
 5. on the last page (unless a cancel was asked for), the run's success and the task's
    outcome and watermark.
 
@@ -59,7 +62,8 @@ _UPSERT = text(
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
     "seq = excluded.seq, updated_at = excluded.updated_at, deleted = false, "
     "created_at = CASE WHEN record.deleted THEN excluded.created_at ELSE record.created_at END "
-    "WHERE record.hash <> excluded.hash OR record.deleted"
+    "WHERE record.hash <> excluded.hash OR record.deleted "
+    "RETURNING created_at = :now"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _MARK_SEEN = text(
     "UPDATE record SET seen_run = :run_id WHERE task_id = :task_id"
@@ -67,13 +71,15 @@ _MARK_SEEN = text(
 )
 _REMEMBER = text(
     "INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
-    " records_seen, rejected, updated_at) SELECT :task_id, j.value ->> 0, j.value ->> 1,"
-    " j.value ->> 2, CASE WHEN j.value ->> 3 IS NULL THEN NULL ELSE j.value -> 3 END,"
-    " j.value ->> 4, j.value ->> 5, j.value ->> 6, :now FROM json_each(:validators) AS j"
+    " records_seen, rejected, records_digest, updated_at) SELECT :task_id, j.value ->> 0,"
+    " j.value ->> 1, j.value ->> 2, CASE WHEN j.value ->> 3 IS NULL THEN NULL ELSE j.value -> 3"
+    " END, j.value ->> 4, j.value ->> 5, j.value ->> 6, j.value ->> 7, :now"
+    " FROM json_each(:validators) AS j"
     " WHERE true ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
     " last_modified = excluded.last_modified, next_page = excluded.next_page,"
     " digest = excluded.digest, records_seen = excluded.records_seen,"
-    " rejected = excluded.rejected, updated_at = excluded.updated_at"
+    " rejected = excluded.rejected, records_digest = excluded.records_digest,"
+    " updated_at = excluded.updated_at"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _CLAIM_RUN = claimed_run_update()
 _READ_TASK = select(*(TASK.c[name] for name in CLAIMED_TASK)).where(
@@ -109,29 +115,25 @@ class SqliteLedger(RunLedger):
             if counts is None:
                 await session.rollback()
                 return Written(0, None)
-            inserted, rows = counts
-            changed = len(rows)
+            inserted, changed = counts
             if write.validators:
                 await session.execute(_REMEMBER, _validator_params(run.task_id, write))
             cancel = await self._progress(session, run, write, inserted, changed)
             if cancel is None:
                 await session.rollback()
                 return Written(0, None)
-            if run.health_mapping is not None:
-                await write_samples(session, run, write.rows if run.remaps else rows, write.now)
+            if run.health_mapping is not None:  # its pages are compared first: the rows
+                await write_samples(session, run, write.rows, write.now)  # sent changed
             if write.ending is not None and not cancel:
                 await succeed_run(session, run, self.owner, write.ending)
         return Written(changed, cancel)
 
     async def _store_rows(
         self, session: AsyncSession, task_id: str, write: PageWrite
-    ) -> tuple[int, list[Row]] | None:
-        """Upsert the rows that differ from what is stored; (how many are new, the rows
-        written), or None when the task is gone. Compared here even when the caller
-        compared already: in the transaction it costs no round trip, and it says which
-        rows are new."""
-        changed = await _changed_keys(session, task_id, write.rows) if write.rows else {}
-        rows = [row for row in write.rows if row.key in changed]
+    ) -> tuple[int, int] | None:
+        """Upsert the rows, writing those that differ from what is stored; (inserted,
+        changed), or None when the task is gone."""
+        rows = write.rows
         base = await session.execute(
             update(TASK)
             .where(TASK.c.id == task_id)
@@ -141,11 +143,12 @@ class SqliteLedger(RunLedger):
         first = base.scalar_one_or_none()
         if first is None:
             return None
-        if rows:
-            payload = orjson.dumps([(row.key, row.data, row.hash) for row in rows]).decode()
-            params = {"task_id": task_id, "base": first + 1, "now": write.now, "rows": payload}
-            await session.execute(_UPSERT, params)
-        return sum(changed.values()), rows
+        if not rows:
+            return 0, 0
+        payload = orjson.dumps([(row.key, row.data, row.hash) for row in rows]).decode()
+        params = {"task_id": task_id, "base": first + 1, "now": write.now, "rows": payload}
+        new = (await session.execute(_UPSERT, params)).scalars().all()
+        return sum(new), len(new)
 
     async def _progress(
         self, session: AsyncSession, run: LeasedRun, write: PageWrite, inserted: int, changed: int
@@ -174,7 +177,16 @@ class SqliteLedger(RunLedger):
 
 def _validator_params(task_id: str, write: PageWrite) -> dict[str, Any]:
     validators = [
-        (key, v.etag, v.last_modified, v.next_page, v.digest, v.records_seen, v.rejected)
+        (
+            key,
+            v.etag,
+            v.last_modified,
+            v.next_page,
+            v.digest,
+            v.records_seen,
+            v.rejected,
+            v.records_digest,
+        )
         for key, v in write.validators
     ]
     return {"task_id": task_id, "now": write.now, "validators": orjson.dumps(validators).decode()}

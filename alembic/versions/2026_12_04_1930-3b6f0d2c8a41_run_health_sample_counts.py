@@ -1,8 +1,8 @@
 """run health sample counts: samples a wearable task's records wrote or could not make
 
 Revision ID: 3b6f0d2c8a41
-Revises: 7a8707b5e1e5
-Create Date: 2026-12-04 19:00:00.000000
+Revises: 3f1c9a7d2e48
+Create Date: 2026-12-04 19:30:00.000000
 """
 
 from collections.abc import Sequence
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "3b6f0d2c8a41"
-down_revision: str | None = "7a8707b5e1e5"
+down_revision: str | None = "3f1c9a7d2e48"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -53,6 +53,13 @@ class Run(SQLModel, table=True):
     rejected: int = Field(default=0, sa_type=BigInt)
     deleted: int = Field(default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"})
     bytes: int = Field(default=0, sa_type=BigInt)
+    samples_written: int = Field(
+        default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"}
+    )
+    """Health samples its records wrote (a task with a `health_mapping`)."""
+    samples_rejected: int = Field(
+        default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"}
+    )
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     attempts: list[dict[str, Any]] = Field(
         default_factory=list, sa_column=Column(JSON, nullable=False)

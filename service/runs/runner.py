@@ -119,6 +119,8 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
 async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
     """Fetch the run's pages from its checkpoint and commit each; the last page's
     commit ends the run."""
+    if run.mapping_error is not None:
+        raise SyncError(run.mapping_error, code="bad_config")
     if run.done:
         return await deps.ledger.succeed(run)
     source = _source(deps.secrets, run)

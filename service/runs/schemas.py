@@ -62,6 +62,16 @@ class RunStats(BaseModel):
         default=0, description="Stored records this run found gone (`detect_deletions`)."
     )
     bytes: int = 0
+    samples_written: int = Field(
+        default=0,
+        description="Health samples inserted, updated or deleted from the records"
+        " (a task with a `health_mapping`).",
+    )
+    samples_rejected: int = Field(
+        default=0,
+        description="Health samples the mapping could not make from a record (the record"
+        " itself is stored; the worker's log says why).",
+    )
 
 
 RUN_EXAMPLE: dict[str, Any] = {
@@ -86,6 +96,8 @@ RUN_EXAMPLE: dict[str, Any] = {
         "rejected": 2,
         "deleted": 0,
         "bytes": 81234,
+        "samples_written": 0,
+        "samples_rejected": 0,
     },
     "error": None,
     "attempts": [],

@@ -15,12 +15,14 @@ from service.sync.extract import Row, records_of
 from service.sync.incremental import Watermark, later, start_params
 from service.sync.pages import Page, fetch_one, iter_pages
 from service.sync.paginators import PageRequest, first_request
+from service.sync.paths import MISSING, get_path
 from service.sync.request_retry import REQUEST_RETRY, RequestRetry
 from service.sync.spec import SECRET_FIELDS, Limits, Retry, Source, secret_values
 from service.sync.ssrf import GuardedBackend, Resolver, TargetPolicy, check_target, system_resolver
 
 __all__ = [
     "DEFAULT_MAX_HOLD",
+    "MISSING",
     "REQUEST_RETRY",
     "SECRET_FIELDS",
     "GuardedBackend",
@@ -44,6 +46,7 @@ __all__ = [
     "check_target",
     "fetch_one",
     "first_request",
+    "get_path",
     "held_back",
     "iter_pages",
     "later",

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from service.health.mapping import HealthMapping
 from service.sync import Limits, Retry, Source
 
 RunStatus = Literal["queued", "running", "retrying", "succeeded", "failed", "cancelled"]
@@ -139,7 +140,11 @@ class TaskIn(BaseModel):
     schedule: Schedule | None = None
     retry: Retry = Field(default_factory=Retry)
     limits: Limits = Field(default_factory=Limits)
-    health_mapping: dict[str, Any] | None = None
+    health_mapping: HealthMapping | None = Field(
+        default=None,
+        description="Turn each synced record into health samples (SPEC §6; needs `user_id`)."
+        ' See the README\'s "Wearable APIs" section.',
+    )
     tags: Annotated[list[Tag], Field(max_length=20)] = Field(default_factory=list)
     paused: bool = False
     debounce_seconds: int = Field(default=0, ge=0, le=3600, description=DEBOUNCE)
@@ -182,6 +187,9 @@ StoredRetry = Annotated[
 StoredLimits = Annotated[
     dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/Limits"}]})
 ]
+StoredHealthMapping = Annotated[
+    dict[str, Any], WithJsonSchema({"allOf": [{"$ref": "#/components/schemas/HealthMapping"}]})
+]
 
 
 class TaskOut(BaseModel):
@@ -221,7 +229,7 @@ class TaskOut(BaseModel):
     schedule: StoredSchedule | None
     retry: StoredRetry
     limits: StoredLimits
-    health_mapping: dict[str, Any] | None
+    health_mapping: StoredHealthMapping | None
     tags: list[str]
     state: Literal["active", "paused"]
     paused: bool

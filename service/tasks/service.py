@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.config import Settings
 from service.crypto import SecretBox, SecretBoxError, mask
 from service.errors import Conflict, CredentialsUnreadable, FieldError, InvalidInput, NotFound
+from service.health.mapping import problems
 from service.http_client import target_policy
 from service.ids import new_id
 from service.models import Run, Task
@@ -210,6 +211,7 @@ def _check_policy(body: TaskIn, settings: Settings) -> None:
     a patched task.
     """
     _check_storable(body)
+    _check_mapping(body)
     schedule = body.schedule
     if (
         schedule
@@ -219,6 +221,18 @@ def _check_policy(body: TaskIn, settings: Settings) -> None:
         raise InvalidInput.at(
             ["body", "schedule", "every_seconds"],
             f"must be at least {settings.min_interval_seconds} seconds",
+        )
+
+
+def _check_mapping(body: TaskIn) -> None:
+    """What a mapping's schema cannot say (a type's units, required paths), at the field."""
+    if body.health_mapping is None:
+        return
+    for where, message in problems(body.health_mapping):
+        raise InvalidInput.at(["body", "health_mapping", *where], message)
+    if body.user_id is None:
+        raise InvalidInput.at(
+            ["body", "user_id"], "a task with a health_mapping needs a user_id (the samples' user)"
         )
 
 
@@ -235,7 +249,11 @@ async def _apply(session: AsyncSession, task: Task, body: TaskIn, secrets: Secre
     )
     task.retry = body.retry.model_dump(mode="json")
     task.limits = body.limits.model_dump(mode="json")
-    task.health_mapping = body.health_mapping
+    task.health_mapping = (
+        body.health_mapping.model_dump(mode="json", exclude_none=True)
+        if body.health_mapping
+        else None
+    )
     task.tags = list(dict.fromkeys(body.tags))
     task.debounce_seconds = body.debounce_seconds
     _set_paused(task, body.paused, schedule_before, now)

@@ -32,6 +32,8 @@ async def test_resync_counts_inserted_updated_unchanged_and_only_changes_reach_t
         "rejected": 0,
         "deleted": 0,
         "bytes": 0,
+        "samples_written": 0,
+        "samples_rejected": 0,
     }
     before = await feed(client, auth, task["id"])
     mark = max(item["seq"] for item in before)

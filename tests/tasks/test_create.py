@@ -460,8 +460,16 @@ async def test_other_invalid_fields_are_refused_at_the_field(
 
 def raw_task(**change: str) -> bytes:
     """A task as JSON text, with `"PLACEHOLDER"` strings swapped for raw JSON (NaN, \\ud800…)."""
+    mapping: dict[str, Any] = {
+        "type": "steps",
+        "value_path": "s",
+        "unit": "count",
+        "start_path": "t",
+    }
+    mapping |= {"id_path": "id", "metadata": {"h": "H"}}  # kept as given: any JSON
     text = json.dumps(
-        http_task(URL, params={"p": "P"}, records_path="data") | {"health_mapping": {"h": "H"}}
+        http_task(URL, params={"p": "P"}, records_path="data")
+        | {"user_id": "u_42", "health_mapping": mapping}
     )
     for placeholder, raw in change.items():
         text = text.replace(f'"{placeholder}"', raw)
@@ -475,13 +483,13 @@ async def test_values_the_database_cannot_hold_are_refused(
     for content, where in [
         (raw_task(P="NaN"), ["body", "source", "params", "p"]),
         (raw_task(P="-Infinity"), ["body", "source", "params", "p"]),
-        (raw_task(H="1e999"), ["body", "health_mapping", "h"]),
+        (raw_task(H="1e999"), ["body", "health_mapping", "metadata", "h"]),
         (raw_task(P=str(2**63)), ["body", "source", "params", "p"]),
-        (raw_task(H=str(-(2**63) - 1)), ["body", "health_mapping", "h"]),
-        (raw_task(H="[" * 40 + "]" * 40), ["body", "health_mapping", "h", *[0] * 31]),
+        (raw_task(H=str(-(2**63) - 1)), ["body", "health_mapping", "metadata", "h"]),
+        (raw_task(H="[" * 40 + "]" * 40), ["body", "health_mapping", "metadata", "h", *[0] * 30]),
         (raw_task(P='"a\\u0000b"'), ["body", "source", "params", "p"]),
-        (raw_task(H='"\\udc00"'), ["body", "health_mapping", "h"]),
-        (raw_task(H='{"\\u0000": 1}'), ["body", "health_mapping", "h"]),
+        (raw_task(H='"\\udc00"'), ["body", "health_mapping", "metadata", "h"]),
+        (raw_task(H='{"\\u0000": 1}'), ["body", "health_mapping", "metadata", "h"]),
     ]:
         response = await client.post(
             "/v1/tasks", content=content, headers={**auth, "Content-Type": "application/json"}
@@ -500,7 +508,7 @@ async def test_the_largest_64_bit_values_are_fine(
     assert response.status_code == 201, response.text
     task = (await client.get(response.headers["location"], headers=auth)).json()
     assert task["source"]["params"]["p"] == 2**63 - 1
-    assert task["health_mapping"]["h"] == -(2**63)
+    assert task["health_mapping"]["metadata"]["h"] == -(2**63)
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,7 @@ from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import SessionMaker, autocommit, transaction
+from service.health.mapping import usable
 from service.models.types import utcnow
 from service.runs.ledger.outcomes import fail_run, succeed_run
 from service.runs.ledger.progress import last_copies, page_progress
@@ -123,8 +124,14 @@ class RunLedger(abc.ABC):
             prior_failures=values["consecutive_failures"],
             watermark=checkpoint.get("watermark"),
         )
-        run.compares_first = run.record_seq > 0 and not run.sweeps
-        run.fresh = run.record_seq == 0 and not run.sweeps
+        if values["health_mapping"] is not None:
+            try:
+                run.health_mapping = usable(values["health_mapping"], run.user_id)
+            except ValueError as exc:
+                run.mapping_error = str(exc)
+        run.compares_first = run.record_seq > 0 and not run.sweeps and not run.remaps
+        # A mapped task's pages are upserted, not COPYed: their samples commit with them.
+        run.fresh = run.record_seq == 0 and not run.sweeps and run.health_mapping is None
         return run
 
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:
@@ -153,7 +160,12 @@ class RunLedger(abc.ABC):
         progress = run.quiet.merged(page_progress(page, **earlier))
         write = self._page_write(run, rows, len(final), progress, checkpoint, own, last)
         outcome, written = await self._commit(run, write, last)
-        run.compares_first = not run.sweeps and (written is None or written.changed == 0)
+        # A mapped task always compares first: only changed records are mapped again.
+        run.compares_first = (
+            not run.sweeps
+            and not run.remaps
+            and (written is None or written.changed == 0 or run.health_mapping is not None)
+        )
         return outcome
 
     async def settle(self, run: LeasedRun, requests: int = 0) -> Outcome:

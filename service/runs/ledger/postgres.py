@@ -20,6 +20,12 @@ unchanged leaves a gap. A run that detects deletions marks every row it sends as
 by it (`seen_run`); its sweep commits with its end (`RunLedger.succeed`). Pages of a
 resync are compared first, read-only (`_changed`), and only their changed rows are sent.
 
+A task with a `health_mapping` commits each page in a transaction instead: the samples
+of the rows it sends, then the statement (`_write_mapped`, `samples`). Its pages are
+compared first, so the rows sent are the changed ones (a sweep or a full refresh sends
+every row; mapping an unchanged one writes nothing), and never COPYed. Tasks without a
+mapping keep the one-statement path.
+
 The last page of a run (`PageWrite.ending`) also ends it and records the task's
 outcome and watermark, unless a cancel was asked for meanwhile: then the page still
 commits, and the ledger ends the run as cancelled.
@@ -45,6 +51,7 @@ from service.notifications.outbox import Computed, NewEvent
 from service.runs.ledger.base import RunLedger
 from service.runs.ledger.outcomes import CHANGED_COUNTS, ENDED_STATS, success_events
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
+from service.runs.ledger.samples import count_samples, store_samples
 from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
 from service.sync import Row
 
@@ -383,9 +390,29 @@ class PostgresLedger(RunLedger):
             watermark=ending is not None and ending.watermark is not None,
             marks=run.sweeps,
         )
+        if run.health_mapping is not None:
+            return await self._write_mapped(run, write, statement, params)
         async with autocommit(self.sessionmaker) as session:
             changed, cancel = (await session.execute(statement, params)).one()
         return Written(int(changed), None if cancel is None else bool(cancel))
+
+    async def _write_mapped(
+        self, run: LeasedRun, write: PageWrite, statement: Executable, params: dict[str, Any]
+    ) -> Written:
+        """A mapped task's page: its samples, then the page's statement, in one
+        transaction (`samples`). The samples go first so that the user's `health_user`
+        row is locked before the task, run and tenant rows the statement takes (the order
+        a phone's batch takes `health_user` and the tenant's row in); the run's sample
+        counts are added last, under the run row the statement holds. A lost lease
+        rolls all of it back."""
+        async with transaction(self.sessionmaker) as session:
+            mapped = await store_samples(session, run, write.rows, write.now)
+            changed, cancel = (await session.execute(statement, params)).one()
+            if cancel is None:
+                await session.rollback()
+                return Written(0, None)
+            await count_samples(session, run, mapped)
+        return Written(int(changed), bool(cancel))
 
     async def _copy(
         self, run: LeasedRun, write: PageWrite, params: dict[str, Any]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from service.health.mapping import HealthMapping
 from service.models.types import utcnow
 from service.notifications.catalog import RunSubject
 from service.runs.ledger.progress import QuietPages
@@ -52,6 +53,11 @@ class LeasedRun:
     prior_failures: int
     """The task's `consecutive_failures` at the claim: only the end of its one active run
     changes it, so it is still the streak this run's success would end."""
+    health_mapping: HealthMapping | None = None
+    """The task's mapping of records to health samples: each page's changed records'
+    samples commit with them (`ledger.samples`)."""
+    mapping_error: str | None = None
+    """Why the stored mapping cannot be applied: the run fails with it, fetching nothing."""
     started_at: datetime = field(default_factory=utcnow)
     """When this attempt began."""
     watermark: Watermark | None = None
@@ -85,6 +91,13 @@ class LeasedRun:
         (`runs.service`), so a task changed between attempts cannot make a run sweep
         records an earlier attempt saw without marking them."""
         return bool(self.options.get("sweep"))
+
+    @property
+    def remaps(self) -> bool:
+        """A full refresh of a mapped task maps every record again, changed or not (the
+        way to apply a changed mapping to stored records); samples that come out as
+        stored write nothing."""
+        return self.health_mapping is not None and bool(self.options.get("full_refresh"))
 
     @property
     def rereads(self) -> bool:

@@ -15,7 +15,9 @@ What a commit does, in order, in one session, all of its writes in one transacti
 2. the page validators;
 3. the run's counters, checkpoint and lease, fenced by the lease: if this worker lost
    the run, nothing of the page is committed;
-4. on the last page (unless a cancel was asked for), the run's success and the task's
+4. a mapped task's health samples of the rows sent (its pages are compared first: the
+   rows sent are its new and changed records; `samples`);
+5. on the last page (unless a cancel was asked for), the run's success and the task's
    outcome and watermark.
 
 A run that detects deletions also marks every row of the page as seen by it (`seen_run`);
@@ -38,6 +40,7 @@ from service.models.types import UTCDateTime
 from service.runs.ledger.base import RunLedger
 from service.runs.ledger.outcomes import succeed_run
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
+from service.runs.ledger.samples import write_samples
 from service.runs.ledger.statements import (
     CLAIMED_TASK,
     RUN,
@@ -119,6 +122,8 @@ class SqliteLedger(RunLedger):
             if cancel is None:
                 await session.rollback()
                 return Written(0, None)
+            if run.health_mapping is not None:  # its pages are compared first: the rows
+                await write_samples(session, run, write.rows, write.now)  # sent changed
             if write.ending is not None and not cancel:
                 await succeed_run(session, run, self.owner, write.ending)
         return Written(changed, cancel)

@@ -40,6 +40,7 @@ CLAIMED_TASK = (
     "retry",
     "watermark",
     "record_seq",
+    "health_mapping",
 )
 
 

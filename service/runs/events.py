@@ -19,7 +19,7 @@ import contextlib
 import logging
 import time
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -166,7 +166,7 @@ def _event(name: str, run: RunOut) -> str:
 
 async def run_events(
     hub: ProgressHub, slot: StreamSlot, first: RunOut, *, max_wait_seconds: float
-) -> AsyncIterator[str]:
+) -> AsyncGenerator[str, None]:
     try:
         async with hub.follow(first) as followed:
             async for chunk in _stream(followed, max_wait_seconds):

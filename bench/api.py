@@ -192,7 +192,8 @@ def wrk(
     quoted = ", ".join(f'"{key}"' for key in keys)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
         script.write(WRK_SCRIPT % (quoted, method, path))
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", script.name]
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s", "--latency"]
+    argv += ["-s", script.name]
     out = subprocess.run([*argv, url], capture_output=True, text=True, check=True).stdout
     os.unlink(script.name)
     parsed = _parse_wrk(out)

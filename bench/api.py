@@ -23,8 +23,10 @@ items 8 and 9), and the GET's latency while SSE streams are open.
    counted and reported). Ratio = API rate / bare rate of the same round;
 5. **streams**: for each count in `--streams`, a separate process (`--hold-streams`)
    opens that many `GET /v1/runs/{id}/events` streams, spread over the stream tasks'
-   runs and over the keys (round robin), and keeps reading them; then the API's GET is
-   loaded as in 4, and its p50/p99 printed. The streams are closed before the next
+   runs and over the keys (round robin), and keeps reading them; the API process's CPU
+   use over 5 s with no request is noted (what the open streams cost by themselves),
+   then the API's GET is loaded as in 4, and its p50/p99 printed (`--rounds 0`: this
+   phase only). The streams are closed before the next
    count;
 6. writes `bench/api-results.json`.
 
@@ -370,15 +372,17 @@ def with_streams(
                 assert holder.stdout is not None
                 opened = json.loads(holder.stdout.readline())
                 time.sleep(2)  # past the first poll of every stream
+            idle = idle_cpu(server, 5.0)
             path = f"/v1/runs/{get_run}"
             load = wrk(api, path, "GET", keys, args.seconds, args.connections, server)
         finally:
             if holder is not None:
                 holder.kill()
                 holder.wait()
-        row = {"streams": count, **opened, **load}
+        row = {"streams": count, **opened, "idle_cpu_percent": idle, **load}
         print(
-            f"{count} streams ({opened['open']} open, refused {opened['refused']}): "
+            f"{count} streams ({opened['open']} open, refused {opened['refused']}; API CPU with"
+            f" no requests {idle}%): "
             f"GET {load['rps']}/s p50 {load['p50_ms']} ms p99 {load['p99_ms']} ms"
             f"{', non-2xx ' + str(load['non_2xx']) if load['non_2xx'] else ''}",
             flush=True,
@@ -406,6 +410,16 @@ def profile(
         wrk(api, path, method, keys, args.seconds, args.connections)
         stop_py_spy(spy)
         print_py_spy(tmpdir / f"api-{name}.txt", f"API under {method} {path}")
+
+
+def idle_cpu(server: psutil.Process, seconds: float) -> float:
+    """The server's CPU use (% of one core) over `seconds` with no request: what the
+    open streams cost by themselves."""
+    before = server.cpu_times()
+    time.sleep(seconds)
+    after = server.cpu_times()
+    used: float = after.user - before.user + after.system - before.system
+    return round(100 * used / seconds, 1)
 
 
 def summary(rounds: list[dict[str, Any]]) -> dict[str, Any]:
@@ -472,7 +486,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         stop_process(api)
         stop_process(bare)
-    report = {
+    report: dict[str, Any] = {
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "code": code_version(),
         "machine": machine(),
@@ -484,7 +498,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "burst": settings.api_rate_burst,
         },
         "rounds": rounds,
-        "summary": summary(rounds),
+        "summary": summary(rounds) if rounds else None,
         "streams": streams,
         "targets": TARGETS,
     }
@@ -536,7 +550,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     report = asyncio.run(bench(args))
-    print_summary(report)
+    if report["summary"]:
+        print_summary(report)
     RESULTS.write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 

@@ -130,7 +130,9 @@ async def hold_streams(base: str, paths: list[str], keys: list[str]) -> None:
     read them until terminated. Raw sockets: a thousand httpx streams would cost this
     process more CPU than the server it measures."""
     host, port = base.removeprefix("http://").split(":")
-    opened: list[asyncio.StreamReader] = []
+    # The writers are kept too: a StreamWriter that is garbage-collected closes its
+    # connection, which ends the stream on the server.
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     refused: dict[str, int] = {}
 
     async def open_one(index: int, path: str) -> None:
@@ -142,7 +144,7 @@ async def hold_streams(base: str, paths: list[str], keys: list[str]) -> None:
         status_line = (await reader.readline()).decode()
         code = status_line.split(" ")[1] if " " in status_line else "?"
         if code == "200":
-            opened.append(reader)
+            opened.append((reader, writer))
         else:
             refused[code] = refused.get(code, 0) + 1
             writer.close()
@@ -160,7 +162,7 @@ async def hold_streams(base: str, paths: list[str], keys: list[str]) -> None:
         while await reader.read(65536):
             pass
 
-    await asyncio.gather(*(drain(r) for r in opened), return_exceptions=True)
+    await asyncio.gather(*(drain(reader) for reader, _ in opened), return_exceptions=True)
     await asyncio.Event().wait()
 
 

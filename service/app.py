@@ -17,11 +17,13 @@ from fastapi_offline import FastAPIOffline
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import __version__
+from service.auth.cache import KeyCache
 from service.auth.service import authenticate
 from service.broker.queue import Queue
+from service.broker.rate_limit import RateLimiter
 from service.config import Settings, get_settings
 from service.crypto import SecretBox
-from service.db import create_engine, create_sessionmaker
+from service.db import create_engine, create_sessionmaker, reading
 from service.dependencies import current_principal
 from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.health.router import router as health_router
@@ -33,6 +35,7 @@ from service.openapi import finish as finish_openapi
 from service.ops.router import router as ops_router
 from service.push.router import router as push_router
 from service.records.router import router as records_router
+from service.runs.events import ProgressHub
 from service.runs.router import router as runs_router
 from service.state import AppState
 from service.tasks.router import router as tasks_router
@@ -142,24 +145,50 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _problem(Problem(title="Internal Server Error", status=500, detail="internal error"))
 
 
+def _api_limiter(settings: Settings, queue: Queue) -> RateLimiter | None:
+    if not settings.api_rate_per_second:
+        return None
+    return RateLimiter(
+        queue.redis,
+        settings.redis_key_prefix,
+        name="api-rate",
+        rate=settings.api_rate_per_second,
+        burst=settings.api_rate_burst,
+        health=queue.health,  # Redis away: no wait, the call goes through
+    )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[AppState]:
-        engine = create_engine(settings.database_url)
+        engine = create_engine(
+            settings.database_url, pool_size=settings.api_database_connections, max_overflow=0
+        )
         queue = await Queue.connect(settings)
         http = create_upstream_client(settings)
+        reads = reading(engine)
+        progress = ProgressHub(
+            reads,
+            poll_seconds=settings.events_poll_seconds,
+            max_streams_per_key=settings.events_max_streams_per_key,
+        )
         try:
             yield AppState(
                 settings=settings,
                 engine=engine,
                 sessionmaker=create_sessionmaker(engine),
+                reads=reads,
+                progress=progress,
+                keys=KeyCache(settings.api_key_cache_seconds),
+                api_limiter=_api_limiter(settings, queue),
                 queue=queue,
                 secrets=SecretBox(settings.secret_keys),
                 http=http,
             )
         finally:
+            await progress.close()
             await http.aclose()
             await queue.close()
             await engine.dispose()

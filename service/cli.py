@@ -223,15 +223,22 @@ async def _create_key(settings: Settings, tenant: str, raw_key: str | None) -> s
 
 
 async def _revoke_key(settings: Settings, key_or_prefix: str) -> bool:
-    from service.auth.service import revoke_key
+    """Revoke in the database, then tell the API processes (their key caches) through
+    Redis; without Redis they notice within BACKSYNC_API_KEY_CACHE_SECONDS."""
+    from service.auth.service import key_prefix, revoke_key
+    from service.broker.revocations import announce_revoked
     from service.db import create_engine, create_sessionmaker, transaction
 
     engine = create_engine(settings.database_url)
     try:
         async with transaction(create_sessionmaker(engine)) as session:
-            return await revoke_key(session, key_or_prefix)
+            revoked = await revoke_key(session, key_or_prefix)
     finally:
         await engine.dispose()
+    if revoked and settings.redis_url:
+        prefix = key_prefix(key_or_prefix)
+        await announce_revoked(settings.redis_url, settings.redis_key_prefix, prefix)
+    return revoked
 
 
 @secrets_app.command("generate")

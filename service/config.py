@@ -82,6 +82,24 @@ class Settings(BaseSettings):
     Redis: every API process shares one budget per key (`service.broker.rate_limit`)."""
     api_rate_burst: int = Field(default=200, ge=1)
     """Requests one API key may make at once before `api_rate_per_second` paces it."""
+    api_database_connections: int = Field(default=20, ge=1, le=500)
+    """Database connections one API process keeps (PostgreSQL). A fixed pool: under
+    more concurrent requests than this, a request waits for a connection rather than
+    opening and closing one of its own (which cost more than the reads it served,
+    bench/api.py)."""
+    events_max_streams_per_key: int = Field(default=100, ge=1)
+    """Event streams (`GET /v1/runs/{id}/events`) one API key may hold open on one API
+    process; past it, 429."""
+    events_max_wait_seconds: float = Field(default=600, gt=0)
+    """An event stream whose run waits (queued or retrying, nothing changing) this long
+    ends with a `timeout` event: an idle stream does not hold the server forever."""
+    events_poll_seconds: float = Field(default=0.25, gt=0, le=10)
+    """How often an API process reads the runs its event streams follow (one statement
+    for all of them)."""
+    api_key_cache_seconds: float = Field(default=5.0, ge=0, le=60)
+    """How long an API process trusts a key it verified against the database (0: never;
+    `service.auth.cache`). `backsync keys revoke` takes effect at once through Redis;
+    only while Redis is unreachable may a revoked key still work, for at most this long."""
     push_rate_per_minute: int = Field(default=60, ge=1)
     """Calls one push URL (`/v1/push/{token}`) may make per minute, in bursts of as many;
     past it a call is answered 429 with `Retry-After`. Counted in Redis, so every API

@@ -6,7 +6,8 @@ processes) can both write; foreign keys are switched on so deletes cascade.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Collection, Sequence
+import time
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -14,6 +15,7 @@ import orjson
 from sqlalchemy import BindParameter, ColumnElement, bindparam, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
+from sqlalchemy.exc import InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -68,12 +70,46 @@ def _begin_immediate(connection: Connection) -> None:
 
 _WRITE_LOCK = "backsync_write_lock"
 
+PING_IDLE_SECONDS = 1.0
+"""A pooled connection unused for longer than this is pinged before it is handed out."""
+
+
+def _note_checkin(_dbapi: DBAPIConnection | None, record: ConnectionPoolEntry) -> None:
+    record.info["checked_in_at"] = time.monotonic()
+
+
+def _ping_if_idle(engine: AsyncEngine) -> Callable[..., None]:
+    """SQLAlchemy's `pool_pre_ping`, but only for a connection that sat idle.
+
+    Why: the asyncpg dialect pings as BEGIN, `;`, ROLLBACK, three round trips on
+    every checkout: on a `GET /v1/runs/{id}` that was more than the read itself
+    (bench/api.py). A connection that went stale (a database restart, a dropped idle
+    connection) did so while unused, so one handed out again within a second of its
+    last use is trusted; a failed ping makes the pool open a fresh one
+    (and drops the others opened before), as pre-ping does.
+    """
+    dialect = engine.dialect
+
+    def checkout(dbapi: DBAPIConnection, record: ConnectionPoolEntry, _proxy: object) -> None:
+        since = record.info.get("checked_in_at")
+        if since is None or time.monotonic() - since <= PING_IDLE_SECONDS:
+            return
+        try:
+            alive = dialect.do_ping(dbapi)
+        except Exception as exc:
+            raise InvalidatePoolError("a pooled connection failed its ping") from exc
+        if not alive:
+            raise InvalidatePoolError("a pooled connection failed its ping")
+
+    return checkout
+
 
 def create_engine(
     database_url: str, *, pool_size: int = 10, max_overflow: int = 10, pre_ping: bool = True
 ) -> AsyncEngine:
     """`pre_ping=False` saves a round trip per checkout where a failed statement is
-    retried anyway (the worker: a page on a dead connection fails, the attempt retries)."""
+    retried anyway (the worker: a page on a dead connection fails, the attempt retries);
+    with it, only connections idle for a while are pinged (`_ping_if_idle`)."""
     if database_url.startswith("sqlite"):
         engine = create_async_engine(
             database_url, json_serializer=_json_dumps, json_deserializer=_json_loads
@@ -82,18 +118,29 @@ def create_engine(
         event.listen(engine.sync_engine, "savepoint", _sqlite_savepoint_in_transaction)
         event.listen(engine.sync_engine, "begin", _sqlite_begin)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
-        pool_pre_ping=pre_ping,
         json_serializer=_json_dumps,
         json_deserializer=_json_loads,
     )
+    if pre_ping:
+        event.listen(engine.sync_engine.pool, "checkin", _note_checkin)
+        event.listen(engine.sync_engine.pool, "checkout", _ping_if_idle(engine))
+    return engine
 
 
 def create_sessionmaker(engine: AsyncEngine) -> SessionMaker:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def reading(engine: AsyncEngine) -> AsyncEngine:
+    """`engine` for requests that only read, on the same pool: every statement commits
+    on its own, so a read of one statement is one round trip, not BEGIN, the read and
+    COMMIT (bench/api.py). Never for writes, nor for reads that must agree with each
+    other (two statements may see two different commits)."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
 @asynccontextmanager

@@ -8,12 +8,14 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncSession
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-from service.auth.service import Principal, authenticate
+from service.auth.service import Principal, bearer_key, verify
 from service.broker.outage import RedisUnavailable
 from service.broker.queue import Queue
-from service.broker.rate_limit import RateLimiter
+from service.broker.rate_limit import Verdict
+from service.broker.revocations import is_marked, revoked_marker
 from service.config import Settings
 from service.crypto import SecretBox
 from service.errors import RateLimited
@@ -91,6 +93,17 @@ async def unit_of_work(state: State) -> AsyncIterator[UnitOfWork]:
 Work = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
 
 
+async def reads_of(state: State) -> AsyncEngine:
+    return state["reads"]
+
+
+Reads = Annotated[AsyncEngine, Depends(reads_of)]
+"""For handlers that only read: connections with no transaction, so one statement is
+one round trip (`service.db.reading`); never for a handler that writes. The engine, not
+a connection: a dependency with `yield` costs more per request than the read itself
+(FastAPI enters an exit stack and a cancel scope for it)."""
+
+
 API_KEY = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
@@ -98,17 +111,27 @@ API_KEY = HTTPBearer(
     description="An API key (`backsync keys create`): `Authorization: Bearer bks_…`.",
 )
 """Declares the key in the OpenAPI document (the docs page's Authorize button); the key
-itself is read and checked by `authenticate`, which answers every failure with 401."""
+itself is read and checked by `current_principal`, which answers every failure with 401."""
 
 
 async def current_principal(
     request: Request,
-    work: Work,
     state: State,
     _key: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)] = None,
 ) -> Principal:
-    principal = await authenticate(work.session, request.headers.get("authorization"))
-    await _within_rate(state, principal)
+    """The caller, from its key: remembered for a few seconds once verified (the
+    database lookup was the largest share of a read, `service.auth.cache`), and asked
+    about, in the rate limit's Redis call, whether it was revoked meanwhile."""
+    raw_key = bearer_key(request.headers.get("authorization"))
+    principal = state["keys"].get(raw_key)
+    remembered = principal is not None
+    if principal is None:
+        principal = await _verified(state, raw_key)
+    verdict = await _rate_verdict(state, principal, ask_revoked=remembered)
+    if verdict is not None and verdict.flagged:
+        state["keys"].forget(principal.key_prefix)
+        principal = await _verified(state, raw_key)
+    _within_rate(state["settings"], verdict)
     request.state.tenant = principal.tenant_id
     bind_log_context(tenant=principal.tenant_id)
     return principal
@@ -117,22 +140,38 @@ async def current_principal(
 Caller = Annotated[Principal, Depends(current_principal)]
 
 
-async def _within_rate(state: AppState, principal: Principal) -> None:
+async def _verified(state: AppState, raw_key: str) -> Principal:
+    async with AsyncSession(state["reads"]) as session:
+        principal = await verify(session, raw_key)
+    state["keys"].remember(raw_key, principal)
+    return principal
+
+
+async def _rate_verdict(
+    state: AppState, principal: Principal, *, ask_revoked: bool
+) -> Verdict | None:
+    """The key's rate limit verdict (None: no limit, or Redis is away) and, when
+    `ask_revoked`, whether it was revoked since it was remembered: the same Lua call
+    reads the revocation marker, one round trip for both."""
+    prefix, limiter = state["settings"].redis_key_prefix, state["api_limiter"]
+    marker = revoked_marker(prefix, principal.key_prefix) if ask_revoked else None
+    if limiter is not None:
+        return await limiter.check(principal.key_prefix, flag=marker)
+    if marker is None:
+        return None
+    queue = state["queue"]
+    try:  # bounded, and not asked while Redis is known to be away (`broker.outage`)
+        key = principal.key_prefix
+        marked = await queue.health.call(lambda: is_marked(queue.redis, prefix, key))
+    except (RedisError, OSError, TimeoutError):
+        return None
+    return Verdict(retry_after=None, remaining=0, reset=0, flagged=True) if marked else None
+
+
+def _within_rate(settings: Settings, verdict: Verdict | None) -> None:
     """The key's request rate (`BACKSYNC_API_RATE_PER_SECOND`, bursts of
     `BACKSYNC_API_RATE_BURST`), shared by every API process through Redis; past it, 429
     with `Retry-After` and the IETF draft's `RateLimit-Policy` / `RateLimit` headers."""
-    settings = state["settings"]
-    if not settings.api_rate_per_second:
-        return
-    limiter = RateLimiter(
-        state["queue"].redis,
-        settings.redis_key_prefix,
-        name="api-rate",
-        rate=settings.api_rate_per_second,
-        burst=settings.api_rate_burst,
-        health=state["queue"].health,  # Redis away: no wait, the call goes through
-    )
-    verdict = await limiter.check(principal.key_prefix)
     if verdict is None or verdict.retry_after is None:
         return
     window = max(1, round(settings.api_rate_burst / settings.api_rate_per_second))

@@ -13,6 +13,7 @@ Services raise these; the API turns them into `application/problem+json`. The tr
      ├── InvalidInput               422  semantic validation; carries `errors: [{loc, msg}]`
      ├── IdempotencyKeyMismatch     422  the key was first used with a different request
      └── RateLimited                429  carries `retry_after`
+          └── TooManyStreams        429  a key's cap of open event streams (service.runs.events)
 """
 
 from __future__ import annotations

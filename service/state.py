@@ -6,10 +6,13 @@ from typing import TypedDict
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from service.auth.cache import KeyCache
 from service.broker.queue import Queue
+from service.broker.rate_limit import RateLimiter
 from service.config import Settings
 from service.crypto import SecretBox
 from service.db import SessionMaker
+from service.runs.events import ProgressHub
 from service.sync import UpstreamClient
 
 
@@ -17,6 +20,13 @@ class AppState(TypedDict):
     settings: Settings
     engine: AsyncEngine
     sessionmaker: SessionMaker
+    reads: AsyncEngine
+    """For requests that only read: each statement commits on its own (no BEGIN and
+    COMMIT round trips); the same pool as `engine`."""
+    keys: KeyCache
+    progress: ProgressHub
+    api_limiter: RateLimiter | None
+    """The per-key request rate (None: `BACKSYNC_API_RATE_PER_SECOND` is 0)."""
     queue: Queue
     secrets: SecretBox
     http: UpstreamClient

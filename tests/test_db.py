@@ -76,3 +76,27 @@ async def test_a_locked_transaction_reads_what_no_other_one_changes_before_it_co
             assert name.scalar_one() == "2"
     finally:
         await engine.dispose()
+
+
+async def test_a_pooled_connection_dropped_while_idle_is_replaced_not_failed(
+    clean_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only idle connections are pinged (`service.db._ping_if_idle`); one the server
+    dropped meanwhile is replaced, as `pool_pre_ping` would."""
+    if clean_db.startswith("sqlite"):
+        pytest.skip("SQLite has no server that could drop a connection")
+    monkeypatch.setattr("service.db.PING_IDLE_SECONDS", 0.1)
+    engine = create_engine(clean_db, pool_size=1, max_overflow=0)
+    admin = create_engine(clean_db)
+    try:
+        async with engine.connect() as connection:
+            pid = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+        async with admin.connect() as connection:
+            await connection.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        await asyncio.sleep(0.2)
+        async with engine.connect() as connection:
+            again = (await connection.execute(text("SELECT pg_backend_pid()"))).scalar_one()
+    finally:
+        await engine.dispose()
+        await admin.dispose()
+    assert again != pid

@@ -28,6 +28,19 @@ class Principal:
     key_prefix: str
 
 
+@dataclass(frozen=True, slots=True)
+class ParsedKey:
+    """A well-formed key's public prefix and the SHA-256 it is stored as."""
+
+    prefix: str
+    key_hash: str
+
+
+def parse_key(raw_key: str) -> ParsedKey | None:
+    parts = _split(raw_key)
+    return None if parts is None else ParsedKey(parts[0], _hash(raw_key))
+
+
 def _hash(raw_key: str) -> str:
     return hashlib.sha256(raw_key.encode()).hexdigest()
 
@@ -90,18 +103,28 @@ async def revoke_key(session: AsyncSession, key_or_prefix: str) -> bool:
     return True
 
 
-async def authenticate(session: AsyncSession, authorization: str | None) -> Principal:
+def bearer_key(authorization: str | None) -> str:
+    """The API key of an `Authorization: Bearer` header; 401 for anything else."""
     if not authorization:
         raise Unauthenticated("missing Authorization: Bearer <api key>")
     scheme, _, raw_key = authorization.partition(" ")
     if scheme.lower() != "bearer" or not raw_key.strip():
         raise Unauthenticated("use Authorization: Bearer <api key>")
-    parts = _split(raw_key.strip())
-    if parts is None:
+    return raw_key.strip()
+
+
+async def authenticate(session: AsyncSession, authorization: str | None) -> Principal:
+    return await verify(session, bearer_key(authorization))
+
+
+async def verify(session: AsyncSession, raw_key: str) -> Principal:
+    """The key's principal, as the database has it now; 401 if unknown or revoked."""
+    parsed = parse_key(raw_key)
+    if parsed is None:
         raise Unauthenticated("malformed API key")
-    key = await repository.key_by_prefix(session, parts[0])
+    key = await repository.key_by_prefix(session, parsed.prefix)
     if key is None or key.revoked_at is not None:
         raise Unauthenticated("unknown or revoked API key")
-    if not hmac.compare_digest(key.key_hash, _hash(raw_key.strip())):
+    if not hmac.compare_digest(key.key_hash, parsed.key_hash):
         raise Unauthenticated("unknown or revoked API key")
     return Principal(tenant_id=key.tenant_id, key_prefix=key.prefix)

@@ -30,16 +30,21 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local flagged = 0
+if KEYS[2] then flagged = redis.call('EXISTS', KEYS[2]) end
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
 if tat < now then tat = now end
 local new_tat = tat + interval
 local allow_at = new_tat - interval * burst
-if now < allow_at then return {allow_at - now, 0, tat - now} end
+if now < allow_at then return {allow_at - now, 0, tat - now, flagged} end
 redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', new_tat - now)
-return {0, math.floor(burst - (new_tat - now) / interval), new_tat - now}
+return {0, math.floor(burst - (new_tat - now) / interval), new_tat - now, flagged}
 """
-"""KEYS: the limit's key. ARGV: interval in ms, burst. Returns {ms until the call would be
-allowed (0: allowed, and counted), calls left now, ms until the bucket is full again}."""
+"""KEYS: the limit's key, and optionally a flag key to report on. ARGV: interval in ms,
+burst. Returns {ms until the call would be allowed (0: allowed, and counted), calls left
+now, ms until the bucket is full again, 1 if the flag key exists else 0}. The flag rides
+along so that a caller that also needs to ask Redis a yes/no question (is this API key
+revoked?) spends no second round trip on it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +56,8 @@ class Verdict:
     remaining: int
     reset: int
     """Seconds until the bucket is full again."""
+    flagged: bool = False
+    """Whether the `flag` key given to `check` exists."""
 
 
 class RateLimiter:
@@ -79,8 +86,9 @@ class RateLimiter:
         """`calls` per key and minute, in bursts of up to `calls`."""
         return cls(redis, prefix, name=name, rate=calls / 60, burst=calls, health=health)
 
-    async def check(self, key: str) -> Verdict | None:
+    async def check(self, key: str, flag: str | None = None) -> Verdict | None:
         """The verdict on one call under `key`; None when Redis cannot be asked.
+        `flag`: a Redis key whose existence the verdict reports (`Verdict.flagged`).
 
         Fails open: with Redis unreachable a call is let through (and logged). Refusing
         every call while Redis is away would turn an outage of the limiter into an
@@ -91,9 +99,10 @@ class RateLimiter:
         known to be away the limit is not asked at all, but for one probe a second
         (`service.broker.outage`), so a request never waits out a Redis timeout.
         """
-        keys, args = [f"{self._prefix}:{key}"], [self._interval_ms, self.burst]
+        keys = [f"{self._prefix}:{key}"] + ([flag] if flag else [])
+        args = [self._interval_ms, self.burst]
         try:
-            wait_ms, remaining, reset_ms = await self._health.call(
+            wait_ms, remaining, reset_ms, flagged = await self._health.call(
                 lambda: self._script(keys=keys, args=args)
             )
         except (RedisError, OSError, TimeoutError):  # logged by `health` once per outage
@@ -102,6 +111,7 @@ class RateLimiter:
             retry_after=max(1, math.ceil(int(wait_ms) / 1000)) if int(wait_ms) > 0 else None,
             remaining=max(0, int(remaining)),
             reset=math.ceil(int(reset_ms) / 1000),
+            flagged=bool(flagged),
         )
 
     async def retry_after(self, key: str) -> int | None:

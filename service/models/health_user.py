@@ -3,7 +3,7 @@ from __future__ import annotations
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-from service.models.types import BigInt
+from service.models.types import BigInt, empty_list
 
 
 class HealthUser(SQLModel, table=True):
@@ -22,5 +22,5 @@ class HealthUser(SQLModel, table=True):
     )
     user_id: str = Field(primary_key=True, max_length=200)
     sample_seq: int = Field(default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"})
-    sources: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    sources: list[str] = Field(default_factory=empty_list, sa_column=Column(JSON, nullable=False))
     """Source priority, highest first (`PUT /v1/health/users/{user_id}/sources`)."""

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, text
 from sqlmodel import Field, SQLModel
 
-from service.models.types import BigInt, UTCDateTime, utcnow
+from service.models.types import BigInt, UTCDateTime, empty_dict, empty_list, utcnow
 
 ACTIVE_STATUSES = ("queued", "running", "retrying")
 FINAL_STATUSES = ("succeeded", "failed", "cancelled")
@@ -62,10 +62,12 @@ class Run(SQLModel, table=True):
     )
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
     attempts: list[dict[str, Any]] = Field(
-        default_factory=list, sa_column=Column(JSON, nullable=False)
+        default_factory=empty_list, sa_column=Column(JSON, nullable=False)
     )
     checkpoint: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON, nullable=True))
-    options: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    options: dict[str, Any] = Field(
+        default_factory=empty_dict, sa_column=Column(JSON, nullable=False)
+    )
     cancel_requested: bool = False
     lease_owner: str | None = Field(default=None, max_length=80)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from service.models.types import BigInt, UTCDateTime, utcnow
+from service.models.types import BigInt, UTCDateTime, empty_list, utcnow
 
 
 class Task(SQLModel, table=True):
@@ -32,7 +32,7 @@ class Task(SQLModel, table=True):
     health_mapping: dict[str, Any] | None = Field(
         default=None, sa_column=Column(JSON, nullable=True)
     )
-    tags: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    tags: list[str] = Field(default_factory=empty_list, sa_column=Column(JSON, nullable=False))
     paused: bool = False
     paused_reason: str | None = Field(default=None, max_length=40)
     """`client` (paused through the API) or `consecutive_failures` (paused by the worker

@@ -6,7 +6,7 @@ from typing import Any
 from sqlalchemy import JSON, Column, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
-from service.models.types import BigInt, UTCDateTime, utcnow
+from service.models.types import BigInt, UTCDateTime, empty_list, utcnow
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -44,7 +44,7 @@ class WebhookDelivery(SQLModel, table=True):
     last_status_code: int | None = None
     last_error: str | None = Field(default=None, max_length=500)
     attempt_log: list[dict[str, Any]] = Field(
-        default_factory=list, sa_column=Column(JSON, nullable=False)
+        default_factory=empty_list, sa_column=Column(JSON, nullable=False)
     )
     """Each attempt: `{at, status_code, error, duration_ms}` (the last `LOG_LENGTH`)."""
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

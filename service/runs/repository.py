@@ -5,13 +5,21 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Column, TextualSelect, and_, func, or_, select, text
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import Column, RowMapping, TextualSelect, and_, bindparam, func, or_, select, text
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
 from service.db import values_rows
 from service.models import ACTIVE_STATUSES, Run, metadata
 from service.models.run import ACTIVE_SQL
+
+SHOWN_COLUMNS = (
+    *("id", "task_id", "status", "trigger", "attempt", "created_at", "started_at"),
+    *("finished_at", "next_attempt_at", "cancel_requested", "error", "attempts"),
+    *("pages", "requests", "not_modified", "records_seen", "inserted", "updated"),
+    *("unchanged", "rejected", "deleted", "bytes"),
+)
+"""The run columns a `RunOut` is made of."""
 
 
 async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> Run | None:
@@ -19,6 +27,33 @@ async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> 
         select(Run).where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
     )
     return result.scalar_one_or_none()
+
+
+_RUN = metadata.tables["run"]
+_SHOWN = [_RUN.c[name] for name in SHOWN_COLUMNS]
+_READ_FOR_TENANT = select(*_SHOWN).where(
+    _RUN.c.id == bindparam("run_id"), _RUN.c.tenant_id == bindparam("tenant_id")
+)
+_READ_MANY = select(*_SHOWN).where(_RUN.c.id.in_(bindparam("run_ids", expanding=True)))
+
+
+async def read_for_tenant(
+    connection: AsyncConnection, tenant_id: str, run_id: str
+) -> RowMapping | None:
+    """The columns a response shows of one run, in one Core statement built once: the
+    read path of `GET /v1/runs/{id}` (no ORM session, no checkpoint or options, which
+    can be large; bench/api.py)."""
+    result = await connection.execute(_READ_FOR_TENANT, {"run_id": run_id, "tenant_id": tenant_id})
+    return result.mappings().first()
+
+
+async def read_many(connection: AsyncConnection, run_ids: Collection[str]) -> list[RowMapping]:
+    """`read_for_tenant` for many runs at once, whatever their tenant (the live-progress
+    hub reads every followed run in one statement)."""
+    if not run_ids:
+        return []
+    result = await connection.execute(_READ_MANY, {"run_ids": list(run_ids)})
+    return list(result.mappings())
 
 
 async def get(session: AsyncSession, run_id: str) -> Run | None:
@@ -79,7 +114,6 @@ def _insert_unless_active(
     return text(sql).bindparams(*binds).columns(*returning)
 
 
-_RUN = metadata.tables["run"]
 _INSERT_UNLESS_ACTIVE = _insert_unless_active(1, (), list(_RUN.columns))
 
 

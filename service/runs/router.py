@@ -4,8 +4,9 @@ from typing import Annotated
 
 from fastapi import APIRouter, Body, Query, Response, status
 from fastapi.responses import StreamingResponse
+from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.dependencies import Caller, JobQueue, State, Work
+from service.dependencies import Caller, JobQueue, Reads, State, Work
 from service.errors import (
     Conflict,
     IdempotencyKeyInUse,
@@ -17,7 +18,7 @@ from service.errors import (
 )
 from service.idempotency.dependencies import Idempotent
 from service.runs import service
-from service.runs.events import run_events
+from service.runs.events import TooManyStreams, run_events
 from service.runs.schemas import RunOut, RunPage, TriggerIn
 
 router = APIRouter(tags=["runs"])
@@ -64,20 +65,22 @@ async def trigger_run(
     responses=problem_responses(*_COMMON, InvalidInput),
 )
 async def list_runs(
-    work: Work,
+    reads: Reads,
     caller: Caller,
     task_id: str,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> RunPage:
     """A task's run history, newest first"""
-    return await service.list_runs(work.session, caller.tenant_id, task_id, limit, cursor)
+    async with AsyncSession(reads, expire_on_commit=False) as session:
+        return await service.list_runs(session, caller.tenant_id, task_id, limit, cursor)
 
 
 @router.get("/v1/runs/{run_id}", response_model=RunOut, responses=problem_responses(*_COMMON))
-async def get_run(work: Work, caller: Caller, run_id: str) -> RunOut:
+async def get_run(reads: Reads, caller: Caller, run_id: str) -> RunOut:
     """A run's status, counters and error"""
-    return service.to_out(await service.get_run(work.session, caller.tenant_id, run_id))
+    async with reads.connect() as connection:
+        return await service.read_run(connection, caller.tenant_id, run_id)
 
 
 @router.post(
@@ -118,21 +121,27 @@ _SSE_EXAMPLE = (
     responses={
         200: {
             "description": (
-                "`progress` events (the run, as in GET /v1/runs/{id}) per page, "
-                "then one `status` event"
+                "`progress` events (the run, as in GET /v1/runs/{id}) per page, then one"
+                " `status` event; or, when the run waits (queued or retrying, nothing"
+                " changing) longer than the server's limit (10 minutes by default), one"
+                " `timeout` event. Every event's data is the run."
             ),
             "content": {"text/event-stream": {"schema": _SSE_EVENT, "example": _SSE_EXAMPLE}},
         },
-        **problem_responses(*_COMMON),
+        **problem_responses(*_COMMON, TooManyStreams),
     },
 )
 async def run_events_stream(
-    work: Work, caller: Caller, state: State, run_id: str
+    reads: Reads, caller: Caller, state: State, run_id: str
 ) -> StreamingResponse:
     """Follow a run live (Server-Sent Events); the stream ends with the run"""
-    run = await service.get_run(work.session, caller.tenant_id, run_id)
+    async with reads.connect() as connection:
+        run = await service.read_run(connection, caller.tenant_id, run_id)
+    hub = state["progress"]
+    slot = hub.open_slot(caller.key_prefix)
+    max_wait = state["settings"].events_max_wait_seconds
     return StreamingResponse(
-        run_events(state["sessionmaker"], run.id),
+        slot.bind(run_events(hub, slot, run, max_wait_seconds=max_wait)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

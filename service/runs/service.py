@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy import RowMapping
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
@@ -128,6 +129,33 @@ async def cancel(session: AsyncSession, tenant_id: str, run_id: str) -> Run:
         run.next_attempt_at = None
     await session.flush()
     return run
+
+
+async def read_run(connection: AsyncConnection, tenant_id: str, run_id: str) -> RunOut:
+    """`get_run` for showing only: one Core statement, no ORM object."""
+    row = await repository.read_for_tenant(connection, tenant_id, run_id)
+    if row is None:
+        raise NotFound(f"run {run_id} not found")
+    return out_of_row(row)
+
+
+def out_of_row(row: RowMapping) -> RunOut:
+    """A `RunOut` of a row of `repository.SHOWN_COLUMNS`."""
+    return RunOut(
+        id=row["id"],
+        task_id=row["task_id"],
+        status=row["status"],
+        trigger=row["trigger"],
+        attempt=row["attempt"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        next_attempt_at=row["next_attempt_at"],
+        cancel_requested=row["cancel_requested"],
+        stats=RunStats.model_validate(row),
+        error=RunError.model_validate(row["error"]) if row["error"] else None,
+        attempts=row["attempts"],
+    )
 
 
 def to_out(run: Run) -> RunOut:

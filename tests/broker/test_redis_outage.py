@@ -144,7 +144,10 @@ async def test_api_requests_do_not_wait_on_a_redis_that_stopped_answering(
         await proxy.restore()
 
     assert answers == [200] * 20
-    assert proxy.accepted_while_blackholed == 1  # one probe; the other 19 skipped Redis
+    # At most one attempt reached Redis (a new connection, or the pooled one the partition
+    # broke); the other 19 skipped it. Without the shared down state each request would
+    # open a connection of its own and wait out the timeout on it.
+    assert proxy.accepted_while_blackholed <= 1
 
 
 async def test_a_pause_longer_than_the_limit_ends_the_attempt_without_counting_it(

@@ -35,7 +35,7 @@ from service.db import SessionMaker, autocommit, transaction
 from service.models.types import utcnow
 from service.runs.ledger.outcomes import fail_run, succeed_run
 from service.runs.ledger.progress import last_copies, page_progress
-from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Written
+from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Waiting, Written
 from service.runs.ledger.statements import (
     CLAIMED_RUN,
     CLAIMED_TASK,
@@ -45,10 +45,12 @@ from service.runs.ledger.statements import (
     end_run,
     held,
     sweep,
+    waiting_for_cap,
 )
 from service.sync import Page, Row, Validator, later, page_key
 
 _DONE: dict[str, Any] = {"done": True}
+WAITING_FOR_CAP = waiting_for_cap()
 
 
 class RunLedger(abc.ABC):
@@ -60,6 +62,7 @@ class RunLedger(abc.ABC):
         owner: str,
         lease_seconds: float,
         auto_pause_after: int = 10,
+        tenant_cap: int = 0,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.owner = owner
@@ -67,6 +70,9 @@ class RunLedger(abc.ABC):
         self.lease_seconds = lease_seconds
         self.auto_pause_after = auto_pause_after
         """Failed runs in a row that pause a task (0: never; `outcomes.fail_run`)."""
+        self.tenant_cap = tenant_cap
+        """Runs one tenant may have running at once (0: no cap); a claim past it fails,
+        and the run waits (`wait_for_slot`)."""
 
     def lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.lease_seconds)
@@ -75,8 +81,11 @@ class RunLedger(abc.ABC):
 
     @abc.abstractmethod
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
-        """Take the run's lease (`claimable`, `CLAIMED_RUN`), and read its task
-        (`CLAIMED_TASK`): one row of both, or None when the run is not ours to take."""
+        """Take the run's lease (`claimed_run_update`, `CLAIMED_RUN`), and read its task
+        (`CLAIMED_TASK`): one row of both, or None when the run is not ours to take.
+        With `tenant_cap`, `params` has `cap`, and a run that is due starts only while
+        its tenant runs fewer: each database says how that count stays true when
+        workers claim the tenant's runs at the same moment."""
 
     @abc.abstractmethod
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
@@ -97,6 +106,8 @@ class RunLedger(abc.ABC):
             "now": utcnow(),
             "lease_until": self.lease_until(),
         }
+        if self.tenant_cap:
+            params["cap"] = self.tenant_cap
         async with autocommit(self.sessionmaker) as session:
             row = await self._claim_row(session, params)
         if row is None:
@@ -126,6 +137,15 @@ class RunLedger(abc.ABC):
         run.compares_first = run.record_seq > 0 and not run.sweeps
         run.fresh = run.record_seq == 0 and not run.sweeps
         return run
+
+    async def wait_for_slot(self, run_id: str, recheck_at: datetime) -> Waiting | None:
+        """After a claim that failed: when the run is due all the same, its tenant is at
+        the cap, and the run now says so (`waiting_reason`) and is looked at again by
+        `recheck_at`; None when it is not due (finished, running, not yet due)."""
+        params = {"run_id": run_id, "now": utcnow(), "recheck_at": recheck_at}
+        async with autocommit(self.sessionmaker) as session:
+            row = (await session.execute(WAITING_FOR_CAP, params)).first()
+        return None if row is None else Waiting(run_id, row[0], row[1])
 
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:
         """Every validator of the run's task, by page key: one query per run."""

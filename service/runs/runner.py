@@ -12,6 +12,12 @@ the engine (`service.sync`). A failure that ends an attempt parks the run as
 `retrying` with backoff; only attempts that committed no page count toward
 `retry.max_attempts`, so a long sync that keeps making progress against a mildly flaky
 API finishes, while `MAX_ATTEMPTS_FACTOR` still bounds every run.
+
+A tenant runs at most `BACKSYNC_TENANT_MAX_RUNNING` runs at once: a job whose claim the
+cap turns away ends at once (its slot is free for other tenants' runs), leaving the run
+due and saying why; the end of one of the tenant's runs sends the oldest waiting one
+again, and each is looked at every `WAIT_RECHECK_SECONDS` besides. Waiting is not an
+attempt: nothing about the run's retries changes.
 """
 
 from __future__ import annotations

@@ -13,6 +13,9 @@ The rules every ledger keeps:
   (and watermark). A run interrupted anywhere resumes after its last committed page.
 - Only the lease holder writes: a commit fenced by a lease this worker lost writes
   nothing and says `Outcome.LEASE_LOST`.
+- With a tenant cap (`tenant_cap`), a claim starts a due run only while its tenant has
+  fewer runs `running`, however many workers claim at once; a run it turns away stays
+  due and says why (`wait_for_slot`). Without one, the claim is the statement it was.
 - Seqs: a write reserves one seq per row it sends to the upsert, in page order, under
   the task row's lock, so seqs are strictly increasing in commit order (gaps allowed:
   a row sent unchanged keeps its old seq).

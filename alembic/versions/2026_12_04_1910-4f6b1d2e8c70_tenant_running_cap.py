@@ -1,8 +1,8 @@
 """tenant running cap: a run's waiting_reason, and the tenant's run_claims counter
 
 Revision ID: 4f6b1d2e8c70
-Revises: 7a8707b5e1e5
-Create Date: 2026-12-04 19:00:00.000000
+Revises: 3f1c9a7d2e48
+Create Date: 2026-12-04 19:10:00.000000
 """
 
 from collections.abc import Sequence
@@ -13,7 +13,7 @@ import sqlmodel
 from alembic import op
 
 revision: str = "4f6b1d2e8c70"
-down_revision: str | None = "7a8707b5e1e5"
+down_revision: str | None = "3f1c9a7d2e48"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

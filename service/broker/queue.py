@@ -179,6 +179,11 @@ class Queue:
             pipe.expire(key, _WAITING_TTL_SECONDS)
             await pipe.execute()
 
+    async def unpark_run(self, run_id: str, tenant_id: str) -> None:
+        """The run started after all: out of its tenant's waiting set (its deferred
+        re-send finds it running and does nothing)."""
+        await self._pool.zrem(self.waiting_key(tenant_id), run_id)
+
     async def wake_waiting(self, tenant_id: str) -> str | None:
         """One of the tenant's runs ended: send its oldest waiting run now; returns it."""
         popped = await self._pool.zpopmin(self.waiting_key(tenant_id), 1)

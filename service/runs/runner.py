@@ -109,9 +109,9 @@ class RunnerDeps:
 
 async def execute_run(deps: RunnerDeps, run_id: str) -> None:
     run = await deps.ledger.claim(run_id)
+    if run is None and deps.ledger.tenant_cap:
+        run = await _wait_for_slot(deps, run_id)
     if run is None:  # finished, leased by a live worker, not yet due, or over the cap
-        if deps.ledger.tenant_cap:
-            await _wait_for_slot(deps, run_id)
         return
     bind_log_context(task_id=run.task_id, tenant=run.tenant_id)
     await _execute(deps, run)
@@ -145,16 +145,25 @@ def recheck_at(now: datetime, every: float = WAIT_RECHECK_SECONDS) -> datetime:
     return datetime.fromtimestamp((math.floor(now.timestamp() / every) + 1) * every, UTC)
 
 
-async def _wait_for_slot(deps: RunnerDeps, run_id: str) -> None:
+async def _wait_for_slot(deps: RunnerDeps, run_id: str) -> LeasedRun | None:
     """The claim failed: if the run is due all the same, its tenant is at the cap. It
     waits queued, saying why, holding no job slot and spending no attempt: woken when one
-    of its tenant's runs ends (`_wake_next`), else looked at again at `recheck_at`."""
+    of its tenant's runs ends (`_wake_next`), else looked at again at `recheck_at`.
+
+    Once parked it is claimed once more: a run of its tenant that ended between the
+    first claim and the parking found no one to wake, and the slot it freed would
+    otherwise stay free until the recheck. Returns the run when that claim wins."""
     at = recheck_at(utcnow())
     waiting = await deps.ledger.wait_for_slot(run_id, at)
     if waiting is None:  # not due: finished, running, or not yet due
-        return
-    log.info("run %s waits: its tenant runs as many runs as it may", run_id)
+        return None
     await deps.queue.park_run(run_id, waiting.tenant_id, waiting.since, at)
+    run = await deps.ledger.claim(run_id)
+    if run is None:
+        log.info("run %s waits: its tenant runs as many runs as it may", run_id)
+        return None
+    await deps.queue.unpark_run(run_id, waiting.tenant_id)  # a wake is for those waiting
+    return run
 
 
 async def _wake_next(deps: RunnerDeps, tenant_id: str) -> None:

@@ -174,19 +174,24 @@ class Queue:
         (`service.runs.runner`), so the re-sends of one run collapse into one job."""
         await self._send([(run_job_id(run_id, f"wait:{to_unix_ms(at)}"), run_id)], at)
         key = self.waiting_key(tenant_id)
-        async with self._pool.pipeline(transaction=False) as pipe:
-            pipe.zadd(key, {run_id: to_unix_ms(since)})
-            pipe.expire(key, _WAITING_TTL_SECONDS)
-            await pipe.execute()
+
+        async def add() -> None:
+            async with self._pool.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {run_id: to_unix_ms(since)})
+                pipe.expire(key, _WAITING_TTL_SECONDS)
+                await pipe.execute()
+
+        await self.health.call(add)
 
     async def unpark_run(self, run_id: str, tenant_id: str) -> None:
         """The run started after all: out of its tenant's waiting set (its deferred
         re-send finds it running and does nothing)."""
-        await self._pool.zrem(self.waiting_key(tenant_id), run_id)
+        await self.health.call(lambda: self._pool.zrem(self.waiting_key(tenant_id), run_id))
 
     async def wake_waiting(self, tenant_id: str) -> str | None:
         """One of the tenant's runs ended: send its oldest waiting run now; returns it."""
-        popped = await self._pool.zpopmin(self.waiting_key(tenant_id), 1)
+        key = self.waiting_key(tenant_id)
+        popped = await self.health.call(lambda: self._pool.zpopmin(key, 1))
         if not popped:
             return None
         member = popped[0][0]

@@ -157,12 +157,16 @@ async def _wait_for_slot(deps: RunnerDeps, run_id: str) -> LeasedRun | None:
     waiting = await deps.ledger.wait_for_slot(run_id, at)
     if waiting is None:  # not due: finished, running, or not yet due
         return None
-    await deps.queue.park_run(run_id, waiting.tenant_id, waiting.since, at)
+    try:
+        await deps.queue.park_run(run_id, waiting.tenant_id, waiting.since, at)
+    except Exception:  # Redis away: the reconciler re-sends it from its `next_attempt_at`
+        log.warning("could not park waiting run %s", run_id, exc_info=True)
     run = await deps.ledger.claim(run_id)
     if run is None:
         log.info("run %s waits: its tenant runs as many runs as it may", run_id)
         return None
-    await deps.queue.unpark_run(run_id, waiting.tenant_id)  # a wake is for those waiting
+    with contextlib.suppress(Exception):  # a stale member only costs a wasted wake
+        await deps.queue.unpark_run(run_id, waiting.tenant_id)  # wakes are for waiters
     return run
 
 

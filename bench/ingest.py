@@ -267,6 +267,10 @@ def worker_env(settings: Settings) -> dict[str, str]:
         "BACKSYNC_QUEUE_NAME": settings.queue_name,
         "BACKSYNC_REDIS_KEY_PREFIX": settings.redis_key_prefix,
         "BACKSYNC_WORKER_MAX_JOBS": str(settings.worker_max_jobs),
+        # Off, explicitly: every bench runs one tenant, and its default cap (half of
+        # max_jobs) would change what each measures (bench/RESULTS.md). A
+        # `--worker-env BACKSYNC_TENANT_MAX_RUNNING=N` measures a cap.
+        "BACKSYNC_TENANT_MAX_RUNNING": "0",
         "BACKSYNC_BLOCK_PRIVATE_TARGETS": "false",
         "BACKSYNC_LOG_LEVEL": "WARNING",
     }

@@ -47,6 +47,12 @@ class Settings(BaseSettings):
 
     queue_name: str = "backsync:queue"
     worker_max_jobs: int = 50
+    tenant_max_running: int | None = Field(default=None, ge=0)
+    """Runs one tenant may have running at once, across every worker (0: no cap; unset:
+    half of `worker_max_jobs`, so one tenant's backlog leaves a worker half its slots
+    for the others). A run past the cap stays queued with `waiting_reason`
+    `tenant_concurrency_limit`, holds no job slot, spends no attempt, and starts when
+    one of its tenant's runs ends (`service.runs.runner`)."""
     worker_poll_delay: float = 0.1
     """Seconds between queue polls when no enqueue rang the workers' doorbell."""
     job_timeout_seconds: int = 3600
@@ -156,6 +162,13 @@ class Settings(BaseSettings):
             if value.startswith(plain):
                 return driver + value[len(plain) :]
         return value
+
+    @property
+    def tenant_running_cap(self) -> int:
+        """`tenant_max_running`, its default filled in (0: no cap)."""
+        if self.tenant_max_running is not None:
+            return self.tenant_max_running
+        return max(1, self.worker_max_jobs // 2)
 
     @property
     def is_sqlite(self) -> bool:

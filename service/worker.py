@@ -79,6 +79,7 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                 worker_identity(),
                 settings.lease_seconds,
                 settings.auto_pause_after_failures,
+                settings.tenant_running_cap,
             ),
             http=create_upstream_client(settings),
             secrets=secrets,
@@ -119,7 +120,11 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                 )
             )
         _calm_the_garbage_collector()
-        log.info("worker ready (max_jobs=%s)", settings.worker_max_jobs)
+        log.info(
+            "worker ready (max_jobs=%s, tenant_max_running=%s)",
+            settings.worker_max_jobs,
+            settings.tenant_running_cap or "no cap",
+        )
 
     async def shutdown(ctx: dict[str, Any]) -> None:
         for name in ("reconciler", "scheduler", "pruner", "webhooks", "health_resender"):

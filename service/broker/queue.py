@@ -66,6 +66,11 @@ return sent
 """
 
 
+_WAITING_TTL_SECONDS = 24 * 3600
+"""A tenant's waiting set expires a day after its last waiting run was added: members
+left behind by runs cancelled while they waited do not outlive it."""
+
+
 def run_job_id(run_id: str, job_suffix: str | None = None) -> str:
     """The job id of a run (and of the reason for re-sending it): sending the same thing
     twice is one job."""
@@ -160,6 +165,44 @@ class Queue:
             args += [job_id, serialize_job("sync_run", (run_id,), {}, None, now, serializer=_dumps)]
         sent: int = await self.health.call(lambda: self._enqueue(keys=keys, args=args))
         return sent
+
+    async def park_run(self, run_id: str, tenant_id: str, since: datetime, at: datetime) -> None:
+        """A run that waits for its tenant's cap on running runs: in the tenant's waiting
+        set (oldest `since` first), for `wake_waiting`, and sent again at `at` in case no
+        wake comes (one of its tenant's runs ended while it was being parked, or a wake
+        went to a run cancelled since). `at` is a point of a grid shared by every run
+        (`service.runs.runner`), so the re-sends of one run collapse into one job."""
+        await self._send([(run_job_id(run_id, f"wait:{to_unix_ms(at)}"), run_id)], at)
+        key = self.waiting_key(tenant_id)
+
+        async def add() -> None:
+            async with self._pool.pipeline(transaction=False) as pipe:
+                pipe.zadd(key, {run_id: to_unix_ms(since)})
+                pipe.expire(key, _WAITING_TTL_SECONDS)
+                await pipe.execute()
+
+        await self.health.call(add)
+
+    async def unpark_run(self, run_id: str, tenant_id: str) -> None:
+        """The run started after all: out of its tenant's waiting set (its deferred
+        re-send finds it running and does nothing)."""
+        await self.health.call(lambda: self._pool.zrem(self.waiting_key(tenant_id), run_id))
+
+    async def wake_waiting(self, tenant_id: str) -> str | None:
+        """One of the tenant's runs ended: send its oldest waiting run now; returns it."""
+        key = self.waiting_key(tenant_id)
+        popped = await self.health.call(lambda: self._pool.zpopmin(key, 1))
+        if not popped:
+            return None
+        member = popped[0][0]
+        run_id = member.decode() if isinstance(member, bytes) else str(member)
+        await self._send([(run_job_id(run_id, f"wake:{timestamp_ms()}"), run_id)], None)
+        return run_id
+
+    def waiting_key(self, tenant_id: str) -> str:
+        """The sorted set of a tenant's runs waiting for its cap (a hint: the database's
+        `run.waiting_reason` is the truth, and each such run is re-sent on its own)."""
+        return f"{self._queue_name}:waiting:{tenant_id}"
 
     async def enqueue_health_batch(self, batch_id: str, *, job_suffix: str | None = None) -> None:
         """Send a health batch to the workers (`service.health.jobs`); like runs, the job

@@ -69,6 +69,10 @@ class Run(SQLModel, table=True):
         default_factory=empty_dict, sa_column=Column(JSON, nullable=False)
     )
     cancel_requested: bool = False
+    waiting_reason: str | None = Field(default=None, max_length=40)
+    """Why a due run is still not running: `tenant_concurrency_limit` while its tenant
+    already runs `BACKSYNC_TENANT_MAX_RUNNING` runs (the worker's claim sets it, and
+    clears it when the run starts)."""
     lease_owner: str | None = Field(default=None, max_length=80)
     lease_expires_at: datetime | None = Field(default=None, sa_type=UTCDateTime)
     """A running run belongs to the worker holding an unexpired lease; the worker renews

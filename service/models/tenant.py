@@ -13,6 +13,10 @@ class Tenant(SQLModel, table=True):
     created_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)
     event_seq: int = Field(default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"})
     """The tenant's last event `seq` (see `Event`): bumped under the row's lock."""
+    run_claims: int = Field(default=0, sa_type=BigInt, sa_column_kwargs={"server_default": "0"})
+    """Runs of the tenant a worker started under the tenant's cap on running runs, ever:
+    bumped by each such claim under the row's lock, so that a claim on PostgreSQL can
+    tell whether another one committed while it counted (`runs.ledger.postgres`)."""
 
 
 class ApiKey(SQLModel, table=True):

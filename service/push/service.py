@@ -148,7 +148,9 @@ async def notify(session: AsyncSession, limiter: RateLimiter, token: str) -> Not
     run, created = await trigger(
         session, push_url.tenant_id, task.id, trigger="push", not_before=not_before
     )
-    starts_at = run.next_attempt_at if run.status == "queued" else None
+    # a run waiting for its tenant's cap may start now; its `next_attempt_at` is a recheck
+    waits = run.status != "queued" or run.waiting_reason is not None
+    starts_at = None if waits else run.next_attempt_at
     receipt = PushReceipt(outcome="started" if created else "coalesced", starts_at=starts_at)
     return Notified(receipt, push_url.response_status, run if created else None)
 

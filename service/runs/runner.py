@@ -12,6 +12,12 @@ the engine (`service.sync`). A failure that ends an attempt parks the run as
 `retrying` with backoff; only attempts that committed no page count toward
 `retry.max_attempts`, so a long sync that keeps making progress against a mildly flaky
 API finishes, while `MAX_ATTEMPTS_FACTOR` still bounds every run.
+
+A tenant runs at most `BACKSYNC_TENANT_MAX_RUNNING` runs at once: a job whose claim the
+cap turns away ends at once (its slot is free for other tenants' runs), leaving the run
+due and saying why; the end of one of the tenant's runs sends the oldest waiting one
+again, and each is looked at every `WAIT_RECHECK_SECONDS` besides. Waiting is not an
+attempt: nothing about the run's retries changes.
 """
 
 from __future__ import annotations
@@ -19,9 +25,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis.exceptions
@@ -56,6 +63,12 @@ PAGES_AHEAD = 4
 """Fetches under way while a page is stored. A first sync can only ever have one (each
 page names the next); a resync whose stored validators predict its pages has up to
 this many, so a run of 304s or unchanged pages costs a round trip per four pages."""
+
+WAIT_RECHECK_SECONDS = 10.0
+"""A run waiting for its tenant's cap is started by the end of one of its tenant's runs
+(`Queue.wake_waiting`); this is how often it is looked at besides, for the wake that
+went elsewhere. Longer would delay those; shorter costs a claim per waiting run more
+often (a tenant with a thousand runs queued behind its cap: a hundred a second)."""
 
 MAX_ATTEMPTS_FACTOR = 10
 """A run ends after `retry.max_attempts` attempts that committed no page, or after this
@@ -96,9 +109,18 @@ class RunnerDeps:
 
 async def execute_run(deps: RunnerDeps, run_id: str) -> None:
     run = await deps.ledger.claim(run_id)
-    if run is None:  # finished, leased by a live worker, or not yet due
+    if run is None and deps.ledger.tenant_cap:
+        run = await _wait_for_slot(deps, run_id)
+    if run is None:  # finished, leased by a live worker, not yet due, or over the cap
         return
     bind_log_context(task_id=run.task_id, tenant=run.tenant_id)
+    await _execute(deps, run)
+    if deps.ledger.tenant_cap:  # its slot is free: the tenant's next run may start
+        await _wake_next(deps, run.tenant_id)
+
+
+async def _execute(deps: RunnerDeps, run: LeasedRun) -> None:
+    run_id = run.run_id
     if run.cancel_requested:
         await deps.ledger.cancel(run)
         return
@@ -114,6 +136,47 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
         else:
             log.info("run %s attempt %s: %s", run_id, run.attempt, outcome.value)
     deps.events_written()  # a ring that finds no new event costs one query
+
+
+def recheck_at(now: datetime, every: float = WAIT_RECHECK_SECONDS) -> datetime:
+    """The next point of a grid of `every` seconds after `now`: the re-sends of a waiting
+    run, whichever job parked it (its own last re-send, a wake that found the slot taken,
+    a reconciler's), land on the same point and so are one job (`Queue.park_run`)."""
+    return datetime.fromtimestamp((math.floor(now.timestamp() / every) + 1) * every, UTC)
+
+
+async def _wait_for_slot(deps: RunnerDeps, run_id: str) -> LeasedRun | None:
+    """The claim failed: if the run is due all the same, its tenant is at the cap. It
+    waits queued, saying why, holding no job slot and spending no attempt: woken when one
+    of its tenant's runs ends (`_wake_next`), else looked at again at `recheck_at`.
+
+    Once parked it is claimed once more: a run of its tenant that ended between the
+    first claim and the parking found no one to wake, and the slot it freed would
+    otherwise stay free until the recheck. Returns the run when that claim wins."""
+    at = recheck_at(utcnow())
+    waiting = await deps.ledger.wait_for_slot(run_id, at)
+    if waiting is None:  # not due: finished, running, or not yet due
+        return None
+    try:
+        await deps.queue.park_run(run_id, waiting.tenant_id, waiting.since, at)
+    except Exception:  # Redis away: the reconciler re-sends it from its `next_attempt_at`
+        log.warning("could not park waiting run %s", run_id, exc_info=True)
+    run = await deps.ledger.claim(run_id)
+    if run is None:
+        log.info("run %s waits: its tenant runs as many runs as it may", run_id)
+        return None
+    with contextlib.suppress(Exception):  # a stale member only costs a wasted wake
+        await deps.queue.unpark_run(run_id, waiting.tenant_id)  # wakes are for waiters
+    return run
+
+
+async def _wake_next(deps: RunnerDeps, tenant_id: str) -> None:
+    """A run of the tenant ended (or stepped back): start its oldest waiting run. Redis
+    being away only delays that one to its next re-send, so it is logged, not raised."""
+    try:
+        await deps.queue.wake_waiting(tenant_id)
+    except Exception:
+        log.warning("could not wake a waiting run of tenant %s", tenant_id, exc_info=True)
 
 
 async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:

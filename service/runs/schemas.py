@@ -85,6 +85,7 @@ RUN_EXAMPLE: dict[str, Any] = {
     "finished_at": "2026-11-22T10:00:02Z",
     "next_attempt_at": None,
     "cancel_requested": False,
+    "waiting_reason": None,
     "stats": {
         "pages": 3,
         "requests": 3,
@@ -120,6 +121,14 @@ class RunOut(BaseModel):
         " start (a push to a task with `debounce_seconds`); null when it may start now."
     )
     cancel_requested: bool
+    waiting_reason: Literal["tenant_concurrency_limit"] | None = Field(
+        default=None,
+        description="Why a run that may start is not running yet: `tenant_concurrency_limit`"
+        " while its tenant already runs as many runs as the server allows at once"
+        " (`BACKSYNC_TENANT_MAX_RUNNING`). It starts, oldest first, as the tenant's other"
+        " runs end, and waiting spends none of its attempts; `next_attempt_at` is then when"
+        " it is looked at again at the latest. Null otherwise.",
+    )
     stats: RunStats
     error: RunError | None
     attempts: list[dict[str, Any]]

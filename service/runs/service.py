@@ -126,7 +126,7 @@ async def cancel(session: AsyncSession, tenant_id: str, run_id: str) -> Run:
     else:
         now = utcnow()
         run.status, run.finished_at, run.cancel_requested = "cancelled", now, True
-        run.next_attempt_at = None
+        run.next_attempt_at = run.waiting_reason = None
     await session.flush()
     return run
 
@@ -170,6 +170,7 @@ def to_out(run: Run) -> RunOut:
         finished_at=run.finished_at,
         next_attempt_at=run.next_attempt_at,
         cancel_requested=run.cancel_requested,
+        waiting_reason=run.waiting_reason,
         stats=RunStats.model_validate(run, from_attributes=True),
         error=RunError.model_validate(run.error) if run.error else None,
         attempts=run.attempts,

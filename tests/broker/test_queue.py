@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -27,6 +27,7 @@ from service.broker.queue import (
 )
 from service.config import Settings
 from service.models.types import utcnow
+from service.runs.runner import recheck_at
 
 
 @pytest.fixture
@@ -142,3 +143,45 @@ async def test_the_doorbell_announces_how_many_jobs_and_a_deferred_job_rings_non
     assert await job.status() == JobStatus.deferred
     expiry = timedelta(milliseconds=await pool.pttl(job_key_prefix + run_job_id(deferred)))
     assert timedelta(hours=24, minutes=59) < expiry <= timedelta(hours=25)  # as arq: + 1 day
+
+
+async def test_waiting_runs_are_woken_oldest_first_and_their_re_sends_collapse(
+    settings: Settings, pool: ArqRedis
+) -> None:
+    """A run parked twice for the same recheck point is one deferred job; a wake sends
+    the tenant's oldest waiting run now, once, and then the next."""
+    queue = Queue.from_pool(pool, settings.queue_name)
+    old, new = ids(settings, "old", "new")
+    now = utcnow()
+    at = recheck_at(now)
+
+    await queue.park_run(new, "ten_1", now, at)
+    await queue.park_run(old, "ten_1", now - timedelta(minutes=1), at)
+    await queue.park_run(new, "ten_1", now, at)  # parked again before its recheck: one job
+
+    deferred = await pool.zrange(settings.queue_name, 0, -1, withscores=True)
+    assert sorted((job.decode(), score) for job, score in deferred) == sorted(
+        (run_job_id(run, f"wait:{to_unix_ms(at)}"), to_unix_ms(at)) for run in (old, new)
+    )
+    assert await queue.wake_waiting("ten_2") is None  # another tenant waits for nothing
+    assert await queue.wake_waiting("ten_1") == old
+    assert await queue.wake_waiting("ten_1") == new
+    assert await queue.wake_waiting("ten_1") is None
+    woken = await pool.zrangebyscore(settings.queue_name, 0, to_unix_ms(utcnow()))
+    assert sorted(job.decode().rsplit(":", 1)[0] for job in woken) == sorted(
+        f"run:{run}:wake" for run in (old, new)
+    )
+
+
+def test_rechecks_fall_on_a_grid_after_now() -> None:
+    """Whenever it is parked, a run's next recheck is the next grid point (so re-sends
+    from different jobs meet), never now or in the past."""
+    now = datetime(2026, 12, 4, 19, 0, 3, 500_000, tzinfo=UTC)
+
+    assert recheck_at(now, every=10) == datetime(2026, 12, 4, 19, 0, 10, tzinfo=UTC)
+    assert recheck_at(now.replace(second=9, microsecond=999_000), every=10) == recheck_at(
+        now, every=10
+    )
+    assert recheck_at(now.replace(second=10, microsecond=0), every=10) == datetime(
+        2026, 12, 4, 19, 0, 20, tzinfo=UTC
+    )

@@ -13,6 +13,9 @@ The rules every ledger keeps:
   (and watermark). A run interrupted anywhere resumes after its last committed page.
 - Only the lease holder writes: a commit fenced by a lease this worker lost writes
   nothing and says `Outcome.LEASE_LOST`.
+- With a tenant cap (`tenant_cap`), a claim starts a due run only while its tenant has
+  fewer runs `running`, however many workers claim at once; a run it turns away stays
+  due and says why (`wait_for_slot`). Without one, the claim is the statement it was.
 - Seqs: a write reserves one seq per row it sends to the upsert, in page order, under
   the task row's lock, so seqs are strictly increasing in commit order (gaps allowed:
   a row sent unchanged keeps its old seq).
@@ -36,7 +39,7 @@ from service.health.mapping import usable
 from service.models.types import utcnow
 from service.runs.ledger.outcomes import fail_run, succeed_run
 from service.runs.ledger.progress import last_copies, page_progress
-from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Written
+from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Waiting, Written
 from service.runs.ledger.statements import (
     CLAIMED_RUN,
     CLAIMED_TASK,
@@ -46,10 +49,12 @@ from service.runs.ledger.statements import (
     end_run,
     held,
     sweep,
+    waiting_for_cap,
 )
 from service.sync import Page, Row, Validator, later, page_key
 
 _DONE: dict[str, Any] = {"done": True}
+WAITING_FOR_CAP = waiting_for_cap()
 
 
 class RunLedger(abc.ABC):
@@ -61,6 +66,7 @@ class RunLedger(abc.ABC):
         owner: str,
         lease_seconds: float,
         auto_pause_after: int = 10,
+        tenant_cap: int = 0,
     ) -> None:
         self.sessionmaker = sessionmaker
         self.owner = owner
@@ -68,6 +74,9 @@ class RunLedger(abc.ABC):
         self.lease_seconds = lease_seconds
         self.auto_pause_after = auto_pause_after
         """Failed runs in a row that pause a task (0: never; `outcomes.fail_run`)."""
+        self.tenant_cap = tenant_cap
+        """Runs one tenant may have running at once (0: no cap); a claim past it fails,
+        and the run waits (`wait_for_slot`)."""
 
     def lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.lease_seconds)
@@ -76,8 +85,11 @@ class RunLedger(abc.ABC):
 
     @abc.abstractmethod
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
-        """Take the run's lease (`claimable`, `CLAIMED_RUN`), and read its task
-        (`CLAIMED_TASK`): one row of both, or None when the run is not ours to take."""
+        """Take the run's lease (`claimed_run_update`, `CLAIMED_RUN`), and read its task
+        (`CLAIMED_TASK`): one row of both, or None when the run is not ours to take.
+        With `tenant_cap`, `params` has `cap`, and a run that is due starts only while
+        its tenant runs fewer: each database says how that count stays true when
+        workers claim the tenant's runs at the same moment."""
 
     @abc.abstractmethod
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
@@ -98,6 +110,8 @@ class RunLedger(abc.ABC):
             "now": utcnow(),
             "lease_until": self.lease_until(),
         }
+        if self.tenant_cap:
+            params["cap"] = self.tenant_cap
         async with autocommit(self.sessionmaker) as session:
             row = await self._claim_row(session, params)
         if row is None:
@@ -133,6 +147,15 @@ class RunLedger(abc.ABC):
         # A mapped task's pages are upserted, not COPYed: their samples commit with them.
         run.fresh = run.record_seq == 0 and not run.sweeps and run.health_mapping is None
         return run
+
+    async def wait_for_slot(self, run_id: str, recheck_at: datetime) -> Waiting | None:
+        """After a claim that failed: when the run is due all the same, its tenant is at
+        the cap, and the run now says so (`waiting_reason`) and is looked at again by
+        `recheck_at`; None when it is not due (finished, running, not yet due)."""
+        params = {"run_id": run_id, "now": utcnow(), "recheck_at": recheck_at}
+        async with autocommit(self.sessionmaker) as session:
+            row = (await session.execute(WAITING_FOR_CAP, params)).first()
+        return None if row is None else Waiting(run_id, row[0], row[1])
 
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:
         """Every validator of the run's task, by page key: one query per run."""

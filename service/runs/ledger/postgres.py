@@ -42,17 +42,35 @@ from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import orjson
-from sqlalchemy import JSON, BindParameter, Executable, TextClause, bindparam, select, text
+from sqlalchemy import (
+    JSON,
+    BindParameter,
+    Executable,
+    TextClause,
+    bindparam,
+    func,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import autocommit, transaction
-from service.models.types import UTCDateTime
+from service.models.types import UTCDateTime, utcnow
 from service.notifications.outbox import Computed, NewEvent
 from service.runs.ledger.base import RunLedger
 from service.runs.ledger.outcomes import CHANGED_COUNTS, ENDED_STATS, success_events
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.samples import count_samples, store_samples
-from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
+from service.runs.ledger.statements import (
+    CLAIMED_RUN,
+    CLAIMED_TASK,
+    RUN,
+    TASK,
+    TENANT_TABLE,
+    claimed_run_update,
+    unclaimed,
+)
 from service.sync import Row
 
 UNIT_SEPARATOR = "\x1f"
@@ -345,7 +363,29 @@ class PostgresLedger(RunLedger):
     """Every commit is one statement, fenced inside it (see the module doc)."""
 
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
-        return (await session.execute(_CLAIM, params)).one_or_none()
+        if not self.tenant_cap:
+            return (await session.execute(_CLAIM, params)).one_or_none()
+        row = (await session.execute(_CLAIM_CAPPED, params)).one_or_none()
+        if row is None:
+            return None
+        *claimed, alone = row
+        if alone or await self._within_cap(params["run_id"], row.tenant_id):
+            return claimed
+        return None
+
+    async def _within_cap(self, run_id: str, tenant_id: str) -> bool:
+        """A claim that counted while another one of its tenant committed (see
+        `_capped_claim_statement`): count again, under the tenant row's lock, and undo
+        the claim if it went past the cap. Racing claims of one tenant take this lock in
+        turn, so exactly the ones past the cap step back."""
+        async with transaction(self.sessionmaker) as session:
+            await session.execute(_LOCK_TENANT, {"tenant_id": tenant_id})
+            running = (await session.execute(_RUNNING, {"tenant_id": tenant_id})).scalar_one()
+            if running <= self.tenant_cap:
+                return True
+            params = {"run_id": run_id, "owner": self.owner, "now": utcnow()}
+            await session.execute(_UNCLAIM, params)
+        return False
 
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
         params = {
@@ -456,3 +496,42 @@ def _claim_statement() -> Executable:
 
 
 _CLAIM = _claim_statement()
+
+
+def _capped_claim_statement() -> Executable:
+    """`_claim_statement` under the tenant's cap, still one statement: the claim's
+    `running_in_tenant() < :cap` counts in the statement's snapshot, which misses a claim
+    of the same tenant that commits meanwhile (READ COMMITTED: a row lock taken in the
+    statement does not refresh its snapshot). So every capped claim also bumps
+    `tenant.run_claims`, which serialises them on the tenant row; the update sees the
+    latest row, the plain read beside it the snapshot's. Equal but for our own bump
+    (`alone`): no claim committed in between, and the count was true. Otherwise the
+    ledger counts again under the row's lock (`PostgresLedger._within_cap`): a second
+    statement only when claims of one tenant actually raced."""
+    run = claimed_run_update(capped=True).returning(RUN.c.tenant_id.label("claimed_tenant"))
+    claimed = run.cte("claimed")
+    tenant_id = select(claimed.c.claimed_tenant).scalar_subquery()
+    bumped = (
+        update(TENANT_TABLE)
+        .where(TENANT_TABLE.c.id == tenant_id)
+        .values(run_claims=TENANT_TABLE.c.run_claims + 1)
+        .returning(TENANT_TABLE.c.run_claims)
+        .cte("bumped")
+    )
+    seen = select(TENANT_TABLE.c.run_claims).where(TENANT_TABLE.c.id == tenant_id)
+    alone = seen.scalar_subquery() + 1 == select(bumped.c.run_claims).scalar_subquery()
+    task = [TASK.c[name] for name in CLAIMED_TASK]
+    columns = [claimed.c[name] for name in CLAIMED_RUN]
+    return select(*columns, *task, alone.label("alone")).join_from(
+        claimed, TASK, TASK.c.id == claimed.c.task_id
+    )
+
+
+_CLAIM_CAPPED = _capped_claim_statement()
+_LOCK_TENANT = (
+    select(TENANT_TABLE.c.id).where(TENANT_TABLE.c.id == bindparam("tenant_id")).with_for_update()
+)
+_RUNNING = select(func.count()).where(
+    RUN.c.tenant_id == bindparam("tenant_id"), RUN.c.status == "running"
+)
+_UNCLAIM = unclaimed()

@@ -159,3 +159,13 @@ class Written:
     """Rows inserted or changed."""
     cancel_requested: bool | None
     """None: the lease was not this worker's, and nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """A due run that waits for its tenant's cap on running runs (`RunLedger.wait_for_slot`)."""
+
+    run_id: str
+    tenant_id: str
+    since: datetime
+    """When the run was created: waiting runs of a tenant start oldest first."""

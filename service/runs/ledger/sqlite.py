@@ -82,6 +82,7 @@ _REMEMBER = text(
     " updated_at = excluded.updated_at"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _CLAIM_RUN = claimed_run_update()
+_CLAIM_CAPPED = claimed_run_update(capped=True)
 _READ_TASK = select(*(TASK.c[name] for name in CLAIMED_TASK)).where(
     TASK.c.id == bindparam("task_id")
 )
@@ -94,8 +95,12 @@ class SqliteLedger(RunLedger):
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
         """SQLite's RETURNING cannot see other tables, nor can its CTEs write: the task
         is read in a second statement (each commits on its own; the run is ours from the
-        first). The write comes first, so no read snapshot has to be upgraded to a write."""
-        run = (await session.execute(_CLAIM_RUN, params)).one_or_none()
+        first). The write comes first, so no read snapshot has to be upgraded to a write;
+        and as a write it holds the database's write lock from its start, so the count
+        of the tenant's running runs under the cap is the true one, whatever the number
+        of workers claiming at once."""
+        claim = _CLAIM_CAPPED if self.tenant_cap else _CLAIM_RUN
+        run = (await session.execute(claim, params)).one_or_none()
         if run is None:
             return None
         task = (await session.execute(_READ_TASK, {"task_id": run.task_id})).one_or_none()

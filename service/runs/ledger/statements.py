@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import Table, and_, bindparam, case, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models import metadata
@@ -16,6 +16,7 @@ from service.runs.ledger.run import LeasedRun
 
 RUN: Table = metadata.tables["run"]
 TASK: Table = metadata.tables["task"]
+TENANT_TABLE: Table = metadata.tables["tenant"]
 VALIDATOR: Table = metadata.tables["page_validator"]
 RECORD: Table = metadata.tables["record"]
 LOCK_TASK = select(TASK.c.id).where(TASK.c.id == bindparam("task_id")).with_for_update()
@@ -44,16 +45,51 @@ CLAIMED_TASK = (
 )
 
 
-def claimed_run_update() -> Any:
-    """Queued and due; retrying and due; or running under an expired lease -> running,
-    ours. A queued run is due at once unless it has a not-before time in
-    `next_attempt_at` (a debounced push): its deferred job may reach a worker early (a
-    skewed clock), and a reconciler re-send must not start it before its time either."""
+TENANT_CAP_REASON = "tenant_concurrency_limit"
+"""A run's `waiting_reason` while its tenant runs as many runs as it may."""
+
+
+def due() -> Any:
+    """Queued and due, or retrying and due: a run that may start now. A queued run is due
+    at once unless it has a not-before time in `next_attempt_at` (a debounced push): its
+    deferred job may reach a worker early (a skewed clock), and a reconciler re-send must
+    not start it before its time either. A run waiting for its tenant's cap
+    (`waiting_reason`) was due when it began to wait: its `next_attempt_at` is only when
+    it is looked at again at the latest."""
     c = RUN.c
     now = bindparam("now", type_=c.started_at.type)
+    waiting = c.waiting_reason.is_not(None)
+    return or_(
+        and_(
+            c.status == "queued",
+            or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now, waiting),
+        ),
+        and_(c.status == "retrying", or_(c.next_attempt_at <= now, waiting)),
+    )
+
+
+def running_in_tenant() -> Any:
+    """How many runs of the claimed run's tenant are running (a correlated subquery)."""
+    busy = RUN.alias("busy")
+    return (
+        select(func.count())
+        .where(busy.c.tenant_id == RUN.c.tenant_id, busy.c.status == "running")
+        .scalar_subquery()
+    )
+
+
+def claimed_run_update(capped: bool = False) -> Any:
+    """Due (`due`), or running under an expired lease -> running, ours. `capped`: a due
+    run only while its tenant runs fewer than `:cap` runs (a lease taken over already
+    holds one of them); the caller makes that count trustworthy under concurrent claims
+    (each database's ledger, `_claim_row`)."""
+    c = RUN.c
+    now = bindparam("now", type_=c.started_at.type)
+    start = due()
+    if capped:
+        start = and_(start, running_in_tenant() < bindparam("cap"))
     claimable = or_(
-        and_(c.status == "queued", or_(c.next_attempt_at.is_(None), c.next_attempt_at <= now)),
-        and_(c.status == "retrying", c.next_attempt_at <= now),
+        start,
         and_(c.status == "running", or_(c.lease_expires_at.is_(None), c.lease_expires_at < now)),
     )
     return (
@@ -64,9 +100,46 @@ def claimed_run_update() -> Any:
             lease_owner=bindparam("owner"),
             lease_expires_at=bindparam("lease_until", type_=c.lease_expires_at.type),
             next_attempt_at=None,
+            waiting_reason=None,
             started_at=func.coalesce(c.started_at, now),
         )
         .returning(*(c[name] for name in CLAIMED_RUN))
+    )
+
+
+def waiting_for_cap() -> Any:
+    """The claim found the run due but its tenant at the cap: it waits, saying why, and is
+    looked at again by `:recheck_at` at the latest (`next_attempt_at`, which keeps the
+    reconciler from re-sending it before then). Returns its tenant and creation time;
+    nothing when the run is not due (finished, running, not yet due)."""
+    c = RUN.c
+    return (
+        update(RUN)
+        .where(c.id == bindparam("run_id"), due())
+        .values(
+            waiting_reason=TENANT_CAP_REASON,
+            next_attempt_at=bindparam("recheck_at", type_=c.next_attempt_at.type),
+        )
+        .returning(c.tenant_id, c.created_at)
+    )
+
+
+def unclaimed() -> Any:
+    """Undo a claim that went past the tenant's cap (PostgreSQL's race, see
+    `runs.ledger.postgres`): the run is due again, as it was, and waits."""
+    c = RUN.c
+    first = c.attempt == 1
+    return (
+        update(RUN)
+        .where(held(bindparam("run_id"), bindparam("owner")))
+        .values(
+            status=case((first, "queued"), else_="retrying"),
+            started_at=case((and_(first, c.pages == 0), None), else_=c.started_at),
+            next_attempt_at=bindparam("now", type_=c.next_attempt_at.type),
+            lease_owner=None,
+            lease_expires_at=None,
+        )
+        .returning(c.id)
     )
 
 

@@ -15,11 +15,13 @@ from service.models.run import ACTIVE_SQL
 
 SHOWN_COLUMNS = (
     *("id", "task_id", "status", "trigger", "attempt", "created_at", "started_at"),
-    *("finished_at", "next_attempt_at", "cancel_requested", "error", "attempts"),
-    *("pages", "requests", "not_modified", "records_seen", "inserted", "updated"),
-    *("unchanged", "rejected", "deleted", "bytes"),
+    *("finished_at", "next_attempt_at", "cancel_requested", "waiting_reason", "error"),
+    *("attempts", "pages", "requests", "not_modified", "records_seen", "inserted"),
+    *("updated", "unchanged", "rejected", "deleted", "bytes"),
+    *("samples_written", "samples_rejected"),
 )
-"""The run columns a `RunOut` is made of."""
+"""The run columns a `RunOut` is made of (`service.out_of_row`, the one way a run is
+shown, from a row or an ORM object)."""
 
 
 async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> Run | None:

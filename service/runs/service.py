@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import RowMapping
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.errors import Conflict, InvalidInput, NotFound
@@ -139,7 +138,7 @@ async def read_run(connection: AsyncConnection, tenant_id: str, run_id: str) -> 
     return out_of_row(row)
 
 
-def out_of_row(row: RowMapping) -> RunOut:
+def out_of_row(row: Mapping[Any, Any]) -> RunOut:
     """A `RunOut` of a row of `repository.SHOWN_COLUMNS`."""
     return RunOut(
         id=row["id"],
@@ -152,6 +151,7 @@ def out_of_row(row: RowMapping) -> RunOut:
         finished_at=row["finished_at"],
         next_attempt_at=row["next_attempt_at"],
         cancel_requested=row["cancel_requested"],
+        waiting_reason=row["waiting_reason"],
         stats=RunStats.model_validate(row),
         error=RunError.model_validate(row["error"]) if row["error"] else None,
         attempts=row["attempts"],
@@ -159,19 +159,4 @@ def out_of_row(row: RowMapping) -> RunOut:
 
 
 def to_out(run: Run) -> RunOut:
-    return RunOut(
-        id=run.id,
-        task_id=run.task_id,
-        status=run.status,
-        trigger=run.trigger,
-        attempt=run.attempt,
-        created_at=run.created_at,
-        started_at=run.started_at,
-        finished_at=run.finished_at,
-        next_attempt_at=run.next_attempt_at,
-        cancel_requested=run.cancel_requested,
-        waiting_reason=run.waiting_reason,
-        stats=RunStats.model_validate(run, from_attributes=True),
-        error=RunError.model_validate(run.error) if run.error else None,
-        attempts=run.attempts,
-    )
+    return out_of_row({name: getattr(run, name) for name in repository.SHOWN_COLUMNS})

@@ -16,9 +16,10 @@ class PageValidator(SQLModel, table=True):
     `next_page` is where that page pointed: a 304 has no body to read the next cursor
     from, so the walk continues from what the page said last time.
 
-    `digest` identifies the bytes the page's stored records came from, for every task;
-    `records_seen` and `rejected` are that page's counts, reported again when the same
-    bytes come back (`service.sync.conditional`).
+    `digest` identifies the bytes the page's stored records came from, for every task,
+    and `records_digest` those records as decoded (for pages whose bytes differ on every
+    fetch); `records_seen` and `rejected` are that page's counts, reported again when the
+    same bytes or records come back (`service.sync.conditional`).
     """
 
     __tablename__ = "page_validator"
@@ -31,4 +32,5 @@ class PageValidator(SQLModel, table=True):
     digest: str | None = Field(default=None, max_length=32)
     records_seen: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
     rejected: int = Field(default=0, sa_column_kwargs={"server_default": "0"})
+    records_digest: str | None = Field(default=None, max_length=32)
     updated_at: datetime = Field(default_factory=utcnow, sa_type=UTCDateTime)

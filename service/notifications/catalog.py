@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Final
 
-from service.notifications.outbox import NewEvent
+from service.notifications.outbox import Computed, NewEvent
 
 RUN_SUCCEEDED: Final = "run.succeeded"
 RUN_FAILED: Final = "run.failed"
@@ -58,7 +58,9 @@ def _event(type_: str, subject: RunSubject, **data: Any) -> NewEvent:
     return NewEvent(type_, {**about, **data}, subject.task_id, subject.user_id)
 
 
-def run_succeeded(subject: RunSubject, finished_at: datetime, stats: dict[str, int]) -> NewEvent:
+def run_succeeded(
+    subject: RunSubject, finished_at: datetime, stats: dict[str, int] | Computed
+) -> NewEvent:
     return _event(
         RUN_SUCCEEDED,
         subject,
@@ -85,7 +87,11 @@ def run_failed(
 
 
 def records_changed(
-    subject: RunSubject, inserted: int, updated: int, deleted: int, next_after: int
+    subject: RunSubject,
+    inserted: int | Computed,
+    updated: int | Computed,
+    deleted: int | Computed,
+    next_after: int | Computed,
 ) -> NewEvent:
     """The run wrote records: `next_after` is the task feed's seq after them, so a backend
     can tell a phone "pull `GET /v1/tasks/{task_id}/records?after=<yours>`"."""

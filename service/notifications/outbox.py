@@ -32,15 +32,30 @@ TENANT: Table = metadata.tables["tenant"]
 
 
 @dataclass(frozen=True, slots=True)
+class Computed:
+    """A value in an event's `data` that the statement writing the event computes.
+
+    PostgreSQL's ledger writes a run's success and its events in the one statement that
+    commits the run's last page (a second statement in a transaction cost the worker
+    about a third more CPU per run, bench/concurrency.py), before Python has seen the
+    run's totals. The event's shape still comes from `catalog`; that statement fills in
+    each top-level `Computed` value by its `name`. `append` takes none."""
+
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class NewEvent:
     """An event to append; `task_id` and `user_id` are also in `data` (the feed filters
-    by them)."""
+    by them). `only_if` names a boolean the writing statement computes (see `Computed`):
+    the event is written only when it is true."""
 
     type: str
     data: dict[str, Any]
     task_id: str | None = None
     user_id: str | None = None
     id: str = field(default_factory=lambda: new_id("evt"))
+    only_if: str | None = None
 
 
 async def append(

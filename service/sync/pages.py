@@ -24,6 +24,7 @@ from service.sync.conditional import (
     conditional_headers,
     digest_seed,
     page_key,
+    records_digest,
     resumed,
     validator_from,
 )
@@ -301,14 +302,16 @@ async def fetch_one(
         retries=retries,
     )
     try:
-        page = _interpret(source, request, fetched, validator, conditional=conditional)
+        page = _interpret(source, request, fetched, validator, seed, conditional=conditional)
     except BaseException as exc:
         if fetched.hold is not None:
             fetched.hold.release()
         if isinstance(exc, SyncError):
             exc.requests = 1 + fetched.retries  # the page was fetched; its run counts them
         raise
-    if fetched.hold is not None:
+    if fetched.hold is not None and page.unread:
+        fetched.hold.release()  # its records are the stored ones: nothing decoded is kept
+    elif fetched.hold is not None:
         fetched.hold.charge(RECORD_COST * page.records.seen)  # its rows, now in memory
         fetched.hold.settle()
     return page
@@ -319,10 +322,13 @@ def _interpret(
     request: PageRequest,
     fetched: FetchedPage,
     validator: Validator | None,
+    seed: bytes | None,
     *,
     conditional: bool,
 ) -> Page:
-    """A fetched page's records, its next page and what to remember of it."""
+    """A fetched page's records, its next page and what to remember of it. A page whose
+    records are the stored ones (`records_digest`) is handed on as if its bytes had
+    matched: not extracted, its records counted as stored."""
     if fetched.status == 304 or fetched.body is None:
         if validator is None or (fetched.status == 304 and not conditional):
             raise InvalidBody("upstream answered 304 to an unconditional request", http_status=304)
@@ -335,17 +341,27 @@ def _interpret(
             known=validator,
         )
     records = records_of(fetched.body, source.records_path, first_page=request.index == 0)
-    extracted = extract(records, source.primary_key)
     view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))
     following = strip_query_auth(source, next_request(source.pagination, request, view))
     if following is not None and (following.url, following.params) == (request.url, request.params):
         raise PaginationLoop("the upstream pointed to the same page again")
+    digest_of_records = records_digest(seed, records) if seed is not None else None
+    if (
+        validator is not None
+        and digest_of_records is not None
+        and validator.records_digest == digest_of_records
+        and resumed(validator, request) == following
+    ):
+        unread = replace(fetched, body=None)  # counted as stored (`Page.same_as_before`)
+        return Page(request, unread, ExtractedPage(), following, known=validator)
+    extracted = extract(records, source.primary_key)
     remembered = validator_from(
         fetched.headers,
         following,
         conditional=source.conditional,
         digest=fetched.digest,
         records=extracted,
+        digest_of_records=digest_of_records,
     )
     if remembered == validator:
         remembered = None  # nothing new to store

@@ -1,5 +1,7 @@
 """Pages that come back byte for byte as they were stored are neither decoded nor
-compared (every task, conditional or not); anything else is compared record by record.
+compared (every task, conditional or not); pages whose bytes differ but whose records
+are the stored ones (a stamped envelope) are decoded, not compared; anything else is
+compared record by record.
 
 Whether a page was compared is seen from the database: a stored record whose hash is
 made stale behind Backsync's back is rewritten by a comparison, and left alone by a
@@ -102,17 +104,12 @@ async def test_changed_settings_make_stored_digests_useless(
     assert rekeyed["stats"]["inserted"] == 20  # the same bytes, read under the new key
 
 
-async def test_pages_whose_bytes_change_are_compared_record_by_record(
-    client: httpx.AsyncClient,
-    auth: dict[str, str],
-    upstream: Upstream,
-    settings: Settings,
-    worker: object,
-) -> None:
-    records = make_records(20)
+def _stamping(records: list[dict[str, Any]]) -> Any:
+    """Pages of 10 from `records` (read at each request), in an envelope that differs on
+    every answer."""
     served = itertools.count()
 
-    def stamped(request: Request) -> Response:  # the envelope differs on every answer
+    def stamped(request: Request) -> Response:
         start = int(request.query_params.get("next_token") or 0)
         following = start + 10
         return JSONResponse(
@@ -123,15 +120,53 @@ async def test_pages_whose_bytes_change_are_compared_record_by_record(
             }
         )
 
-    url = upstream.route("/stamped", stamped)
+    return stamped
+
+
+async def test_stamped_pages_whose_records_are_the_stored_ones_are_not_compared(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    settings: Settings,
+    worker: object,
+) -> None:
+    records: list[dict[str, Any]] = [*make_records(19), {"no_id": True}]
+    url = upstream.route("/stamped", _stamping(records))
     task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
-    await sync(client, auth, task["id"])
+    assert _stats(await sync(client, auth, task["id"])) == (2, 20, 19, 0, 0, 1)
     await _make_stale(settings, task["id"], "r000000")
+    seq_before = len(await feed(client, auth, task["id"]))
 
     again = await sync(client, auth, task["id"])
 
-    assert _stats(again) == (2, 20, 0, 1, 19, 0)
-    assert not await _is_stale(settings, task["id"], "r000000")  # compared and rewritten
+    assert _stats(again) == (2, 20, 0, 0, 19, 1)  # the counts the pages had last time
+    assert await _is_stale(settings, task["id"], "r000000")  # not compared
+    assert len(await feed(client, auth, task["id"])) == seq_before
+
+
+async def test_a_stamped_page_with_a_changed_record_is_compared_record_by_record(
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    settings: Settings,
+    worker: object,
+) -> None:
+    records = make_records(20)
+    url = upstream.route("/stamped-changing", _stamping(records))
+    task = await create_task(client, auth, http_task(url, records_path="data", pagination=CURSOR))
+    await sync(client, auth, task["id"])
+    await _make_stale(settings, task["id"], "r000000")
+    await _make_stale(settings, task["id"], "r000011")
+    records[15] = {**records[15], "value": -1}
+
+    again = await sync(client, auth, task["id"])
+
+    # The second page is compared: its changed record and the stale one are rewritten.
+    assert _stats(again) == (2, 20, 0, 2, 18, 0)
+    assert not await _is_stale(settings, task["id"], "r000011")
+    assert await _is_stale(settings, task["id"], "r000000")  # the first page was not
+    changed = await feed(client, auth, task["id"], after=20)
+    assert [record["data"]["value"] for record in changed if record["key"] == "r000015"] == [-1]
 
 
 async def test_a_page_repeating_a_key_is_always_compared(

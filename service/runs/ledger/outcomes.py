@@ -17,8 +17,7 @@ ends.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.models.types import utcnow
 from service.notifications import catalog
-from service.notifications.outbox import NewEvent, append
+from service.notifications.outbox import Computed, NewEvent, append
 from service.runs.ledger.run import Ending, LeasedRun
 from service.runs.ledger.statements import RUN, TASK, end_run, held
 
@@ -46,8 +45,7 @@ ENDED_STATS = (
 _ENDED = select(*(RUN.c[name] for name in ENDED_STATS), TASK.c.record_seq).join_from(
     RUN, TASK, TASK.c.id == RUN.c.task_id
 )
-
-Append = Callable[[AsyncSession, str, Sequence[NewEvent], datetime], Awaitable[None]]
+CHANGED_COUNTS = ("inserted", "updated", "deleted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,28 +87,41 @@ async def succeed_run(
     await record_success(session, run, ending.now)
 
 
-async def record_success(
-    session: AsyncSession,
-    run: LeasedRun,
-    now: datetime,
-    ended: Ended | None = None,
-    append: Append = append,
-) -> None:
-    """The events of a success just written in this transaction. PostgreSQL's ledger
-    writes the success itself, in its page statement, which also returns `ended`, and
-    appends with one statement of its own; otherwise both are read and written here."""
-    if ended is None:
-        row = (await session.execute(_ENDED.where(RUN.c.id == run.run_id))).one()
-        ended = Ended(dict(zip(ENDED_STATS, row[:-1], strict=True)), row.record_seq)
-    stats = {name: int(ended.totals[name]) for name in ENDED_STATS}
+async def record_success(session: AsyncSession, run: LeasedRun, now: datetime) -> None:
+    """Write the events of a success just written in this transaction, reading the run's
+    totals back."""
+    row = (await session.execute(_ENDED.where(RUN.c.id == run.run_id))).one()
+    ended = Ended(dict(zip(ENDED_STATS, row[:-1], strict=True)), row.record_seq)
+    await append(session, run.tenant_id, success_events(run, now, ended), now)
+
+
+def success_events(run: LeasedRun, now: datetime, ended: Ended | None = None) -> list[NewEvent]:
+    """The events of a success: `run.succeeded`, `records.changed` when the run wrote
+    anything, `task.recovered` when it ends a failure streak.
+
+    Without `ended`, the totals are `Computed` by the statement that writes the events
+    (PostgreSQL's ledger, whose last page's statement ends the run): `stats` (the run's
+    `ENDED_STATS`), each of `CHANGED_COUNTS`, `next_after` (the task's feed position) and
+    `changed` (whether any of `CHANGED_COUNTS` is not 0)."""
     subject = run.subject
+    if ended is None:
+        stats: dict[str, int] | Computed = Computed("stats")
+        counts: list[int | Computed] = [Computed(name) for name in CHANGED_COUNTS]
+        next_after: int | Computed = Computed("next_after")
+    else:
+        stats = {name: int(ended.totals[name]) for name in ENDED_STATS}
+        counts = [stats[name] for name in CHANGED_COUNTS]
+        next_after = int(ended.record_seq)
     events = [catalog.run_succeeded(subject, now, stats)]
-    if stats["inserted"] or stats["updated"] or stats["deleted"]:
-        changed = (stats["inserted"], stats["updated"], stats["deleted"], int(ended.record_seq))
-        events.append(catalog.records_changed(subject, *changed))
+    inserted, updated, deleted = counts
+    changed = catalog.records_changed(subject, inserted, updated, deleted, next_after)
+    if ended is None:
+        events.append(replace(changed, only_if="changed"))
+    elif any(counts):
+        events.append(changed)
     if run.prior_failures:
         events.append(catalog.task_recovered(subject, run.prior_failures))
-    await append(session, run.tenant_id, events, now)
+    return events
 
 
 async def fail_run(

@@ -32,18 +32,17 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
 import orjson
 from sqlalchemy import JSON, BindParameter, Executable, TextClause, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import autocommit, transaction
+from service.db import autocommit
 from service.models.types import UTCDateTime
-from service.notifications.outbox import NewEvent
+from service.notifications.outbox import Computed, NewEvent
 from service.runs.ledger.base import RunLedger
-from service.runs.ledger.outcomes import ENDED_STATS, Ended, record_success
+from service.runs.ledger.outcomes import CHANGED_COUNTS, ENDED_STATS, success_events
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.statements import CLAIMED_TASK, TASK, claimed_run_update
 from service.sync import Row
@@ -115,19 +114,57 @@ _TASK_OUTCOME = (
 _TASK_WATERMARK = ", watermark = " + _UNLESS_CANCELLED.format(
     column="watermark", value="CAST(:watermark AS json)"
 )
+_COMPUTED = (
+    "json_build_object('stats', json_build_object("  # noqa: S608 - constant SQL
+    + ", ".join(f"'{name}', p.{name}" for name in ENDED_STATS)
+    + "), "
+    + ", ".join(f"'{name}', p.{name}" for name in CHANGED_COUNTS)
+    + ", 'next_after', (SELECT base + :n_rows FROM seq), 'changed', "
+    + " OR ".join(f"p.{name} <> 0" for name in CHANGED_COUNTS)
+    + ")"
+)
+# A success's events (`outcomes.success_events`), written by the statement that ends
+# the run, unless a cancel came first. Each event's data is the catalog's, sent as JSON
+# in which a `Computed` value is {"$computed": name}; `computed` holds those values (the
+# run's totals, from `progress`). The tenant's event seqs are reserved last, after the
+# task's and the run's rows are locked (`service.notifications.outbox`).
+_EVENTS = (
+    ", computed AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
+    f" SELECT {_COMPUTED} AS v FROM progress p WHERE NOT p.cancel_requested"
+    "), kept AS ("
+    " SELECT e.id, e.type, e.task_id, e.user_id, e.data, c.v,"
+    " row_number() OVER (ORDER BY e.n) AS n FROM unnest(CAST(:e_ids AS text[]),"
+    " CAST(:e_types AS text[]), CAST(:e_task_ids AS text[]), CAST(:e_user_ids AS text[]),"
+    " CAST(:e_datas AS text[]), CAST(:e_only_if AS text[]))"
+    " WITH ORDINALITY AS e(id, type, task_id, user_id, data, only_if, n) CROSS JOIN computed c"
+    " WHERE e.only_if IS NULL OR CAST(c.v ->> e.only_if AS boolean)"
+    "), reserved AS ("
+    " UPDATE tenant SET event_seq = event_seq + (SELECT count(*) FROM kept)"
+    " WHERE id = CAST(:tenant_id AS varchar) AND EXISTS (SELECT 1 FROM kept)"
+    " RETURNING event_seq - (SELECT count(*) FROM kept) AS base"
+    "), appended AS ("
+    " INSERT INTO event (tenant_id, seq, id, type, task_id, user_id, data, created_at)"
+    " SELECT CAST(:tenant_id AS varchar), r.base + k.n, k.id, k.type, k.task_id, k.user_id,"
+    " (SELECT json_object_agg(f.key, CASE WHEN json_typeof(f.value) = 'object'"
+    " AND f.value ->> '$computed' IS NOT NULL THEN k.v -> (f.value ->> '$computed')"
+    " ELSE f.value END ORDER BY f.n)"
+    " FROM json_each(CAST(k.data AS json)) WITH ORDINALITY AS f(key, value, n)),"
+    " CAST(:now AS timestamptz) FROM kept k CROSS JOIN reserved r RETURNING 1)"
+)
 _VALIDATORS = (
     ", validated AS ("
     " INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
-    " records_seen, rejected, updated_at)"
-    " SELECT CAST(:task_id AS varchar), v.k, v.e, v.m, CAST(v.n AS json), v.d, v.s, v.r,"
+    " records_seen, rejected, records_digest, updated_at)"
+    " SELECT CAST(:task_id AS varchar), v.k, v.e, v.m, CAST(v.n AS json), v.d, v.s, v.r, v.rd,"
     " CAST(:now AS timestamptz) FROM unnest(CAST(:v_keys AS text[]),"
     " CAST(:v_etags AS text[]), CAST(:v_modified AS text[]), CAST(:v_next AS text[]),"
-    " CAST(:v_digests AS text[]), CAST(:v_seen AS int[]), CAST(:v_rejected AS int[]))"
-    " AS v(k, e, m, n, d, s, r) CROSS JOIN held"
+    " CAST(:v_digests AS text[]), CAST(:v_seen AS int[]), CAST(:v_rejected AS int[]),"
+    " CAST(:v_records_digests AS text[])) AS v(k, e, m, n, d, s, r, rd) CROSS JOIN held"
     " ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
     " last_modified = excluded.last_modified, next_page = excluded.next_page,"
     " digest = excluded.digest, records_seen = excluded.records_seen,"
-    " rejected = excluded.rejected, updated_at = excluded.updated_at RETURNING 1)"
+    " rejected = excluded.rejected, records_digest = excluded.records_digest,"
+    " updated_at = excluded.updated_at RETURNING 1)"
 )
 # What "changed" means is written once for both upserts: another hash, or a record
 # that was deleted and is back (it is inserted again: a new `created_at`, so RETURNING
@@ -192,14 +229,8 @@ def _statement(*, validators: bool, ends: bool, watermark: bool, marks: bool) ->
         + ("".join(f", run.{name}" for name in ENDED_STATS) if ends else "")
         + ")"
         + (_VALIDATORS if validators else "")
+        + (_EVENTS if ends else "")
         + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
-        # An ending commit also says what the run's success reports (`outcomes`): its
-        # totals and the feed position after its records, without another query.
-        + (
-            ", (SELECT row_to_json(progress) FROM progress), (SELECT base + :n_rows FROM seq)"
-            if ends
-            else ""
-        )
     )
     return text(sql).bindparams(*_binds(ends=ends, watermark=watermark))
 
@@ -221,6 +252,29 @@ def _json(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def _computed(value: Any) -> Any:
+    if isinstance(value, Computed):
+        return {"$computed": value.name}
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")
+
+
+def _template(data: dict[str, Any]) -> str:
+    """An event's data as JSON, each `Computed` value as {"$computed": name} (`_EVENTS`)."""
+    return orjson.dumps(data, default=_computed, option=orjson.OPT_PASSTHROUGH_DATACLASS).decode()
+
+
+def _event_params(run: LeasedRun, events: Sequence[NewEvent]) -> dict[str, Any]:
+    return {
+        "tenant_id": run.tenant_id,
+        "e_ids": [event.id for event in events],
+        "e_types": [event.type for event in events],
+        "e_task_ids": [event.task_id for event in events],
+        "e_user_ids": [event.user_id for event in events],
+        "e_datas": [_template(event.data) for event in events],
+        "e_only_if": [event.only_if for event in events],
+    }
+
+
 def _validator_params(validators: list[tuple[str, Any]]) -> dict[str, Any]:
     keys, values = zip(*validators, strict=True)
     return {
@@ -231,6 +285,7 @@ def _validator_params(validators: list[tuple[str, Any]]) -> dict[str, Any]:
         "v_digests": [v.digest for v in values],
         "v_seen": [v.records_seen for v in values],
         "v_rejected": [v.rejected for v in values],
+        "v_records_digests": [v.records_digest for v in values],
     }
 
 
@@ -268,60 +323,19 @@ class PostgresLedger(RunLedger):
         if write.validators:
             params.update(_validator_params(write.validators))
         ending = write.ending
-        if ending is not None:
+        if ending is not None:  # the success's events commit with it (`_EVENTS`)
             params["attempts"] = ending.attempts
             params["watermark"] = ending.watermark
+            params.update(_event_params(run, success_events(run, ending.now)))
         statement = _statement(
             validators=bool(write.validators),
             ends=ending is not None,
             watermark=ending is not None and ending.watermark is not None,
             marks=run.sweeps,
         )
-        if ending is None:
-            async with autocommit(self.sessionmaker) as session:
-                changed, cancel = (await session.execute(statement, params)).one()
-        else:  # the success's events commit with it (`outcomes`)
-            async with transaction(self.sessionmaker) as session:
-                changed, cancel, totals, record_seq = (
-                    await session.execute(statement, params)
-                ).one()
-                if cancel is False:
-                    ended = Ended(totals, record_seq)  # json, decoded by the driver
-                    await record_success(session, run, ending.now, ended, _append_events)
+        async with autocommit(self.sessionmaker) as session:
+            changed, cancel = (await session.execute(statement, params)).one()
         return Written(int(changed), None if cancel is None else bool(cancel))
-
-
-_APPEND_EVENTS = text(
-    "WITH reserved AS (UPDATE tenant SET event_seq = event_seq + :count WHERE id = :tenant_id"
-    " RETURNING event_seq - :count AS base)"
-    " INSERT INTO event (tenant_id, seq, id, type, task_id, user_id, data, created_at)"
-    " SELECT CAST(:tenant_id AS varchar), r.base + e.n, e.id, e.type, e.task_id, e.user_id,"
-    " CAST(e.data AS json), CAST(:now AS timestamptz) FROM reserved r,"
-    " unnest(CAST(:ids AS text[]), CAST(:types AS text[]), CAST(:task_ids AS text[]),"
-    " CAST(:user_ids AS text[]), CAST(:datas AS text[]))"
-    " WITH ORDINALITY AS e(id, type, task_id, user_id, data, n)"
-).bindparams(bindparam("now", type_=UTCDateTime()))
-
-
-async def _append_events(
-    session: AsyncSession, tenant_id: str, events: Sequence[NewEvent], now: datetime
-) -> None:
-    """`outbox.append` in one statement (the seq reserved under the tenant row's lock and
-    the rows inserted together): a run's end is the worker's most frequent writer of
-    events, and every round trip there costs the worker CPU (bench/concurrency.py)."""
-    await session.execute(
-        _APPEND_EVENTS,
-        {
-            "tenant_id": tenant_id,
-            "count": len(events),
-            "now": now,
-            "ids": [event.id for event in events],
-            "types": [event.type for event in events],
-            "task_ids": [event.task_id for event in events],
-            "user_ids": [event.user_id for event in events],
-            "datas": [_json(event.data) for event in events],
-        },
-    )
 
 
 def _claim_statement() -> Executable:

@@ -65,13 +65,15 @@ _MARK_SEEN = text(
 )
 _REMEMBER = text(
     "INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
-    " records_seen, rejected, updated_at) SELECT :task_id, j.value ->> 0, j.value ->> 1,"
-    " j.value ->> 2, CASE WHEN j.value ->> 3 IS NULL THEN NULL ELSE j.value -> 3 END,"
-    " j.value ->> 4, j.value ->> 5, j.value ->> 6, :now FROM json_each(:validators) AS j"
+    " records_seen, rejected, records_digest, updated_at) SELECT :task_id, j.value ->> 0,"
+    " j.value ->> 1, j.value ->> 2, CASE WHEN j.value ->> 3 IS NULL THEN NULL ELSE j.value -> 3"
+    " END, j.value ->> 4, j.value ->> 5, j.value ->> 6, j.value ->> 7, :now"
+    " FROM json_each(:validators) AS j"
     " WHERE true ON CONFLICT (task_id, url_key) DO UPDATE SET etag = excluded.etag,"
     " last_modified = excluded.last_modified, next_page = excluded.next_page,"
     " digest = excluded.digest, records_seen = excluded.records_seen,"
-    " rejected = excluded.rejected, updated_at = excluded.updated_at"
+    " rejected = excluded.rejected, records_digest = excluded.records_digest,"
+    " updated_at = excluded.updated_at"
 ).bindparams(bindparam("now", type_=UTCDateTime()))
 _CLAIM_RUN = claimed_run_update()
 _READ_TASK = select(*(TASK.c[name] for name in CLAIMED_TASK)).where(
@@ -168,7 +170,16 @@ class SqliteLedger(RunLedger):
 
 def _validator_params(task_id: str, write: PageWrite) -> dict[str, Any]:
     validators = [
-        (key, v.etag, v.last_modified, v.next_page, v.digest, v.records_seen, v.rejected)
+        (
+            key,
+            v.etag,
+            v.last_modified,
+            v.next_page,
+            v.digest,
+            v.records_seen,
+            v.rejected,
+            v.records_digest,
+        )
         for key, v in write.validators
     ]
     return {"task_id": task_id, "now": write.now, "validators": orjson.dumps(validators).decode()}

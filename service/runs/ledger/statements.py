@@ -136,4 +136,5 @@ VALIDATORS = select(
     VALIDATOR.c.digest,
     VALIDATOR.c.records_seen,
     VALIDATOR.c.rejected,
+    VALIDATOR.c.records_digest,
 ).where(VALIDATOR.c.task_id == bindparam("task_id"))

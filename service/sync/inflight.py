@@ -9,10 +9,13 @@ released when its page is done with; a body that finds no room waits for it (bef
 request is sent, or between chunks) instead of the process growing.
 
 Waiting while holding part of a body could deadlock: two half-read bodies, each waiting
-for the other's bytes. So when every byte held belongs to a body still being read (none
-will be released without one of them finishing), the body that started first is let
-past the budget: bytes in flight stay within `max_bytes` plus one body, and a body that
-alone would cost more than `max_bytes` is refused (`service.sync.body`).
+for the other's bytes. So when no byte held belongs to a page already in its caller's
+hands (`BodyHold.settle`: only those come back without any fetch making progress), the
+body that started first is let past the budget: bytes in flight stay within `max_bytes`
+plus one body, and a body that alone would cost more than `max_bytes` is refused
+(`service.sync.body`). A page fetched ahead and done, but not yet handed over, still
+counts as being read: its caller takes it only after the pages before it, which may be
+the ones waiting.
 """
 
 from __future__ import annotations
@@ -37,9 +40,9 @@ class BodyBudget:
         self.peak = 0
         """The most `used` has been (what a benchmark or a test reads)."""
         self._settled = 0
-        """Bytes held by bodies done reading: they come back without anyone else's help."""
+        """Bytes held by pages in their callers' hands: they come back without help."""
         self._reading: dict[BodyHold, None] = {}
-        """Holds of bodies still being read, oldest first (a dict keeps insertion order)."""
+        """Holds of bodies not yet handed over, oldest first (a dict keeps insertion order)."""
         self._waiting: deque[BodyHold] = deque()
 
     def hold(self) -> BodyHold:
@@ -57,7 +60,7 @@ class BodyBudget:
 
     def _unblocks(self, hold: BodyHold) -> bool:
         """Whether `hold` is let past the budget: it is the oldest body being read, and
-        every byte held belongs to bodies being read (so nothing else would free room)."""
+        no byte held is in a caller's hands (so nothing else would free room)."""
         return self._settled == 0 and next(iter(self._reading), None) is hold
 
     def _grant(self, hold: BodyHold, n: int) -> None:
@@ -97,7 +100,7 @@ class BodyHold:
         self._budget = budget
         self.held = 0
         self.settled = False
-        """Done reading and decoding: what it holds now is released when its page is."""
+        """Its page is in its caller's hands: released when the caller is done with it."""
         self.wanted = 0
         self.future: asyncio.Future[None] | None = None
 
@@ -129,7 +132,7 @@ class BodyHold:
         self._budget._grant(self, n)
 
     def settle(self) -> None:
-        """The body is read and decoded: it no longer grows, and will be released."""
+        """The page is handed to its caller: it no longer grows, and will be released."""
         budget = self._budget
         if not self.settled:
             self.settled = True

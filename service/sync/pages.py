@@ -77,6 +77,12 @@ class Page:
         """No body was decoded (a 304, or the stored bytes): its records are as stored."""
         return self.fetched.body is None
 
+    def handed_over(self) -> None:
+        """In its caller's hands: its bytes come back when the caller is done with it,
+        whatever other fetches wait for (see `service.sync.inflight`)."""
+        if self.fetched.hold is not None:
+            self.fetched.hold.settle()
+
     def release(self) -> None:
         """Done with: what its body held of the process's `BodyBudget` is free again."""
         if self.fetched.hold is not None:
@@ -126,6 +132,7 @@ async def iter_pages(
             _check_no_cycle(page, address, requested)
             if ahead:
                 page = await flight.follow(page)
+            page.handed_over()
             yield page
             page.release()  # the caller is done with it: it asks for the next
             request = page.next
@@ -313,7 +320,6 @@ async def fetch_one(
         fetched.hold.release()  # its records are the stored ones: nothing decoded is kept
     elif fetched.hold is not None:
         fetched.hold.charge(RECORD_COST * page.records.seen)  # its rows, now in memory
-        fetched.hold.settle()
     return page
 
 

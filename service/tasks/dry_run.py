@@ -122,7 +122,7 @@ async def dry_run(
     try:
         return _described(body, request, page)
     finally:
-        page.release()
+        page.release()  # never handed over: described and dropped at once
 
 
 def _described(body: TaskIn, request: PageRequest, page: Page) -> DryRun:

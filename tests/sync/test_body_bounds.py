@@ -146,6 +146,7 @@ async def test_a_second_body_is_not_fetched_until_the_first_is_released(
     first = await fetch_one(
         http, source(first_url), Limits(), first_request(source(first_url)), bodies=bodies
     )
+    first.handed_over()
 
     second = asyncio.create_task(
         fetch_one(
@@ -221,6 +222,7 @@ async def test_a_wait_for_room_does_not_count_against_the_timeout(
     cost = await _one_page_cost(http, source(url))
     bodies = BodyBudget(cost + 1000)
     first = await fetch_one(http, source(url), Limits(), first_request(source(url)), bodies=bodies)
+    first.handed_over()
     quick = Limits(timeout_seconds=0.2)
 
     second = asyncio.create_task(

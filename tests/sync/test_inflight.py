@@ -100,8 +100,8 @@ async def test_half_read_bodies_do_not_wait_for_each_other_for_ever() -> None:
     assert (budget.used, budget.peak) == (800, 1300)
 
 
-async def test_nobody_goes_past_the_budget_while_a_done_body_will_free_room() -> None:
-    """A body done reading gives its bytes back without anyone's help: the oldest body
+async def test_nobody_goes_past_the_budget_while_a_page_in_hand_will_free_room() -> None:
+    """A page in its caller's hands comes back without anyone's help: the oldest body
     being read waits for that rather than take the process past its budget."""
     budget = BodyBudget(1000)
     done, reading = budget.hold(), budget.hold()
@@ -115,6 +115,19 @@ async def test_nobody_goes_past_the_budget_while_a_done_body_will_free_room() ->
     done.release()
     await waiting
     assert budget.peak == 1000
+
+
+async def test_a_page_fetched_ahead_does_not_block_the_one_before_it() -> None:
+    """A page fetched ahead and done, but not handed over (its caller takes the earlier
+    page first), frees nothing: the earlier page, still being read, is let past."""
+    budget = BodyBudget(1000)
+    earlier, ahead = budget.hold(), budget.hold()
+    await earlier.grow(300)
+    await ahead.grow(700)  # read whole; waits for `earlier` to be taken first
+
+    await earlier.grow(200)  # would wait for ever if it waited
+
+    assert budget.used == 1200
 
 
 async def test_release_gives_everything_back_once() -> None:

@@ -132,17 +132,24 @@ async def read_body(
     decoder = _Decoder(response.headers)
     body = bytearray()
     compressed = 0
-    async for data in response.aiter_raw():
-        compressed += len(data)
-        for piece in decoder.feed(data):
+    try:
+        async for data in response.aiter_raw():
+            compressed += len(data)
+            for piece in decoder.feed(data):
+                body += piece
+                _check(len(body), compressed, limit, max_ratio)
+                if hold is not None and len(body) > hold.held:
+                    _within_budget(len(body), bodies)
+                    await _grow(hold, len(body) - hold.held, deadline)
+        for piece in decoder.end():
             body += piece
             _check(len(body), compressed, limit, max_ratio)
-            if hold is not None and len(body) > hold.held:
-                _within_budget(len(body), bodies)
-                await _grow(hold, len(body) - hold.held, deadline)
-    for piece in decoder.end():
-        body += piece
-        _check(len(body), compressed, limit, max_ratio)
+    except BaseException:
+        # Freed now, not when the traceback's frames are: a run's error can live on in a
+        # reference cycle until the worker's (rare: `worker.py`) full collection, and 50
+        # refused bombs kept 6 MiB each that way (bench/memory.py).
+        body.clear()
+        raise
     return body
 
 

@@ -26,14 +26,18 @@ def _bodies(worker: Any) -> Any:
 
 
 async def test_a_gzip_bomb_fails_the_run_without_the_worker_inflating_it(
-    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, worker: Any
+    client: httpx.AsyncClient,
+    auth: dict[str, str],
+    upstream: Upstream,
+    worker: Any,
+    settings: Settings,
 ) -> None:
     """The issue's task: a small gzip that inflates to 50 MiB of JSON, the task's limit at
-    the server's cap (16 MiB by default; 512 MiB is refused, below)."""
+    the server's cap (10 MiB by default; 512 MiB is refused, below)."""
     url = upstream.route("/bomb", lambda _r: gzipped(gzip_bomb()))
     body = {
         **http_task(url, records_path="data"),
-        "limits": {"max_response_bytes": 16 * MiB},
+        "limits": {"max_response_bytes": settings.max_response_bytes},
         "retry": ONCE,
     }
     task = await create_task(client, auth, body)
@@ -72,7 +76,7 @@ async def test_a_limit_past_the_servers_cap_is_refused_at_registration(
         assert response.headers["content-type"] == "application/problem+json"
         (error,) = response.json()["errors"]
         assert error["loc"] == ["body", "limits", "max_response_bytes"]
-        assert f"at most {16 * MiB}" in error["msg"]
+        assert f"at most {settings.max_response_bytes}" in error["msg"]
         assert "BACKSYNC_MAX_RESPONSE_BYTES" in error["msg"]
     assert at_the_cap.status_code == 200, at_the_cap.text
 

@@ -14,9 +14,14 @@
 4. registers a task and triggers a run through the real API (in this process), polls
    `GET /v1/runs/{id}` every 20 ms until the run is final (the **first sync**);
 5. triggers a second, **unchanged resync** of the same task (every page comes back byte
-   for byte: recognised by its stored digest, not decoded), then, with a query
+   for byte: recognised by its stored digest, not decoded), then a **stamped resync**
+   (the upstream stamps every response's envelope: the bytes differ, the records do
+   not; recognised by the stored records digest after one decode), then, with a query
    parameter the upstream ignores added to the task, a **compared resync** (no stored
-   digest applies: every record is decoded and compared, and found unchanged);
+   validator applies: every record is decoded and compared, and found unchanged);
+5b. measures the database's own rate for the same rows (`bench/ceilings.py`: batched
+   `INSERT … ON CONFLICT` per page of rows, and `COPY` on PostgreSQL) and prints the
+   first sync as a share of it;
 6. registers a second task on the same data with `"conditional": true`, runs it once
    (it stores every page's validator) and then again: the **conditional resync**, where
    every page answers 304;
@@ -72,7 +77,8 @@ from cryptography.fernet import Fernet
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
-from bench.upstream import PATH, token_of
+from bench.ceilings import database_ceilings, prepared_pages
+from bench.upstream import PATH, STAMP_PATH, token_of
 from service.app import create_app
 from service.cli import _create_key
 from service.config import Settings
@@ -684,6 +690,22 @@ def _run_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+def _ceiling_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The database's own rate for the same rows, and the first sync as a share of it."""
+    records, rows = report["records"], []
+    for name, seconds in report["database_ceiling"].items():
+        what = name.removesuffix("_seconds")
+        share = report["first_sync_share"][what]
+        rows.append(
+            (
+                f"database alone ({'batched upsert' if what == 'upsert' else 'COPY'})",
+                f"{seconds:.3f} s   {records / seconds:,.0f} records/s;"
+                f" first sync at {100 * share:.0f}% of it",
+            )
+        )
+    return rows
+
+
 def print_report(report: dict[str, Any]) -> None:
     records, pages = report["records"], report["pages"]
     ceiling = report["upstream_ceiling"]
@@ -701,9 +723,12 @@ def print_report(report: dict[str, Any]) -> None:
         ("", ""),
         *_run_rows(report["first_sync"]),
         *_run_rows(report["resync"]),
+        *_run_rows(report["stamped_resync"]),
         *_run_rows(report["compared_resync"]),
         *_run_rows(report["conditional_first_sync"]),
         *_run_rows(report["conditional_resync"]),
+        ("", ""),
+        *_ceiling_rows(report),
         ("", ""),
         (
             "worker RSS idle / peak",
@@ -746,6 +771,13 @@ def print_report(report: dict[str, Any]) -> None:
                 f"{100 * target['ratio']:.0f}% of target, {verdict}",
             )
         )
+    rows.append(
+        (
+            "  stamped resync speedup",
+            f"{report['stamped_resync_speedup']:,.2f}x (bytes differ on every fetch, records"
+            " do not; issue 13's target: >= 3x)",
+        )
+    )
     rows.append(
         (
             "  compared resync speedup",
@@ -901,6 +933,7 @@ async def count_dlt_rows(url: str) -> tuple[int, int]:
 BACKSYNC_RUNS = (
     "first sync",
     "unchanged resync",
+    "stamped resync",
     "compared resync",
     "conditional first sync",
     "conditional resync",
@@ -1037,6 +1070,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 task = conditional_id if name.startswith("conditional") else task_id
                 if name == "compared resync":
                     await _patch_params(client, auth, task, COMPARED_PARAMS)
+                await _stamping(base, on=name == "stamped resync")
                 _quiet(args)
                 print(f"{name} (worker pid {worker.pid}, task {task}) ...", flush=True)
                 spy = start_py_spy(worker.pid, args.py_spy, name) if args.py_spy else None
@@ -1049,6 +1083,12 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         stop_py_spy(spy)
                 if "analyze" in args.what_if and name.endswith("first sync"):
                     await analyze(settings.database_url)
+        await _stamping(base, on=False)
+        _quiet(args)
+        print("database ceilings (batched upsert, COPY) for the same rows ...", flush=True)
+        database_ceiling = await database_ceilings(
+            settings.database_url, prepared_pages(args.records, args.page_size)
+        )
         in_table = await count_records(settings.database_url, task_id)
         in_conditional = await count_records(settings.database_url, conditional_id)
         if profile_out is not None:
@@ -1083,7 +1123,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             dlt = {"version": runs[0]["dlt_version"], "runs": runs}
 
         first, second = results["first sync"], results["unchanged resync"]
-        compared = results["compared resync"]
+        compared, stamped = results["compared resync"], results["stamped resync"]
         conditional_first = results["conditional first sync"]
         conditional = results["conditional resync"]
         resync_speedup = _ratio(first.wall_seconds, second.wall_seconds)
@@ -1100,8 +1140,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             "first_sync": asdict(first),
             "resync": asdict(second),
             "resync_speedup": resync_speedup,
+            "stamped_resync": asdict(stamped),
+            "stamped_resync_speedup": _ratio(first.wall_seconds, stamped.wall_seconds),
             "compared_resync": asdict(compared),
             "compared_resync_speedup": _ratio(first.wall_seconds, compared.wall_seconds),
+            "database_ceiling": database_ceiling,
+            "first_sync_share": {
+                name.removesuffix("_seconds"): _ratio(seconds, first.wall_seconds)
+                for name, seconds in database_ceiling.items()
+            },
             "conditional_first_sync": asdict(conditional_first),
             "conditional_resync": asdict(conditional),
             "conditional_speedup": conditional_speedup,
@@ -1160,6 +1207,13 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
+async def _stamping(base: str, *, on: bool) -> None:
+    """Turn the upstream's per-response envelope stamp on or off (`bench.upstream`)."""
+    async with httpx.AsyncClient(base_url=base, trust_env=False) as client:
+        response = await (client.put if on else client.delete)(STAMP_PATH)
+        response.raise_for_status()
+
+
 async def _patch_params(
     client: httpx.AsyncClient, auth: dict[str, str], task_id: str, params: dict[str, str]
 ) -> None:
@@ -1178,6 +1232,7 @@ def check(report: dict[str, Any], records: int) -> list[str]:
     expectations = (
         (report["first_sync"], "inserted"),
         (report["resync"], "unchanged"),
+        (report["stamped_resync"], "unchanged"),
         (report["compared_resync"], "unchanged"),
         (report["conditional_first_sync"], "inserted"),
     )

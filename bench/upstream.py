@@ -11,12 +11,17 @@ prints `READY <port>` on stdout once it accepts connections. Routes:
   `{"data": [...], "next_token": T|null}`; every page carries a strong `ETag` (a hash of
   its bytes) and a request whose `If-None-Match` matches it gets `304` with no body
 - `GET /warmup`: one page of one record (lets the benchmark check the worker is up)
+- `PUT /stamp` / `DELETE /stamp`: from now on, every page's envelope carries the time
+  and a request number (`{"generated_at": …, "request": N, "data": …}`) and no `ETag`,
+  like upstreams that stamp each response: the bytes differ on every fetch, the records
+  do not; `DELETE` turns it off again
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import random
 import socket
 import sys
@@ -34,6 +39,7 @@ from starlette.routing import Route
 
 PATH = "/v2/daily_activity"
 WARMUP_PATH = "/warmup"
+STAMP_PATH = "/stamp"
 _DEVICES = ("ring-gen3", "ring-gen4", "watch-s9", "band-7")
 _ACTIVITIES = ("walking", "running", "cycling", "rest", "swimming")
 _EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
@@ -100,12 +106,19 @@ def build_app(
 ) -> Starlette:
     warmup = orjson.dumps({"data": [make_record(0, random.Random(0))], "next_token": None})
     etags = {token: etag_of(body) for token, body in pages.items()}
+    stamps = itertools.count(1)
+    stamping = False
 
     async def activity(request: Request) -> Response:
         token = request.query_params.get("next_token")
         body = pages.get(token)
         if body is None:
             return Response(b'{"error":"unknown token"}', 400, media_type="application/json")
+        if stamping:  # a new envelope around the same records (bytes spliced, not re-rendered)
+            stamp = orjson.dumps(
+                {"generated_at": datetime.now(UTC).isoformat(), "request": next(stamps)}
+            )
+            return Response(stamp[:-1] + b"," + body[1:], media_type="application/json")
         etag = etags[token]
         if matches(request.headers.get("if-none-match"), etag):
             return Response(status_code=304, headers={"ETag": etag})
@@ -114,13 +127,23 @@ def build_app(
     async def warm(_request: Request) -> Response:
         return Response(warmup, media_type="application/json")
 
+    async def stamp(request: Request) -> Response:
+        nonlocal stamping
+        stamping = request.method == "PUT"
+        return Response(status_code=204)
+
     @asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         if on_ready is not None:
             on_ready()
         yield
 
-    return Starlette(routes=[Route(PATH, activity), Route(WARMUP_PATH, warm)], lifespan=lifespan)
+    routes = [
+        Route(PATH, activity),
+        Route(WARMUP_PATH, warm),
+        Route(STAMP_PATH, stamp, methods=["PUT", "DELETE"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     beyond it the attempt ends as retryable `upstream_held` and frees the worker."""
     upstream_max_hold_seconds: float = 3600.0
     """Cap on how long one `Retry-After` holds back every task on a host."""
+    redis_timeout_seconds: float = Field(default=2.0, gt=0, le=60)
+    """Longest one call to Redis may take before Redis counts as away
+    (`service.broker.outage`)."""
+    redis_probe_seconds: float = Field(default=1.0, gt=0, le=60)
+    """While Redis is away, how often a process tries it again; meanwhile what can do
+    without it (the API's rate limits, an enqueue the reconciler redoes) skips it at once."""
+    redis_outage_max_wait_seconds: float = Field(default=300.0, ge=0)
+    """Longest a run whose task has `limits.requests_per_second` pauses for Redis (the
+    shared budget lives there); then its attempt ends as `broker_unavailable`, retried and
+    not counted. Runs without a rate limit keep going through an outage."""
     api_rate_per_second: float = Field(default=50, ge=0)
     """Requests one API key may make per second, on average (0: no limit); past it a
     request is answered 429 with `Retry-After` and `RateLimit` headers. Counted in
@@ -97,9 +107,11 @@ class Settings(BaseSettings):
     """The first in-place retry of a failed request waits up to this long, the next ones
     twice as long each (full jitter; `service.sync.request_retry`)."""
 
-    health_ingest_chunk: int = Field(default=1000, ge=1, le=5000)
+    health_ingest_chunk: int = Field(default=5000, ge=1, le=10_000)
     """Health samples the worker stores per transaction: a killed worker's batch resumes
-    after its last committed chunk, and one user's lock is held one chunk at a time."""
+    after its last committed chunk, and one user's lock is held one chunk at a time.
+    5,000: a 10,000-sample batch in two transactions (each chunk costs seven round trips
+    whatever its size; bench/health.py)."""
 
     auto_pause_after_failures: int = Field(default=10, ge=0)
     """Failed runs in a row after which a task pauses itself and emits `task.paused`

@@ -11,6 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth.service import Principal, authenticate
+from service.broker.outage import RedisUnavailable
 from service.broker.queue import Queue
 from service.broker.rate_limit import RateLimiter
 from service.config import Settings
@@ -62,6 +63,8 @@ async def _run_all(actions: list[Callable[[], Awaitable[None]]]) -> None:
     for action in actions:
         try:
             await action()
+        except RedisUnavailable as exc:  # logged once per outage (`service.broker.outage`)
+            log.info("post-transaction action skipped: %s", exc)
         except Exception:
             # The database row is the truth; the worker's reconciler re-sends a lost
             # enqueue, and an idempotency key left in flight lapses after its lease.
@@ -127,6 +130,7 @@ async def _within_rate(state: AppState, principal: Principal) -> None:
         name="api-rate",
         rate=settings.api_rate_per_second,
         burst=settings.api_rate_burst,
+        health=state["queue"].health,  # Redis away: no wait, the call goes through
     )
     verdict = await limiter.check(principal.key_prefix)
     if verdict is None or verdict.retry_after is None:

@@ -4,7 +4,8 @@ FastAPI documents an error's schema under the route's `application/json`, and ev
 route with parameters gets its own 422 (`HTTPValidationError`) — neither is what the
 server sends. `finish` rewrites every 4xx/5xx response that carries a problem to
 `application/problem+json` with the `Problem` schema (RFC 9457: what `service.errors`
-renders), drops the unused validation schemas, and documents the response headers the
+renders), drops the unused validation schemas, documents the answers middleware gives on
+every route (429 for a keyed call, 400 for a NUL in the URL), and the response headers the
 middleware and routes add (`X-Request-ID` everywhere, `Location`, `Idempotent-Replayed`,
 `Retry-After`).
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from service.errors import PROBLEM_JSON, InvalidInput, RateLimited
+from service.errors import PROBLEM_JSON, BadRequest, InvalidInput, RateLimited
 
 _PROBLEM = {"$ref": "#/components/schemas/Problem"}
 _REPLACED = ("#/components/schemas/Problem", "#/components/schemas/HTTPValidationError")
@@ -63,6 +64,8 @@ def finish(document: dict[str, Any]) -> dict[str, Any]:
             located = operation.get("operationId") in LOCATED
             if operation.get("security"):  # every call with an API key is rate-limited
                 operation["responses"].setdefault("429", _rate_limited())
+            # `service.middleware.NulFreeUrl` answers any route whose URL holds a NUL.
+            operation["responses"].setdefault("400", _bad_request())
             keyed = bool(operation.get("security"))
             for code, response in operation.get("responses", {}).items():
                 _problem_json(code, response)
@@ -83,6 +86,19 @@ def _rate_limited() -> dict[str, Any]:
     }
     return {
         "description": RateLimited.title,
+        "content": {PROBLEM_JSON: {"schema": _PROBLEM, "example": example}},
+    }
+
+
+def _bad_request() -> dict[str, Any]:
+    example = {
+        "type": f"urn:backsync:problem:{BadRequest.slug}",
+        "title": BadRequest.title,
+        "status": BadRequest.status,
+        "detail": "NUL characters are not allowed in the URL",
+    }
+    return {
+        "description": "A NUL character in the path or query",
         "content": {PROBLEM_JSON: {"schema": _PROBLEM, "example": example}},
     }
 

@@ -58,12 +58,15 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             pre_ping=False,
         )
         sessionmaker = create_sessionmaker(engine)
-        queue = Queue.from_pool(ctx["redis"], settings.queue_name)
+        health = ctx["redis_health"]
+        queue = Queue.from_pool(ctx["redis"], settings.queue_name, health)
         budget = RedisBudget(
             ctx["redis"],
             settings.redis_key_prefix,
             max_wait=settings.upstream_budget_max_wait_seconds,
             max_hold=settings.upstream_max_hold_seconds,
+            health=health,
+            outage_max_wait=settings.redis_outage_max_wait_seconds,
         )
         await budget.start()
         ctx["engine"] = engine

@@ -14,16 +14,29 @@ A worker that `start`s its budget also listens for holds: each hold is published
 to a host without a rate limit (most of them) asks Redis nothing. It subscribes before
 it loads the holds already set, so none falls in between; while it is not subscribed
 (starting, or Redis gone) it asks Redis for every request, as an unstarted budget does.
+
+Losing Redis (README "Redis outages"): a request to a host without a rate limit goes on,
+held back by the holds this process knows of (heard before the outage, or set by its own
+runs since); there is no shared rate to keep. A request to a host with
+`limits.requests_per_second` waits for Redis, trying again every
+`BACKSYNC_REDIS_PROBE_SECONDS`: a per-process bucket would multiply the upstream's rate
+by the number of workers. After `BACKSYNC_REDIS_OUTAGE_MAX_WAIT_SECONDS` it raises
+`BrokerUnavailable`, which ends the attempt without counting it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 
 from redis.asyncio import Redis
 
 from service.broker.channel import Subscription
+from service.broker.outage import BrokerUnavailable, RedisHealth, RedisUnavailable
 from service.sync import DEFAULT_MAX_HOLD, Holds, held_back, over
+
+log = logging.getLogger(__name__)
 
 _HELD, _RESERVED, _OVER = 0, 1, 2
 
@@ -64,8 +77,12 @@ class RedisBudget:
         *,
         max_wait: float | None = None,
         max_hold: float = DEFAULT_MAX_HOLD,
+        health: RedisHealth | None = None,
+        outage_max_wait: float = 300.0,
     ) -> None:
         self._redis = redis
+        self._health = health or RedisHealth()
+        self.outage_max_wait = outage_max_wait
         self._prefix = prefix
         self.max_wait = max_wait
         self.max_hold = max_hold
@@ -96,18 +113,25 @@ class RedisBudget:
         await self._subscription.close()
 
     async def acquire(self, host: str, requests_per_second: float | None) -> None:
-        if not requests_per_second and self.listening:
-            while (wait := self._holds.left(host)) > 0:
-                if over(wait, self.max_wait):
-                    raise held_back(host, wait, held=True)
-                await asyncio.sleep(wait)
+        if not requests_per_second and (self.listening or not self._health.up):
+            await self._known_holds(host)
             return
         max_wait_ms = -1 if self.max_wait is None else int(self.max_wait * 1000)
         keys = [self._key("bucket", host), self._key("hold", host)]
+        args = [requests_per_second or 0, max_wait_ms]
+        outage_began: float | None = None
         while True:
-            status, wait_ms = await self._acquire(
-                keys=keys, args=[requests_per_second or 0, max_wait_ms]
-            )
+            try:
+                status, wait_ms = await self._health.call(
+                    lambda: self._acquire(keys=keys, args=args)
+                )
+            except RedisUnavailable:
+                if not requests_per_second:
+                    await self._known_holds(host)
+                    return
+                outage_began = outage_began or time.monotonic()
+                await self._wait_for_redis(host, outage_began)
+                continue
             status, wait = int(status), int(wait_ms) / 1000
             if status == _OVER or (status == _HELD and over(wait, self.max_wait)):
                 raise held_back(host, wait, held=status == _HELD)
@@ -115,15 +139,39 @@ class RedisBudget:
             if status == _RESERVED:
                 return
 
+    async def _known_holds(self, host: str) -> None:
+        """Wait out the hold on `host` this process knows of (from memory)."""
+        while (wait := self._holds.left(host)) > 0:
+            if over(wait, self.max_wait):
+                raise held_back(host, wait, held=True)
+            await asyncio.sleep(wait)
+
+    async def _wait_for_redis(self, host: str, began: float) -> None:
+        waited = time.monotonic() - began
+        if waited >= self.outage_max_wait:
+            raise BrokerUnavailable(
+                f"Redis, where the shared request budget of {host} is kept, was"
+                f" unavailable for {waited:.0f} s; the run goes on in its next attempt"
+                " (not counted toward retry.max_attempts)"
+            )
+        await asyncio.sleep(min(self._health.probe_seconds, self.outage_max_wait - waited))
+
     async def hold(self, host: str, seconds: float) -> None:
-        """The upstream's latest word wins: a shorter `Retry-After` shortens the hold."""
+        """The upstream's latest word wins: a shorter `Retry-After` shortens the hold.
+        Without Redis the hold is kept in this process only."""
         ms = int(min(seconds, self.max_hold) * 1000)
         if ms > 0:
             self._note(host, ms)
-            async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.set(self._key("hold", host), 1, px=ms)
-                pipe.publish(self._channel, f"{ms} {host}")
-                await pipe.execute()
+            try:
+                await self._health.call(lambda: self._publish_hold(host, ms))
+            except RedisUnavailable:
+                log.info("hold on %s kept in this worker only: Redis is unavailable", host)
+
+    async def _publish_hold(self, host: str, ms: int) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.set(self._key("hold", host), 1, px=ms)
+            pipe.publish(self._channel, f"{ms} {host}")
+            await pipe.execute()
 
     def knows_hold(self, host: str) -> bool:
         return self._holds.left(host) > 0

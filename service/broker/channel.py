@@ -20,8 +20,8 @@ class Subscription:
     `listening` is true while subscribed, once `on_subscribed` (if any) has run: a
     caller that reads state first and then relies on messages sets that up there, after
     the subscription, so nothing published in between is missed. Losing Redis logs a
-    warning and subscribes again a second later; meanwhile `listening` is false and the
-    caller falls back to asking Redis.
+    warning (once per outage, not once per try) and subscribes again a second later;
+    meanwhile `listening` is false and the caller falls back to asking Redis.
     """
 
     def __init__(
@@ -38,6 +38,7 @@ class Subscription:
         self._purpose = purpose
         self.listening = False
         self._task: asyncio.Task[None] | None = None
+        self._failing = False
 
     def start(self) -> None:
         if self._task is None:
@@ -58,13 +59,18 @@ class Subscription:
                     if self._on_subscribed is not None:
                         await self._on_subscribed()
                     self.listening = True
+                    if self._failing:
+                        log.info("listening for %s on Redis again", self._purpose)
+                        self._failing = False
                     async for message in pubsub.listen():
                         if message["type"] == "message":
                             self._on_message(message["data"])
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.warning("not listening for %s on Redis", self._purpose, exc_info=True)
+            except Exception as exc:
+                if not self._failing:
+                    log.warning("not listening for %s on Redis: %r", self._purpose, exc)
+                self._failing = True
             finally:
                 self.listening = False
             await asyncio.sleep(RESUBSCRIBE_SECONDS)

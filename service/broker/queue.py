@@ -15,21 +15,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any
 
 import msgpack
-from arq import create_pool
 from arq.connections import ArqRedis, RedisSettings
-from arq.constants import job_key_prefix, result_key_prefix
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from arq.worker import Worker
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
 
 from service.broker.channel import Subscription
+from service.broker.outage import REDIS_DOWN, Backoff, RedisHealth
 from service.config import Settings
+
+log = logging.getLogger(__name__)
 
 JobContext = dict[str, Any]
 
@@ -76,29 +79,52 @@ def redis_settings(url: str) -> RedisSettings:
     return settings
 
 
-class Queue:
-    """What the API and the worker need from the queue: enqueue a run, ping."""
+def redis_health(settings: Settings) -> RedisHealth:
+    """How one process tells that Redis is away (`service.broker.outage`)."""
+    return RedisHealth(
+        timeout=settings.redis_timeout_seconds, probe_seconds=settings.redis_probe_seconds
+    )
 
-    def __init__(self, pool: ArqRedis, queue_name: str):
+
+def lazy_pool(settings: Settings) -> ArqRedis:
+    """arq's connection pool, connecting on first use: unlike arq's `create_pool`, which
+    pings Redis (and gives up after a few tries), building it needs no Redis, so the
+    API starts, and serves reads, while Redis is away."""
+    if not settings.redis_url:
+        raise RuntimeError("BACKSYNC_REDIS_URL is not set")
+    connections = ConnectionPool.from_url(
+        settings.redis_url, socket_connect_timeout=settings.redis_timeout_seconds
+    )
+    return ArqRedis(
+        connections,
+        job_serializer=_dumps,
+        job_deserializer=_loads,
+        default_queue_name=settings.queue_name,
+    )
+
+
+class Queue:
+    """What the API and the worker need from the queue: enqueue a run, ping.
+
+    Every call goes through `health`: bounded by its timeout, and refused at once
+    (`RedisUnavailable`) while Redis is known to be away. Callers treat a failed enqueue
+    as delayed, not lost: the run is in the database, and the reconciler sends it.
+    """
+
+    def __init__(self, pool: ArqRedis, queue_name: str, health: RedisHealth | None = None):
         self._pool = pool
         self._queue_name = queue_name
         self._enqueue = pool.register_script(_ENQUEUE)
+        self.health = health or RedisHealth()
 
     @classmethod
-    def from_pool(cls, pool: ArqRedis, queue_name: str) -> Queue:
-        return cls(pool, queue_name)
+    def from_pool(cls, pool: ArqRedis, queue_name: str, health: RedisHealth | None = None) -> Queue:
+        return cls(pool, queue_name, health)
 
     @classmethod
     async def connect(cls, settings: Settings) -> Queue:
-        if not settings.redis_url:
-            raise RuntimeError("BACKSYNC_REDIS_URL is not set")
-        pool = await create_pool(
-            redis_settings(settings.redis_url),
-            job_serializer=_dumps,
-            job_deserializer=_loads,
-            default_queue_name=settings.queue_name,
-        )
-        return cls(pool, settings.queue_name)
+        """The queue of `settings`; connects on first use (Redis may be away now)."""
+        return cls(lazy_pool(settings), settings.queue_name, redis_health(settings))
 
     @property
     def redis(self) -> Redis:
@@ -132,32 +158,37 @@ class Queue:
         for job_id, run_id in jobs:
             keys += [job_key_prefix + job_id, result_key_prefix + job_id]
             args += [job_id, serialize_job("sync_run", (run_id,), {}, None, now, serializer=_dumps)]
-        sent: int = await self._enqueue(keys=keys, args=args)
+        sent: int = await self.health.call(lambda: self._enqueue(keys=keys, args=args))
         return sent
 
     async def enqueue_health_batch(self, batch_id: str, *, job_suffix: str | None = None) -> None:
         """Send a health batch to the workers (`service.health.jobs`); like runs, the job
         id derives from the batch and the reason for re-sending it."""
         job_id = f"health:{batch_id}" if job_suffix is None else f"health:{batch_id}:{job_suffix}"
-        await self._pool.enqueue_job("ingest_health_batch", batch_id, _job_id=job_id)
-        await self._pool.publish(doorbell_channel(self._queue_name), b"")
+        await self.health.call(
+            lambda: self._pool.enqueue_job("ingest_health_batch", batch_id, _job_id=job_id)
+        )
+        await self.health.call(lambda: self._pool.publish(doorbell_channel(self._queue_name), b""))
 
     async def schedules_changed(self) -> None:
         """Wake every worker's scheduler: a task's next slot may be sooner now."""
-        await self._pool.publish(schedules_channel(self._queue_name), b"")
+        channel = schedules_channel(self._queue_name)
+        await self.health.call(lambda: self._pool.publish(channel, b""))
 
     async def webhooks_due(self) -> None:
         """Wake the workers' webhook deliverers: events were written or a delivery made."""
-        await self._pool.publish(webhooks_channel(self._queue_name), b"")
+        channel = webhooks_channel(self._queue_name)
+        await self.health.call(lambda: self._pool.publish(channel, b""))
 
     async def ping(self) -> bool:
+        """Whether Redis answers now (always asked, within the health's timeout)."""
         try:
-            return bool(await asyncio.wait_for(self._pool.ping(), timeout=2))
-        except Exception:
+            return bool(await self.health.call(self._pool.ping, probe=True))
+        except REDIS_DOWN:
             return False
 
     async def close(self) -> None:
-        await self._pool.aclose()
+        await self._pool.aclose(close_connection_pool=True)
 
 
 def schedules_channel(queue_name: str) -> str:
@@ -195,15 +226,36 @@ class _Worker(Worker):
     runs ends together, on a busy event loop, the last free slot waited for all the
     others. `START_LANES` walks share the slots (arq's own semaphore and counter) and
     start that many jobs at once.
+
+    Losing Redis does not stop it (arq's own worker exits on the first error): it waits
+    for Redis before starting, a poll that fails is tried again after a capped
+    exponential backoff, and a job whose start or end could not be written is released
+    (its in-progress key deleted) once Redis is back, so that a later poll takes it up
+    again instead of after `job_timeout`; jobs tolerate running twice.
     """
 
     START_LANES = 8
 
-    def __init__(self, *args: Any, idle_poll: float, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, idle_poll: float, health: RedisHealth, **kwargs: Any) -> None:
         super().__init__(*args, poll_delay=0, **kwargs)  # the waiting is `_wait_for_work`
         self._idle_poll = idle_poll
         self._wake = asyncio.Event()
         self._doorbell: Subscription | None = None
+        self._health = health
+        self._backoff = Backoff()
+        self._stranded: set[str] = set()
+        """Jobs whose start or end Redis missed: released once it answers again."""
+
+    async def main(self) -> None:
+        while True:
+            try:
+                await self._health.call(self.pool.ping, probe=True)
+                break
+            except REDIS_DOWN:
+                await self._backoff.sleep()
+        self._backoff.reset()
+        self.ctx["redis_health"] = self._health  # shared by the jobs' queue and budget
+        await super().main()
 
     async def _poll_iteration(self) -> None:
         if self._doorbell is None:  # the pool exists from the first poll on
@@ -211,8 +263,26 @@ class _Worker(Worker):
                 self.pool, doorbell_channel(self.queue_name), self._ring, purpose="enqueues"
             )
             self._doorbell.start()
-        await super()._poll_iteration()
+        try:
+            await super()._poll_iteration()
+            await self._release_stranded()
+        except REDIS_DOWN as exc:
+            self._health.failed(exc)
+            await self._backoff.sleep()
+            return
+        self._health.answered()
+        self._backoff.reset()
         await self._wait_for_work()
+
+    async def _release_stranded(self) -> None:
+        if self._stranded:
+            stranded, self._stranded = self._stranded, set()
+            try:
+                await self.pool.delete(*[in_progress_key_prefix + job_id for job_id in stranded])
+            except BaseException:
+                self._stranded |= stranded
+                raise
+            log.info("released %d job(s) Redis missed the start or end of", len(stranded))
 
     def _ring(self, _data: bytes) -> None:
         self._wake.set()
@@ -234,6 +304,10 @@ class _Worker(Worker):
     async def run_job(self, job_id: str, score: int) -> None:
         try:
             await super().run_job(job_id, score)
+        except REDIS_DOWN:
+            # The database has the run's state; Redis only lost track of the job.
+            log.warning("job %s: Redis is unavailable; released once it is back", job_id)
+            self._stranded.add(job_id)
         finally:
             # `set` runs before arq's done-callback frees the slot, but the waiter it
             # wakes is queued behind that callback: the poll then sees the free slot.
@@ -243,7 +317,13 @@ class _Worker(Worker):
         if self._doorbell is not None:
             await self._doorbell.close()
             self._doorbell = None
-        await super().close()
+        try:
+            await super().close()
+        except REDIS_DOWN:  # arq's close deletes its health key first: shut down without it
+            if self.on_shutdown is not None:
+                await self.on_shutdown(self.ctx)
+            await self.pool.aclose(close_connection_pool=True)
+            self._pool = None
 
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         running = self.tasks
@@ -252,12 +332,29 @@ class _Worker(Worker):
             for job_id in job_ids
             if (task := running.get(job_id.decode())) is None or task.done()
         ]
-        start = super().start_jobs
         lanes = min(self.START_LANES, len(waiting))
         if lanes <= 1:
-            await start(waiting)
+            await self._start_each(waiting)
             return
-        await asyncio.gather(*(start(waiting[lane::lanes]) for lane in range(lanes)))
+        results = await asyncio.gather(
+            *(self._start_each(waiting[lane::lanes]) for lane in range(lanes)),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result
+
+    async def _start_each(self, job_ids: list[bytes]) -> None:
+        """arq's `start_jobs`, one job at a time: when Redis fails a job's start, arq has
+        taken a slot (its counter and semaphore) for it and no task will free it, so the
+        slot is given back here; otherwise each failed poll would lose one."""
+        for job_id in job_ids:
+            try:
+                await super().start_jobs([job_id])
+            except REDIS_DOWN:  # only its Redis pipeline fails so, after the slot is taken
+                self.job_counter -= 1
+                self.sem.release()
+                raise
 
 
 def build_worker(
@@ -280,7 +377,8 @@ def build_worker(
     return _Worker(
         functions=functions,
         queue_name=settings.queue_name,
-        redis_settings=redis_settings(settings.redis_url),
+        redis_pool=lazy_pool(settings),
+        health=redis_health(settings),
         on_startup=on_startup,
         on_shutdown=on_shutdown,
         burst=burst,

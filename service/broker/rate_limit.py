@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from service.broker.outage import RedisHealth
+
 log = logging.getLogger(__name__)
 
 GCRA = """
@@ -54,16 +56,28 @@ class Verdict:
 class RateLimiter:
     """`rate` calls per second per key, in bursts of up to `burst`, under `name`."""
 
-    def __init__(self, redis: Redis, prefix: str, *, name: str, rate: float, burst: int) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        prefix: str,
+        *,
+        name: str,
+        rate: float,
+        burst: int,
+        health: RedisHealth | None = None,
+    ) -> None:
         self._script = redis.register_script(GCRA)
+        self._health = health or RedisHealth()
         self._prefix = f"{prefix}:{name}"
         self._interval_ms = max(1, round(1000 / rate))
         self.burst = burst
 
     @classmethod
-    def per_minute(cls, redis: Redis, prefix: str, name: str, calls: int) -> RateLimiter:
+    def per_minute(
+        cls, redis: Redis, prefix: str, name: str, calls: int, health: RedisHealth | None = None
+    ) -> RateLimiter:
         """`calls` per key and minute, in bursts of up to `calls`."""
-        return cls(redis, prefix, name=name, rate=calls / 60, burst=calls)
+        return cls(redis, prefix, name=name, rate=calls / 60, burst=calls, health=health)
 
     async def check(self, key: str) -> Verdict | None:
         """The verdict on one call under `key`; None when Redis cannot be asked.
@@ -72,13 +86,17 @@ class RateLimiter:
         every call while Redis is away would turn an outage of the limiter into an
         outage of the API (and lose push notifications); what the limit protects is
         bounded elsewhere too (one active run per task, enforced by the database).
+
+        Nor does an outage slow calls down: `health` bounds the call, and while Redis is
+        known to be away the limit is not asked at all, but for one probe a second
+        (`service.broker.outage`), so a request never waits out a Redis timeout.
         """
+        keys, args = [f"{self._prefix}:{key}"], [self._interval_ms, self.burst]
         try:
-            wait_ms, remaining, reset_ms = await self._script(
-                keys=[f"{self._prefix}:{key}"], args=[self._interval_ms, self.burst]
+            wait_ms, remaining, reset_ms = await self._health.call(
+                lambda: self._script(keys=keys, args=args)
             )
-        except (RedisError, OSError, TimeoutError):
-            log.warning("rate limit unavailable; letting the call through", exc_info=True)
+        except (RedisError, OSError, TimeoutError):  # logged by `health` once per outage
             return None
         return Verdict(
             retry_after=max(1, math.ceil(int(wait_ms) / 1000)) if int(wait_ms) > 0 else None,

@@ -1,7 +1,7 @@
 """The worker side of a batch: its samples into the store, one chunk per transaction.
 
 Each chunk commits with everything it means, or not at all: the samples (whole rows,
-one upsert statement executed per row), the user's new `seq`, the batch's progress and
+written by the database's `service.health.writer`), the user's new `seq`, the batch's progress and
 counts and, with the last chunk, the batch's completion and its
 `health.batch.completed` event. A worker killed mid-chunk loses only that chunk's
 uncommitted work; the batch stays `pending`, the reconciler re-sends it, and the next
@@ -16,8 +16,8 @@ rule reads stored samples only under it), then the tenant row (the event's seq,
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -25,6 +25,8 @@ from service.db import SessionMaker, transaction
 from service.health import repository
 from service.health.merge import plan
 from service.health.normalize import Normalized
+from service.health.rollup import touched
+from service.health.writer import Write, writer_for
 from service.models import HealthBatch
 from service.models.types import utcnow
 from service.notifications.catalog import health_batch_completed
@@ -53,7 +55,8 @@ async def _next_chunk(
             return True
         chunk = samples[offset : offset + size]
         now = utcnow()
-        counts, seq = await _store(session, batch, chunk, now)
+        stored = await store_samples(session, batch.tenant_id, batch.user_id, chunk, now)
+        counts, seq = stored.counts, stored.seq
         finished = now if offset + len(chunk) >= len(samples) else None
         totals = await repository.advance(session, batch.id, len(chunk), counts, finished, now)
         if finished is not None:
@@ -63,56 +66,39 @@ async def _next_chunk(
         return finished is not None
 
 
-async def _store(
-    session: AsyncSession, batch: HealthBatch, chunk: list[Normalized], now: datetime
-) -> tuple[dict[str, int], int]:
-    """Apply the de-duplication rule to the chunk under the user's lock and write what
-    changes, each write with the user's next seq. Returns the verdict counts and the
-    user's seq after the chunk."""
-    tenant_id, user_id = batch.tenant_id, batch.user_id
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    """What storing a list of samples did: how many had each verdict, and the user's
+    last seq after them."""
+
+    counts: dict[str, int]
+    seq: int
+
+
+async def store_samples(
+    session: AsyncSession, tenant_id: str, user_id: str, samples: list[Normalized], now: datetime
+) -> StoreResult:
+    """Store normalised samples in the caller's transaction: the de-duplication rule
+    applied under the user's lock, each write with the user's next seq.
+
+    The one way samples enter the store (a batch's chunks; a task's mapped records), so
+    the rule, the change feed's order and the daily rollup's invalidation
+    (`service.health.rollup`) hold for all.
+    The user's row stays locked until the caller commits."""
     base = await repository.lock_user(session, tenant_id, user_id)
-    keys = [(sample.source, sample.id) for sample in chunk]
-    planned = plan(chunk, await repository.stored(session, tenant_id, user_id, keys))
-    rows = [
-        _row(tenant_id, user_id, sample, base + n, now)
-        for n, sample in enumerate(planned.writes.values(), start=1)
-    ]
-    await repository.upsert(session, rows)
-    if rows:
-        await repository.set_seq(session, tenant_id, user_id, base + len(rows))
-    return {str(verdict): count for verdict, count in planned.counts.items()}, base + len(rows)
-
-
-def _row(
-    tenant_id: str, user_id: str, sample: Normalized, seq: int, now: datetime
-) -> dict[str, Any]:
-    return {
-        "tenant_id": tenant_id,
-        "user_id": user_id,
-        "source": sample.source,
-        "id": sample.id,
-        "type": sample.type,
-        "value": sample.value,
-        "unit": sample.unit,
-        "start_at": _moment(sample.start),
-        "end_at": _moment(sample.end),
-        "tz_offset_minutes": sample.tz_offset_minutes,
-        "timezone": sample.timezone,
-        "device": sample.device,
-        "recording_method": sample.recording_method,
-        "metadata": sample.metadata,
-        "stage": sample.stage,
-        "modified_at": _moment(sample.modified_at),
-        "deleted": sample.deleted,
-        "hash": sample.hash,
-        "seq": seq,
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _moment(iso: str | None) -> datetime | None:
-    return None if iso is None else datetime.fromisoformat(iso)
+    writer = writer_for(session)
+    keys = [(sample.source, sample.id) for sample in samples]
+    before = await writer.stored(session, tenant_id, user_id, keys)
+    planned = plan(samples, before)
+    writes = [Write(sample, base + n) for n, sample in enumerate(planned.writes.values(), start=1)]
+    await writer.upsert(session, tenant_id, user_id, writes, now)
+    seq = base + len(writes)
+    if writes:
+        await repository.set_seq(session, tenant_id, user_id, seq)
+        olds = (before.get(key) for key in planned.writes)
+        stale = touched(planned.writes.values(), olds)
+        await repository.forget_days(session, tenant_id, user_id, stale)
+    return StoreResult({str(verdict): count for verdict, count in planned.counts.items()}, seq)
 
 
 async def fail(sessionmaker: SessionMaker, batch_id: str, error: str) -> None:

@@ -45,6 +45,9 @@ class Stored:
     modified_at: datetime | None
     deleted: bool
     type: str | None
+    start: datetime | None = None
+    """The stored sample's times: the days its old version counted on (`rollup`)."""
+    end: datetime | None = None
 
 
 def verdict(incoming: Normalized, stored: Stored | None) -> Verdict:

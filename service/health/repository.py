@@ -2,22 +2,22 @@
 
 The writes the worker makes per chunk are written out as text where PostgreSQL and
 SQLite spell them the same (`INSERT … ON CONFLICT … DO UPDATE … RETURNING`), which
-SQLAlchemy would otherwise build per database.
+SQLAlchemy would otherwise build per database. A chunk's samples themselves are read
+and written by `service.health.writer`, where the two databases differ.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, bindparam, select, text, tuple_, update
+from sqlalchemy import JSON, Date, bindparam, delete, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import defer
 from sqlmodel import col
 
-from service.health.merge import Key, Stored
-from service.models import HealthBatch, HealthSample, HealthUser
-from service.models.types import UTCDateTime
+from service.models import HealthBatch, HealthDaily, HealthSample, HealthUser
 
 # ---- users: the seq counter and the source priority ----------------------------------
 
@@ -51,6 +51,7 @@ async def set_sources(
     session: AsyncSession, tenant_id: str, user_id: str, sources: list[str]
 ) -> None:
     await lock_user(session, tenant_id, user_id)
+    await forget_user_days(session, tenant_id, user_id)  # priority decides every day
     await session.execute(
         update(HealthUser)
         .where(col(HealthUser.tenant_id) == tenant_id, col(HealthUser.user_id) == user_id)
@@ -58,46 +59,82 @@ async def set_sources(
     )
 
 
-# ---- samples --------------------------------------------------------------------------
-
-_COLUMNS = [column.name for column in HealthSample.__table__.columns]  # type: ignore[attr-defined]
-_KEY = ("tenant_id", "user_id", "source", "id")
-_UPSERT = text(
-    f"INSERT INTO health_sample ({', '.join(_COLUMNS)})"  # noqa: S608 - constant SQL
-    f" VALUES ({', '.join(':' + name for name in _COLUMNS)})"
-    f" ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
-    + ", ".join(
-        f"{name} = excluded.{name}" for name in _COLUMNS if name not in (*_KEY, "created_at")
-    )
-).bindparams(
-    *(bindparam(name, type_=UTCDateTime()) for name in _COLUMNS if name.endswith("_at")),
-    bindparam("metadata", type_=JSON()),
-)
-
-
-async def upsert(session: AsyncSession, rows: list[dict[str, Any]]) -> None:
-    """Write whole rows (one statement, executed for each): the caller has decided what
-    changes under the user's lock, so every row sent is written."""
-    if rows:
-        await session.execute(_UPSERT, rows)
-
-
-async def stored(
-    session: AsyncSession, tenant_id: str, user_id: str, keys: Sequence[Key]
-) -> dict[Key, Stored]:
-    if not keys:
-        return {}
-    s = HealthSample
+async def lock_existing_user(
+    session: AsyncSession, tenant_id: str, user_id: str
+) -> list[str] | None:
+    """Lock the user's row, as a chunk's ingest does, and return its source priority;
+    None for a user never seen (no row, no samples, nothing to lock)."""
+    u = HealthUser
     result = await session.execute(
-        select(col(s.source), col(s.id), col(s.hash), col(s.modified_at), col(s.deleted))
-        .add_columns(col(s.type))
-        .where(
-            col(s.tenant_id) == tenant_id,
-            col(s.user_id) == user_id,
-            tuple_(col(s.source), col(s.id)).in_(list(set(keys))),
+        update(u)
+        .where(col(u.tenant_id) == tenant_id, col(u.user_id) == user_id)
+        .values(sample_seq=col(u.sample_seq))
+        .returning(col(u.sources))
+    )
+    sources = result.scalar_one_or_none()
+    return None if sources is None else list(sources)
+
+
+# ---- the daily rollup -------------------------------------------------------------------
+
+
+async def rollup(
+    session: AsyncSession, tenant_id: str, user_id: str, type_: str, first: date, last: date
+) -> dict[date, dict[str, Any] | None]:
+    d = HealthDaily
+    result = await session.execute(
+        select(col(d.day), col(d.data)).where(
+            col(d.tenant_id) == tenant_id,
+            col(d.user_id) == user_id,
+            col(d.type) == type_,
+            col(d.day) >= first,
+            col(d.day) <= last,
         )
     )
-    return {(row[0], row[1]): Stored(row[2], row[3], row[4], row[5]) for row in result.all()}
+    return {day: data for day, data in result.all()}
+
+
+_KEEP_DAY = text(
+    "INSERT INTO health_daily (tenant_id, user_id, type, day, data)"
+    " VALUES (:tenant_id, :user_id, :type, :day, :data)"
+    " ON CONFLICT (tenant_id, user_id, type, day) DO UPDATE SET data = excluded.data"
+).bindparams(bindparam("day", type_=Date()), bindparam("data", type_=JSON(none_as_null=True)))
+
+
+async def keep_days(
+    session: AsyncSession,
+    tenant_id: str,
+    user_id: str,
+    type_: str,
+    days: dict[date, dict[str, Any] | None],
+) -> None:
+    """Store computed days (call under the user's lock: `service.health.rollup`)."""
+    if days:
+        params = {"tenant_id": tenant_id, "user_id": user_id, "type": type_}
+        await session.execute(
+            _KEEP_DAY, [params | {"day": day, "data": data} for day, data in days.items()]
+        )
+
+
+async def forget_days(
+    session: AsyncSession, tenant_id: str, user_id: str, spans: dict[str, tuple[date, date]]
+) -> None:
+    """Drop the rollup's rows of these days (per type, first and last), or, without
+    `spans`, all of the user's."""
+    d = HealthDaily
+    mine = (col(d.tenant_id) == tenant_id, col(d.user_id) == user_id)
+    for type_, (first, last) in spans.items():
+        await session.execute(
+            delete(d).where(*mine, col(d.type) == type_, col(d.day) >= first, col(d.day) <= last)
+        )
+
+
+async def forget_user_days(session: AsyncSession, tenant_id: str, user_id: str) -> None:
+    d = HealthDaily
+    await session.execute(delete(d).where(col(d.tenant_id) == tenant_id, col(d.user_id) == user_id))
+
+
+# ---- samples --------------------------------------------------------------------------
 
 
 async def page(
@@ -178,10 +215,12 @@ async def changes(
 
 
 async def get_batch(session: AsyncSession, tenant_id: str, batch_id: str) -> HealthBatch | None:
+    """The batch without its pending samples (a client polling a 10,000-sample batch
+    would otherwise have the API decode them on every poll: bench/health.py)."""
     result = await session.execute(
-        select(HealthBatch).where(
-            col(HealthBatch.id) == batch_id, col(HealthBatch.tenant_id) == tenant_id
-        )
+        select(HealthBatch)
+        .options(defer(HealthBatch.samples))  # type: ignore[arg-type]
+        .where(col(HealthBatch.id) == batch_id, col(HealthBatch.tenant_id) == tenant_id)
     )
     return result.scalar_one_or_none()
 

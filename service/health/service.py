@@ -7,14 +7,16 @@ import base64
 import binascii
 from collections.abc import Sequence
 from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
 
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.errors import InvalidInput, NotFound
 from service.health import repository
-from service.health.daily import NO_SHIFT, SLEEP_SHIFT, Span, summarize, zone_of
+from service.health.daily import NO_SHIFT, SLEEP_SHIFT, Day, Span, summarize, zone_of
 from service.health.normalize import normalize_all
+from service.health.rollup import missing_ranges
 from service.health.schemas import (
     BatchAccepted,
     BatchIn,
@@ -122,27 +124,72 @@ async def changes(
 async def daily(
     session: AsyncSession, tenant_id: str, user_id: str, type_: str, first: date, last: date
 ) -> DailyOut:
+    """The days from the rollup; the days it lacks computed from the samples under the
+    user's lock and kept (`service.health.rollup`)."""
     kind = _known(type_)
     if last < first:
         raise InvalidInput.at(["query", "end"], "end is before start")
     if (last - first).days >= MAX_DAYS:
         raise InvalidInput.at(["query", "end"], f"at most {MAX_DAYS} days at a time")
-    user = await repository.get_user(session, tenant_id, user_id)
-    rows = await repository.overlapping(
-        session, tenant_id, user_id, type_, *_window(kind, first, last)
-    )
-    spans = (
-        Span(source, start, end, value, zone_of(offset, zone), stage)
-        for source, start, end, value, offset, zone, stage in rows
-    )
-    days = summarize(kind.kind, spans, first, last, user.sources if user else ())
+    days = await repository.rollup(session, tenant_id, user_id, type_, first, last)
+    if missing_ranges(first, last, days):
+        days = await _fill(session, tenant_id, user_id, kind, first, last)
     return DailyOut(
         user_id=user_id,
         type=kind.name,
         unit=kind.unit,
         kind=kind.kind,
-        days=[DailyRow.model_validate(day, from_attributes=True) for day in days],
+        days=[DailyRow.model_validate(days[day]) for day in sorted(days) if days[day]],
     )
+
+
+async def _fill(
+    session: AsyncSession, tenant_id: str, user_id: str, kind: SampleType, first: date, last: date
+) -> dict[date, dict[str, Any] | None]:
+    """The range's days, the missing ones computed and kept, all read under the lock."""
+    priority = await repository.lock_existing_user(session, tenant_id, user_id)
+    if priority is None:
+        return {}  # a user never seen has no samples
+    days = await repository.rollup(session, tenant_id, user_id, kind.name, first, last)
+    for start, end in missing_ranges(first, last, days):
+        computed = await _compute(session, tenant_id, user_id, kind, start, end, priority)
+        await repository.keep_days(session, tenant_id, user_id, kind.name, computed)
+        days |= computed
+    return days
+
+
+async def _compute(
+    session: AsyncSession,
+    tenant_id: str,
+    user_id: str,
+    kind: SampleType,
+    first: date,
+    last: date,
+    priority: Sequence[str],
+) -> dict[date, dict[str, Any] | None]:
+    """Every day of [first, last] from the samples (None: no data that day)."""
+    rows = await repository.overlapping(
+        session, tenant_id, user_id, kind.name, *_window(kind, first, last)
+    )
+    spans = (
+        Span(source, start, end, value, zone_of(offset, zone), stage)
+        for source, start, end, value, offset, zone, stage in rows
+    )
+    found = {day.date: day for day in summarize(kind.kind, spans, first, last, priority)}
+    out: dict[date, dict[str, Any] | None] = {}
+    day = first
+    while day <= last:
+        summary = found.get(day)
+        out[day] = None if summary is None else _json(summary)
+        day += timedelta(days=1)
+    return out
+
+
+def _json(day: Day) -> dict[str, Any]:
+    """A day as the rollup keeps it and the API answers it (JSON-ready, no nulls)."""
+    row = DailyRow.model_validate(day, from_attributes=True)
+    data: dict[str, Any] = row.model_dump(mode="json", exclude_none=True)
+    return data
 
 
 def _window(kind: SampleType, first: date, last: date) -> tuple[datetime, datetime]:

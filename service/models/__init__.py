@@ -12,6 +12,7 @@ SQLModel.metadata.naming_convention = {
 
 from service.models.event import Event  # noqa: E402
 from service.models.health_batch import HealthBatch  # noqa: E402
+from service.models.health_daily import HealthDaily  # noqa: E402
 from service.models.health_sample import HealthSample  # noqa: E402
 from service.models.health_user import HealthUser  # noqa: E402
 from service.models.idempotency import IdempotencyRecord  # noqa: E402
@@ -32,6 +33,7 @@ __all__ = [
     "ApiKey",
     "Event",
     "HealthBatch",
+    "HealthDaily",
     "HealthSample",
     "HealthUser",
     "IdempotencyRecord",

@@ -40,7 +40,11 @@ _PUSH = "/v1/push/{token}"
 async def push_limiter(state: State) -> RateLimiter:
     settings = state["settings"]
     return RateLimiter.per_minute(
-        state["queue"].redis, settings.redis_key_prefix, "push-rate", settings.push_rate_per_minute
+        state["queue"].redis,
+        settings.redis_key_prefix,
+        "push-rate",
+        settings.push_rate_per_minute,
+        state["queue"].health,
     )
 
 

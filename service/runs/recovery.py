@@ -12,6 +12,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
+from service.broker.outage import RedisUnavailable
 from service.broker.queue import Queue
 from service.db import SessionMaker
 from service.models import Run
@@ -49,6 +50,8 @@ async def reconcile_forever(
     while True:
         try:
             await reconcile_once(sessionmaker, queue, queued_grace_seconds)
+        except RedisUnavailable:  # logged once per outage (`service.broker.outage`); sent after it
+            log.debug("reconcile pass: Redis is unavailable", exc_info=True)
         except Exception:
             log.warning("reconcile pass failed; retrying", exc_info=True)
         await asyncio.sleep(interval)

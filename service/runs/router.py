@@ -90,6 +90,22 @@ async def cancel_run(work: Work, caller: Caller, run_id: str) -> RunOut:
     return service.to_out(await service.cancel(work.session, caller.tenant_id, run_id))
 
 
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One Server-Sent Event (OpenAPI 3.1 reads an event stream's `schema` as"
+    " each event's: its `event`, `id` and `data` fields).",
+    "required": ["event", "id", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["progress", "status"]},
+        "id": {"type": "string", "description": "The run's committed page count."},
+        "data": {
+            "type": "string",
+            "contentMediaType": "application/json",
+            "description": "The run as `GET /v1/runs/{run_id}` shows it, as JSON.",
+        },
+    },
+}
+
 _SSE_EXAMPLE = (
     'event: progress\nid: 1\ndata: {"id": "run_…", "status": "running", …}\n\n'
     'event: status\nid: 3\ndata: {"id": "run_…", "status": "succeeded", …}\n\n'
@@ -105,9 +121,7 @@ _SSE_EXAMPLE = (
                 "`progress` events (the run, as in GET /v1/runs/{id}) per page, "
                 "then one `status` event"
             ),
-            "content": {
-                "text/event-stream": {"schema": {"type": "string"}, "example": _SSE_EXAMPLE}
-            },
+            "content": {"text/event-stream": {"schema": _SSE_EVENT, "example": _SSE_EXAMPLE}},
         },
         **problem_responses(*_COMMON),
     },

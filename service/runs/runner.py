@@ -27,6 +27,7 @@ from typing import Any
 import redis.exceptions
 import sqlalchemy.exc
 
+from service.broker.outage import RedisUnavailable
 from service.broker.queue import Queue
 from service.crypto import SecretBox, SecretBoxError
 from service.logs import bind_log_context, bind_secrets
@@ -69,6 +70,9 @@ _UNAVAILABLE = (
     redis.exceptions.TimeoutError,
 )
 """Crashes caused by the database or Redis being away: the next attempt may well work."""
+
+_NOT_COUNTED = frozenset({"upstream_held", "broker_unavailable"})
+"""Attempts that end waiting, for a held host or for Redis: never the run's failure."""
 
 
 def _nobody_listens() -> None:
@@ -221,13 +225,14 @@ async def _failed(
 ) -> None:
     """End the attempt: the next one later with backoff, or, when the error is final or
     the budget is spent, the run fails. An attempt counts toward `max_attempts` only
-    if it committed no page; waiting for a held host (`upstream_held`) never counts."""
+    if it committed no page; waiting for a held host (`upstream_held`) or for Redis
+    (`broker_unavailable`) never counts."""
     await deps.ledger.settle(run, requests)  # keep what the good pages established
     retry = Retry.model_validate(run.retry)
     limit = min(retry.max_delay_seconds, deps.max_hold_seconds)
     if error.get("retryable") and retry_after is not None and retry_after > limit:
         error = _held_too_long(error, retry_after, limit)
-    counted = run.committed_pages == 0 and error.get("code") != "upstream_held"
+    counted = run.committed_pages == 0 and error.get("code") not in _NOT_COUNTED
     entry = run.attempt_entry(error, counted=counted)
     spent = counted + sum(1 for old in run.attempts if old.get("counted", True))
     if (
@@ -240,7 +245,10 @@ async def _failed(
     at = utcnow() + timedelta(seconds=next_delay(retry, max(spent, 1), retry_after))
     attempt = await deps.ledger.retry_later(run, error, entry, at)
     if attempt is not None:
-        await deps.queue.enqueue_run(run.run_id, job_suffix=f"attempt:{attempt}", not_before=at)
+        try:
+            await deps.queue.enqueue_run(run.run_id, job_suffix=f"attempt:{attempt}", not_before=at)
+        except RedisUnavailable:  # the retry is in the database: the reconciler sends it when due
+            log.info("run %s: retry not enqueued, Redis is unavailable", run.run_id)
 
 
 @contextlib.asynccontextmanager

@@ -10,7 +10,7 @@ from service.sync.backoff import next_delay
 from service.sync.budget import DEFAULT_MAX_HOLD, Holds, HostBudget, held_back, over
 from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, page_key
-from service.sync.errors import SyncError, TargetRefused
+from service.sync.errors import HostHeld, SyncError, TargetRefused
 from service.sync.extract import Row, records_of
 from service.sync.incremental import Watermark, later, start_params
 from service.sync.inflight import BodyBudget
@@ -28,6 +28,7 @@ __all__ = [
     "GuardedBackend",
     "Holds",
     "HostBudget",
+    "HostHeld",
     "Limits",
     "Page",
     "PageRequest",

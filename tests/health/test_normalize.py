@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from service.health import normalize as normalize_module
 from service.health.normalize import Normalized, Rejected, normalize, normalize_all
 from service.health.types import TYPES, Kind
 
@@ -142,3 +143,115 @@ def test_every_type_has_its_canonical_unit_among_its_units() -> None:
     for kind in TYPES.values():
         assert kind.units[kind.unit](7.0) == 7.0, kind.name
         assert (kind.kind is Kind.CATEGORY) == bool(kind.categories), kind.name
+
+
+PLAIN_AND_NOT: list[dict[str, Any]] = [
+    {
+        "id": "a",
+        "source": "w",
+        "type": "steps",
+        "value": 5,
+        "unit": "count",
+        "start": "2026-12-01T10:00:00Z",
+        "end": "2026-12-01T10:01:00.5+01:00",
+        "extra": 1,
+    },
+    {
+        "id": "b",
+        "source": "w",
+        "type": "heart_rate",
+        "value": 61.5,
+        "unit": "bpm",
+        "start": "2026-12-01T10:00:00+05:30",
+        "tz_offset_minutes": 330,
+        "device": "d",
+        "recording_method": "automatic",
+        "metadata": {"k": [1]},
+        "modified_at": "2026-12-01T10:00:00Z",
+    },
+    {
+        "id": "c",
+        "source": "w",
+        "type": "sleep",
+        "start": "2026-12-01T01:00:00Z",
+        "end": "2026-12-01T02:00:00Z",
+        "metadata": {"stage": "deep"},
+        "timezone": "Europe/Berlin",
+    },
+    {"id": "d", "source": "w", "deleted": True},
+    {
+        "id": "e",
+        "source": "w",
+        "type": "steps",
+        "value": "5",
+        "unit": "count",
+        "start": "2026-12-01T10:00:00Z",
+    },
+    {
+        "id": "f",
+        "source": "w",
+        "type": "steps",
+        "value": True,
+        "unit": "count",
+        "start": "2026-12-01T10:00:00Z",
+    },
+    {
+        "id": "g",
+        "source": "w",
+        "type": "steps",
+        "value": 1,
+        "unit": "count",
+        "start": "2026-12-01T10:00:00",
+    },
+    {"id": "h", "source": "w", "type": "steps", "value": 1, "unit": "count", "start": 1764583200},
+    {
+        "id": "i",
+        "source": "w",
+        "type": "steps",
+        "value": float("nan"),
+        "unit": "count",
+        "start": "2026-12-01T10:00:00Z",
+    },
+    {"id": "j", "source": "w", "tz_offset_minutes": 900, "type": "steps"},
+    {
+        "id": "k",
+        "source": "w",
+        "tz_offset_minutes": 60.0,
+        "type": "steps",
+        "value": 1,
+        "unit": "count",
+        "start": "2026-12-01T10:00:00Z",
+    },
+    {"id": "l", "source": "w", "recording_method": "guessed"},
+    {"id": "m", "source": "", "type": "steps"},
+    {"id": "n" * 201, "source": "w"},
+    {"id": "o", "source": "w", "deleted": "yes"},
+    {"id": "p", "source": "w", "metadata": ["stage"]},
+    {"id": "q", "source": "w", "user_id": "someone", "type": "steps"},
+    {
+        "id": "r",
+        "source": "w",
+        "type": "steps",
+        "value": 1,
+        "unit": "count",
+        "start": "2026-12-01T25:00:00Z",
+    },
+    {"id": "s", "source": "w", "unit": "x" * 21},
+]
+
+
+def _outcome(raw: Any) -> Any:
+    try:
+        return normalize(raw, "u_42", NOW)
+    except Rejected as exc:
+        return str(exc)
+
+
+def test_plain_samples_are_taken_as_pydantic_takes_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast path (`_plain`) accepts, converts and rejects exactly as validating every
+    sample with `SampleIn` does."""
+    fast = [_outcome(raw) for raw in PLAIN_AND_NOT]
+    assert [raw["id"] for raw in PLAIN_AND_NOT if normalize_module._plain(raw)] == list("abcdq")
+    monkeypatch.setattr(normalize_module, "_plain", lambda raw: None)
+    assert fast == [_outcome(raw) for raw in PLAIN_AND_NOT]
+    assert sum(isinstance(outcome, Normalized) for outcome in fast) == 8  # lax: "5", True, 60.0

@@ -386,3 +386,37 @@ async def test_the_readme_example_gives_what_the_readme_says(
         "/v1/health/samples", params={"user_id": "u_42", "type": "active_energy"}, headers=auth
     )
     assert [(item["value"], item["unit"]) for item in energy.json()["items"]] == [(100, "kcal")]
+
+
+async def test_the_daily_rollup_follows_late_moved_and_deleted_samples(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """Each summary below is read after the one before it was kept in the rollup: a
+    late sample, one moved to another day, one from a far zone and a deletion each
+    change the days they touch, and only those."""
+
+    async def week() -> list[tuple[str, float]]:
+        body = await daily(client, auth, "steps", "2026-11-28", "2026-12-04")
+        return [(day["date"], day["sum"]) for day in body["days"]]
+
+    await ingest(client, auth, [steps("d1", 100, "2026-12-01T10:00:00Z", "2026-12-01T10:10:00Z")])
+    assert await week() == [("2026-12-01", 100)]
+    assert await week() == [("2026-12-01", 100)]  # from the rollup
+
+    late = steps("d2", 50, "2026-12-01T12:00:00Z", "2026-12-01T12:10:00Z")
+    await ingest(client, auth, [late])
+    assert await week() == [("2026-12-01", 150)]
+
+    moved = steps("d2", 50, "2026-11-29T12:00:00Z", "2026-11-29T12:10:00Z")
+    await ingest(client, auth, [moved])
+    assert await week() == [("2026-11-29", 50), ("2026-12-01", 100)]
+
+    # 23:30 UTC on the 2nd is the 3rd at 13:30 in Kiribati (+14:00)
+    far = steps(
+        "d3", 30, "2026-12-02T23:30:00Z", "2026-12-02T23:40:00Z", timezone="Pacific/Kiritimati"
+    )
+    await ingest(client, auth, [far])
+    assert await week() == [("2026-11-29", 50), ("2026-12-01", 100), ("2026-12-03", 30)]
+
+    await ingest(client, auth, [{"id": "d1", "source": "watch", "deleted": True}])
+    assert await week() == [("2026-11-29", 50), ("2026-12-03", 30)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -10,17 +11,27 @@ import httpx
 from tests.fixtures.upstream import Upstream, cursor, make_records, slowly
 from tests.helpers import create_task, http_task, trigger
 
+DOCUMENT = Path(__file__).parents[2] / "openapi" / "openapi.json"
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
 
 
+def _fields(stream: str) -> list[dict[str, str]]:
+    return [
+        dict(line.split(": ", 1) for line in block.splitlines() if not line.startswith(":"))
+        for block in stream.strip().split("\n\n")
+    ]
+
+
 def _parse(stream: str) -> list[tuple[str, dict[str, Any]]]:
-    events = []
-    for block in stream.strip().split("\n\n"):
-        fields = dict(
-            line.split(": ", 1) for line in block.splitlines() if not line.startswith(":")
-        )
-        events.append((fields["event"], json.loads(fields["data"])))
-    return events
+    return [(fields["event"], json.loads(fields["data"])) for fields in _fields(stream)]
+
+
+def _documented_event() -> dict[str, Any]:
+    """What the committed document says one event of the stream is (the fuzz test leaves
+    this stream out: it stays open while a run waits for a worker)."""
+    operation = json.loads(DOCUMENT.read_text())["paths"]["/v1/runs/{run_id}/events"]["get"]
+    schema: dict[str, Any] = operation["responses"]["200"]["content"]["text/event-stream"]["schema"]
+    return schema
 
 
 async def test_events_stream_progress_per_page_and_end_with_the_final_status(
@@ -37,6 +48,10 @@ async def test_events_stream_progress_per_page_and_end_with_the_final_status(
         assert response.headers["content-type"].startswith("text/event-stream")
         body = "".join([chunk async for chunk in response.aiter_text()])
 
+    documented = _documented_event()
+    for fields in _fields(body):
+        assert set(documented["required"]) <= set(fields) <= set(documented["properties"])
+        assert fields["event"] in documented["properties"]["event"]["enum"]
     events = _parse(body)
     names = [name for name, _ in events]
     assert names[-1] == "status" and names.count("status") == 1

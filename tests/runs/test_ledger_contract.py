@@ -287,6 +287,38 @@ async def test_seqs_increase_in_commit_order_and_only_changed_rows_take_new_ones
     assert (row["inserted"], row["updated"], row["unchanged"]) == (4, 2, 1)
 
 
+async def test_a_first_sync_whose_later_page_repeats_a_key_keeps_the_last_copy(
+    book: Book,
+) -> None:
+    # A task with no records: PostgreSQL copies its pages in, until a key comes back.
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a"), (2, "b")), 0))
+    await book.ledger.commit(run, page(items((3, "c"), (1, "A")), 1))  # 1 again, changed
+    await book.ledger.commit(run, page(items((4, "d"), (2, "b")), 2))  # 2 again, the same
+    assert await book.ledger.commit(run, page(items((5, "e")), 3, last=True)) is Outcome.FINISHED
+
+    stored = await book.records()
+    assert sorted(stored) == ["1", "2", "3", "4", "5"]
+    assert '"A"' in stored["1"][0] and '"b"' in stored["2"][0]
+    assert stored["2"][1] < stored["3"][1] < stored["1"][1] < stored["4"][1] < stored["5"][1]
+    assert len({seq for _, seq in stored.values()}) == 5
+    row = await book.run_row()
+    assert (row["status"], row["pages"]) == ("succeeded", 4)
+    assert (row["inserted"], row["updated"], row["unchanged"]) == (5, 1, 1)
+
+
+async def test_a_first_sync_page_under_a_lost_lease_writes_nothing(book: Book) -> None:
+    await book.add_run()
+    run = await book.claim()
+    await book.sql("UPDATE run SET lease_owner = 'elsewhere' WHERE id = :r", r=book.run_id)
+
+    assert await book.ledger.commit(run, page(items((1, "a")), 0)) is Outcome.LEASE_LOST
+
+    assert await book.records() == {}
+    assert (await book.sql("SELECT record_seq FROM task WHERE id = :t", t=book.task_id)) == [(0,)]
+
+
 async def test_a_resync_compares_first_and_batches_unchanged_pages(book: Book) -> None:
     await book.add_run()
     first = await book.claim()

@@ -124,6 +124,7 @@ class RunLedger(abc.ABC):
             watermark=checkpoint.get("watermark"),
         )
         run.compares_first = run.record_seq > 0 and not run.sweeps
+        run.fresh = run.record_seq == 0 and not run.sweeps
         return run
 
     async def validators(self, run: LeasedRun) -> dict[str, Validator]:

@@ -34,11 +34,12 @@ import functools
 from collections.abc import Sequence
 from typing import Any
 
+import asyncpg  # type: ignore[import-untyped]
 import orjson
 from sqlalchemy import JSON, BindParameter, Executable, TextClause, bindparam, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import autocommit
+from service.db import autocommit, transaction
 from service.models.types import UTCDateTime
 from service.notifications.outbox import Computed, NewEvent
 from service.runs.ledger.base import RunLedger
@@ -90,6 +91,17 @@ _CHANGED = text(
 )
 
 _COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
+_PROGRESS = (
+    "), progress AS ("  # noqa: S608 - constant SQL
+    " UPDATE run SET "
+    + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
+    + ", inserted = inserted + :inserted + c.n_new,"
+    " updated = updated + :updated + c.n_changed - c.n_new,"
+    " unchanged = unchanged + :unchanged + :distinct - c.n_changed,"
+    " checkpoint = :checkpoint"
+)
+"""The run's progress from a page's `counts` (n_new, n_changed) and what the caller
+counted (`_COUNTED`); the caller ends the SET list and adds `FROM counts c`."""
 _COUNTED = ("inserted", "updated", "unchanged")
 """Added to what the statement itself counts (earlier copies of a key in the page, and
 the quiet pages before it)."""
@@ -190,8 +202,47 @@ _UPSERT_MARKING = (
 )
 
 
+_RESERVE = text(
+    # The first half of a copied page (`_copy`): the task and the run locked as every
+    # page commit takes them, the page's seqs reserved, fenced by the lease.
+    "WITH locked_task AS ("
+    " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
+    "), held AS ("
+    " SELECT id FROM run WHERE id = :run_id AND status = 'running'"
+    " AND lease_owner = :owner AND EXISTS (SELECT 1 FROM locked_task) FOR UPDATE"
+    ") UPDATE task SET record_seq = record_seq + :n_rows"
+    " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
+    " RETURNING record_seq - :n_rows"
+)
+_COPIED_COLUMNS = ("task_id", "key", "data", "hash", "seq", "created_at", "updated_at")
+
+
 @functools.cache
-def _statement(*, validators: bool, ends: bool, watermark: bool, marks: bool) -> TextClause:
+def _copied_progress(*, validators: bool) -> TextClause:
+    """The second half of a copied page: every row was inserted, so the counts are the
+    page's; the run's progress and the page validators as any page's statement."""
+    return _statement(validators=validators, ends=False, watermark=False, marks=False, copied=True)
+
+
+@functools.cache
+def _statement(
+    *, validators: bool, ends: bool, watermark: bool, marks: bool, copied: bool = False
+) -> TextClause:
+    if copied:
+        return text(
+            "WITH held AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
+            " SELECT id, cancel_requested FROM run WHERE id = :run_id AND status = 'running'"
+            " AND lease_owner = :owner FOR UPDATE"
+            "), counts AS (SELECT CAST(:n_rows AS bigint) AS n_new,"
+            " CAST(:n_rows AS bigint) AS n_changed"
+            + _PROGRESS
+            + ", lease_expires_at = :lease_until FROM counts c WHERE run.id = (SELECT id FROM held)"
+            " RETURNING run.cancel_requested)"
+            + (_VALIDATORS if validators else "")
+            + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
+        ).bindparams(
+            *(b for b in _binds(ends=False, watermark=False) if validators or b.key != "now")
+        )
     sql = (
         "WITH locked_task AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
         " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
@@ -216,13 +267,7 @@ def _statement(*, validators: bool, ends: bool, watermark: bool, marks: bool) ->
         + "), counts AS ("
         " SELECT count(*) FILTER (WHERE is_new) AS n_new,"
         " count(*) FILTER (WHERE changed) AS n_changed FROM written"
-        "), progress AS ("
-        " UPDATE run SET "
-        + ", ".join(f"{name} = {name} + :{name}" for name in _COUNTERS)
-        + ", inserted = inserted + :inserted + c.n_new,"
-        " updated = updated + :updated + c.n_changed - c.n_new,"
-        " unchanged = unchanged + :unchanged + :distinct - c.n_changed,"
-        " checkpoint = :checkpoint"
+        + _PROGRESS
         + (_ENDS_RUN if ends else ", lease_expires_at = :lease_until")
         + " FROM counts c WHERE run.id = (SELECT id FROM held)"
         " RETURNING run.cancel_requested"
@@ -310,9 +355,6 @@ class PostgresLedger(RunLedger):
             "run_id": run.run_id,
             "task_id": run.task_id,
             "owner": self.owner,
-            "keys": packed([row.key for row in write.rows]),
-            "datas": packed([row.data for row in write.rows]),
-            "hashes": packed([row.hash for row in write.rows]),
             "n_rows": len(write.rows),
             "distinct": write.distinct,
             "checkpoint": write.checkpoint,
@@ -323,6 +365,14 @@ class PostgresLedger(RunLedger):
         if write.validators:
             params.update(_validator_params(write.validators))
         ending = write.ending
+        if run.fresh and write.rows and ending is None:
+            copied = await self._copy(run, write, params)
+            if copied is not None:
+                return copied
+            run.fresh = False  # a key came back: this run's pages are upserted from now on
+        params["keys"] = packed([row.key for row in write.rows])
+        params["datas"] = packed([row.data for row in write.rows])
+        params["hashes"] = packed([row.hash for row in write.rows])
         if ending is not None:  # the success's events commit with it (`_EVENTS`)
             params["attempts"] = ending.attempts
             params["watermark"] = ending.watermark
@@ -335,6 +385,38 @@ class PostgresLedger(RunLedger):
         )
         async with autocommit(self.sessionmaker) as session:
             changed, cancel = (await session.execute(statement, params)).one()
+        return Written(int(changed), None if cancel is None else bool(cancel))
+
+    async def _copy(
+        self, run: LeasedRun, write: PageWrite, params: dict[str, Any]
+    ) -> Written | None:
+        """A page of a task that had no records, `COPY`ed in: every row is new, and COPY
+        is what PostgreSQL takes fastest for inserts (bench/ceilings.py). One transaction
+        of three statements and the COPY, where an upserted page is one statement: the
+        database's work per row, not the round trips, is what a first sync waits on.
+        None, with nothing written, when a row's key is stored already (an upstream
+        repeating a key on a later page): the page is then upserted."""
+        rows = write.rows
+        try:
+            async with transaction(self.sessionmaker) as session:
+                base = (await session.execute(_RESERVE, params)).scalar_one_or_none()
+                if base is None:  # the lease is not ours: nothing was written
+                    return Written(0, None)
+                raw = await (await session.connection()).get_raw_connection()
+                driver, now = raw.driver_connection, write.now
+                assert driver is not None, "a connection checked out has its driver's"
+                await driver.copy_records_to_table(
+                    "record",
+                    records=[
+                        (run.task_id, row.key, row.data, row.hash, base + n, now, now)
+                        for n, row in enumerate(rows, start=1)
+                    ],
+                    columns=_COPIED_COLUMNS,
+                )
+                statement = _copied_progress(validators=bool(write.validators))
+                changed, cancel = (await session.execute(statement, params)).one()
+        except asyncpg.UniqueViolationError:
+            return None
         return Written(int(changed), None if cancel is None else bool(cancel))
 
 

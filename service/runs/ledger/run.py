@@ -61,6 +61,9 @@ class LeasedRun:
     Yes while pages come back unchanged (a resync); no on a task with no records yet and
     after a page that changed something (its rows go straight to the upsert), nor in a
     sweep (every row must be written, to mark it seen)."""
+    fresh: bool = False
+    """The task had no records when this attempt began and no page has shown a key twice:
+    every row is new (PostgreSQL's ledger copies such pages in). Not for a sweep."""
     committed_pages: int = 0
     """Pages this attempt committed: an attempt that committed none is a failed one."""
     quiet: QuietPages = field(default_factory=QuietPages)

@@ -38,6 +38,7 @@ from service.records.router import router as records_router
 from service.runs.events import ProgressHub
 from service.runs.router import router as runs_router
 from service.state import AppState
+from service.sync import BodyBudget
 from service.tasks.router import router as tasks_router
 
 log = logging.getLogger(__name__)
@@ -186,6 +187,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 queue=queue,
                 secrets=SecretBox(settings.secret_keys),
                 http=http,
+                bodies=BodyBudget(
+                    settings.api_max_inflight_bytes, max_ratio=settings.max_compression_ratio
+                ),
             )
         finally:
             await progress.close()

@@ -112,6 +112,21 @@ class Settings(BaseSettings):
     process shares the one budget (`service.broker.rate_limit`)."""
     push_max_body_bytes: int = Field(default=64 * 1024, ge=0)
     """Largest body a push may carry (413 past it); the body is read and ignored."""
+    max_response_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    """The most a task's `limits.max_response_bytes` may be: a task that asks for more is
+    refused (422) at registration, and a task stored before is held to it when it runs.
+    Counted once decoded."""
+    max_compression_ratio: float = Field(default=100, ge=1)
+    """A compressed body that decodes to more than this many times the bytes it came as
+    (past its first MiB) is refused: `compression_ratio_exceeded`, a decompression bomb."""
+    worker_max_inflight_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    """Memory one worker lets response bodies take at once, across all its runs: bodies
+    with what their JSON becomes once parsed (about 10 times the JSON, estimated per page).
+    A run that finds no room waits for it; a body that alone would need more is refused
+    (`response_too_large`). The worker's bodies stay within this plus one body."""
+    api_max_inflight_bytes: int = Field(default=128 * 1024 * 1024, ge=1024 * 1024)
+    """The same for each API process, whose dry runs (`POST /v1/tasks:validate`) fetch
+    a page each."""
     upstream_retry_delay_seconds: float = Field(default=0.5, gt=0, le=60)
     """The first in-place retry of a failed request waits up to this long, the next ones
     twice as long each (full jitter; `service.sync.request_retry`)."""

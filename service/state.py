@@ -13,7 +13,7 @@ from service.config import Settings
 from service.crypto import SecretBox
 from service.db import SessionMaker
 from service.runs.events import ProgressHub
-from service.sync import UpstreamClient
+from service.sync import BodyBudget, UpstreamClient
 
 
 class AppState(TypedDict):
@@ -30,3 +30,5 @@ class AppState(TypedDict):
     queue: Queue
     secrets: SecretBox
     http: UpstreamClient
+    bodies: BodyBudget
+    """The process's in-flight body bytes: dry runs share it (`BACKSYNC_API_MAX_INFLIGHT_BYTES`)."""

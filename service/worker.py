@@ -27,7 +27,7 @@ from service.runs.recovery import reconcile_forever
 from service.runs.runner import RunnerDeps
 from service.runs.scheduler import Scheduler
 from service.runs.scheduler import subscription as scheduler_subscription
-from service.sync import RequestRetry
+from service.sync import BodyBudget, RequestRetry
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +85,10 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
             secrets=secrets,
             queue=queue,
             budget=budget,
+            bodies=BodyBudget(
+                settings.worker_max_inflight_bytes, max_ratio=settings.max_compression_ratio
+            ),
+            max_response_bytes=settings.max_response_bytes,
             request_retry=RequestRetry(
                 base_delay=settings.upstream_retry_delay_seconds,
                 max_delay=8 * settings.upstream_retry_delay_seconds,

@@ -42,6 +42,7 @@ from service.models.types import utcnow
 from service.runs.ledger import LeasedRun, Outcome, RunLedger
 from service.sync import (
     REQUEST_RETRY,
+    BodyBudget,
     HostBudget,
     Limits,
     PageRequest,
@@ -99,6 +100,12 @@ class RunnerDeps:
     queue: Queue
     budget: HostBudget | None = None
     """Shared per-host request budget (rate limits, Retry-After holds) across workers."""
+    bodies: BodyBudget | None = None
+    """The worker's in-flight body bytes, shared by its runs (and how far a body may
+    inflate: `BACKSYNC_WORKER_MAX_INFLIGHT_BYTES`, `BACKSYNC_MAX_COMPRESSION_RATIO`)."""
+    max_response_bytes: int | None = None
+    """The server's cap on a task's `limits.max_response_bytes`
+    (`BACKSYNC_MAX_RESPONSE_BYTES`): tasks stored before it was lowered are held to it."""
     request_retry: RequestRetry = REQUEST_RETRY
     """How a failed request is tried again in place, before it ends the attempt."""
     max_hold_seconds: float = 3600.0
@@ -195,9 +202,10 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
     pages = iter_pages(
         deps.http,
         source,
-        Limits.model_validate(run.limits),
+        _limits(run.limits, deps.max_response_bytes),
         PageRequest.from_json(run.checkpoint) if "url" in run.checkpoint else None,
         budget=deps.budget,
+        bodies=deps.bodies,
         validators=validators,
         ahead=PAGES_AHEAD,
         retry=deps.request_retry,
@@ -208,6 +216,14 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
             if outcome is not Outcome.CONTINUE:
                 return outcome
     raise AssertionError("the engine stopped before a last page")
+
+
+def _limits(stored: dict[str, Any], cap: int | None) -> Limits:
+    """The task's limits, its response size held to the server's cap."""
+    limits = Limits.model_validate(stored)
+    if cap is not None and limits.max_response_bytes > cap:
+        return limits.model_copy(update={"max_response_bytes": cap})
+    return limits
 
 
 def _crash(exc: Exception) -> dict[str, Any]:

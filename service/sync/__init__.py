@@ -13,6 +13,7 @@ from service.sync.conditional import Validator, page_key
 from service.sync.errors import HostHeld, SyncError, TargetRefused
 from service.sync.extract import Row, records_of
 from service.sync.incremental import Watermark, later, start_params
+from service.sync.inflight import BodyBudget
 from service.sync.pages import Page, fetch_one, iter_pages
 from service.sync.paginators import PageRequest, first_request
 from service.sync.paths import MISSING, get_path
@@ -25,6 +26,7 @@ __all__ = [
     "MISSING",
     "REQUEST_RETRY",
     "SECRET_FIELDS",
+    "BodyBudget",
     "GuardedBackend",
     "Holds",
     "HostBudget",

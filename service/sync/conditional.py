@@ -52,7 +52,7 @@ def digest_seed(source: Source) -> bytes:
     return hashlib.blake2b(orjson.dumps(settings, option=orjson.OPT_SORT_KEYS)).digest()
 
 
-def page_digest(seed: bytes, raw: bytes) -> str:
+def page_digest(seed: bytes, raw: bytes | bytearray) -> str:
     digest = hashlib.blake2b(seed, digest_size=16)
     digest.update(raw)
     return digest.hexdigest()

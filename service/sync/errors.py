@@ -112,7 +112,16 @@ class HostHeld(SyncError):
 
 
 class ResponseTooLarge(SyncError):
+    """Over `limits.max_response_bytes` (as sent or once decoded), or more than the
+    process lets bodies hold at once: the same page would be as large next time."""
+
     code = "response_too_large"
+
+
+class CompressionBomb(ResponseTooLarge):
+    """A body that inflates past the server's `max_ratio` (`service.sync.body`)."""
+
+    code = "compression_ratio_exceeded"
 
 
 class BadConfig(SyncError):

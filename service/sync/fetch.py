@@ -17,6 +17,7 @@ import httpx
 import orjson
 
 from service.sync.backoff import parse_retry_after
+from service.sync.body import FIRST_BYTES, read_body, reserve_decoding
 from service.sync.budget import HostBudget, host_key
 from service.sync.client import UpstreamClient
 from service.sync.conditional import page_digest
@@ -24,12 +25,12 @@ from service.sync.errors import (
     BadRedirect,
     CutOff,
     InvalidBody,
-    ResponseTooLarge,
     TooManyRedirects,
     UpstreamStatusError,
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from service.sync.inflight import BodyBudget, BodyHold
 from service.sync.paginators import PageRequest
 from service.sync.request_retry import REQUEST_RETRY, RequestRetry, RetryCount, with_retries
 from service.sync.spec import BasicAuth, BearerAuth, HeaderAuth, Limits, QueryAuth, Source
@@ -55,6 +56,9 @@ class FetchedPage:
     retries: int = 0
     """Requests for this page before the one that answered: transient failures tried
     again in place (`request_retry`)."""
+    hold: BodyHold | None = None
+    """What the decoded body holds of the process's `BodyBudget`, until its page is
+    released (`Page.release`)."""
 
 
 def _auth_parts(source: Source) -> tuple[dict[str, str], dict[str, str]]:
@@ -129,6 +133,7 @@ async def fetch_page(
     limits: Limits,
     *,
     budget: HostBudget | None = None,
+    bodies: BodyBudget | None = None,
     extra_headers: dict[str, str] | None = None,
     digest_seed: bytes | None = None,
     undecoded_if: str | None = None,
@@ -145,11 +150,15 @@ async def fetch_page(
 
     A transient failure is tried again from the first hop as `retry` allows; each try
     waits on the budget again. `retries` (kept by the caller) counts them as they go.
+
+    With `bodies`, the body holds its share of the process's in-flight bytes (waiting for
+    room first) from before its request until the caller releases the page
+    (`FetchedPage.hold`); an undecoded body holds nothing once fetched.
     """
     count = retries if retries is not None else RetryCount()
     fetched = await with_retries(
         lambda: _fetch_once(
-            client, source, page, limits, budget, extra_headers, digest_seed, undecoded_if
+            client, source, page, limits, budget, bodies, extra_headers, digest_seed, undecoded_if
         ),
         retry,
         count,
@@ -163,6 +172,7 @@ async def _fetch_once(
     page: PageRequest,
     limits: Limits,
     budget: HostBudget | None,
+    bodies: BodyBudget | None,
     extra_headers: dict[str, str] | None,
     digest_seed: bytes | None,
     undecoded_if: str | None,
@@ -171,30 +181,65 @@ async def _fetch_once(
     request = build_request(client, source, page, limits, url)
     if extra_headers:
         request.headers.update(extra_headers)
-    for _hop in range(MAX_REDIRECTS + 1):
-        check_url(request.url)
-        if budget is not None:
-            await budget.acquire(host_key(request.url), limits.requests_per_second)
-        response, raw = await _exchange(client, request, limits, budget)
-        if raw is not None:
-            status = response.status_code
-            digest = page_digest(digest_seed, raw) if digest_seed and status != 304 else None
-            undecoded = status == 304 or (digest is not None and digest == undecoded_if)
-            return FetchedPage(
-                status,
-                None if undecoded else _decode(raw, status, response.headers),
-                response.headers,
-                without_query_auth(source, str(response.url)),
-                len(raw),
-                digest,
-            )
-        request = redirect_request(request, response, _secret_headers(source))
-    raise TooManyRedirects(f"upstream redirected more than {MAX_REDIRECTS} times")
+    hold = bodies.hold() if bodies is not None else None
+    try:
+        if hold is not None:
+            await hold.grow(FIRST_BYTES)
+        for _hop in range(MAX_REDIRECTS + 1):
+            check_url(request.url)
+            if budget is not None:
+                await budget.acquire(host_key(request.url), limits.requests_per_second)
+            response, raw = await _exchange(client, request, limits, budget, bodies, hold)
+            if raw is not None:
+                return await _fetched(
+                    source, response, raw, bodies, hold, digest_seed, undecoded_if
+                )
+            request = redirect_request(request, response, _secret_headers(source))
+        raise TooManyRedirects(f"upstream redirected more than {MAX_REDIRECTS} times")
+    except BaseException:
+        if hold is not None:
+            hold.release()
+        raise
+
+
+async def _fetched(
+    source: Source,
+    response: httpx.Response,
+    raw: bytearray,
+    bodies: BodyBudget | None,
+    hold: BodyHold | None,
+    digest_seed: bytes | None,
+    undecoded_if: str | None,
+) -> FetchedPage:
+    """The final answer as a page: its digest, and its body decoded unless it is the one
+    stored (then it holds nothing of the process's budget any longer)."""
+    status = response.status_code
+    digest = page_digest(digest_seed, raw) if digest_seed and status != 304 else None
+    undecoded = status == 304 or (digest is not None and digest == undecoded_if)
+    if undecoded and hold is not None:
+        hold.release()
+        hold = None
+    elif hold is not None:
+        await reserve_decoding(raw, bodies, hold)
+    return FetchedPage(
+        status,
+        None if undecoded else _decode(raw, status, response.headers),
+        response.headers,
+        without_query_auth(source, str(response.url)),
+        len(raw),
+        digest,
+        hold=hold,
+    )
 
 
 async def _exchange(
-    client: UpstreamClient, request: httpx.Request, limits: Limits, budget: HostBudget | None
-) -> tuple[httpx.Response, bytes | None]:
+    client: UpstreamClient,
+    request: httpx.Request,
+    limits: Limits,
+    budget: HostBudget | None,
+    bodies: BodyBudget | None,
+    hold: BodyHold | None,
+) -> tuple[httpx.Response, bytearray | None]:
     """One hop: the final response and its body, or a redirect (body unread, None).
 
     httpx's timeouts are per phase (connect, each read...): an upstream that trickles a
@@ -203,8 +248,10 @@ async def _exchange(
     """
     try:
         with _translated(limits.timeout_seconds, request.url):
-            async with asyncio.timeout(limits.timeout_seconds):
-                return await _send(client, request, limits.max_response_bytes)
+            async with asyncio.timeout(limits.timeout_seconds) as deadline:
+                return await _send(
+                    client, request, limits.max_response_bytes, bodies, hold, deadline
+                )
     except UpstreamStatusError as exc:
         if budget is not None and exc.retry_after and exc.http_status in _HOLDING_STATUSES:
             await budget.hold(host_key(request.url), exc.retry_after)
@@ -229,8 +276,13 @@ def _translated(timeout: float, url: httpx.URL) -> Iterator[None]:
 
 
 async def _send(
-    client: UpstreamClient, request: httpx.Request, limit: int
-) -> tuple[httpx.Response, bytes | None]:
+    client: UpstreamClient,
+    request: httpx.Request,
+    limit: int,
+    bodies: BodyBudget | None,
+    hold: BodyHold | None,
+    deadline: asyncio.Timeout,
+) -> tuple[httpx.Response, bytearray | None]:
     response = await client.send_once(request)
     log.debug("upstream %s %s: %s", request.method, request.url, response.status_code)
     try:
@@ -241,14 +293,14 @@ async def _send(
             # as there is nothing to decode.
             async for _chunk in response.aiter_raw():
                 pass
-            return response, b""
+            return response, bytearray()
         if not 200 <= response.status_code < 300:
             raise UpstreamStatusError(
                 response.status_code,
                 response.reason_phrase,
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
             )
-        return response, await _read_capped(response, limit)
+        return response, await read_body(response, limit, bodies, hold, deadline)
     finally:
         await response.aclose()
 
@@ -324,7 +376,7 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def _decode(raw: bytes, status: int, headers: httpx.Headers) -> Any:
+def _decode(raw: bytearray, status: int, headers: httpx.Headers) -> Any:
     """The JSON body; otherwise an error naming what came instead (an HTML login or error
     page from a proxy or the wrong URL says more in its content type than in its bytes)."""
     try:
@@ -335,17 +387,3 @@ def _decode(raw: bytes, status: int, headers: httpx.Headers) -> Any:
         raise InvalidBody(
             f"upstream body is not valid JSON ({shown}, {len(raw)} bytes)", http_status=status
         ) from exc
-
-
-async def _read_capped(response: httpx.Response, limit: int) -> bytes:
-    declared = response.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ResponseTooLarge(f"response of {declared} bytes exceeds max_response_bytes={limit}")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in response.aiter_bytes():
-        total += len(chunk)
-        if total > limit:
-            raise ResponseTooLarge(f"response exceeds max_response_bytes={limit}")
-        chunks.append(chunk)
-    return b"".join(chunks)

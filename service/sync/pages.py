@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 
 import httpx
 
+from service.sync.body import RECORD_COST
 from service.sync.budget import HostBudget
 from service.sync.client import UpstreamClient
 from service.sync.conditional import (
@@ -31,6 +32,7 @@ from service.sync.errors import InvalidBody, PageLimitReached, PaginationLoop, S
 from service.sync.extract import ExtractedPage, extract, records_of
 from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
 from service.sync.incremental import Watermark, page_watermark
+from service.sync.inflight import BodyBudget
 from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
 from service.sync.request_retry import REQUEST_RETRY, RequestRetry, RetryCount
 from service.sync.spec import Limits, Source
@@ -75,6 +77,17 @@ class Page:
         """No body was decoded (a 304, or the stored bytes): its records are as stored."""
         return self.fetched.body is None
 
+    def handed_over(self) -> None:
+        """In its caller's hands: its bytes come back when the caller is done with it,
+        whatever other fetches wait for (see `service.sync.inflight`)."""
+        if self.fetched.hold is not None:
+            self.fetched.hold.settle()
+
+    def release(self) -> None:
+        """Done with: what its body held of the process's `BodyBudget` is free again."""
+        if self.fetched.hold is not None:
+            self.fetched.hold.release()
+
 
 async def iter_pages(
     client: UpstreamClient,
@@ -83,6 +96,7 @@ async def iter_pages(
     start: PageRequest | None = None,
     *,
     budget: HostBudget | None = None,
+    bodies: BodyBudget | None = None,
     validators: ValidatorLookup | None = None,
     ahead: int = 0,
     retry: RequestRetry = REQUEST_RETRY,
@@ -91,15 +105,20 @@ async def iter_pages(
     upstream host's politeness with every other task (see `service.sync.budget`);
     `validators` finds what each page said last time (`service.sync.conditional`);
     `retry` says how a transient failure of a page's request is tried again in place
-    (`service.sync.request_retry`) before it ends the loop.
+    (`service.sync.request_retry`) before it ends the loop. `bodies` bounds the bytes the
+    process's bodies hold at once (`service.sync.inflight`): a page holds its share until
+    the caller asks for the next one.
 
     With `ahead`, up to that many fetches are under way while the caller stores a page
     (see `_Flight`); with 0, a page is only fetched when asked for.
     """
-    flight = _Flight(client, source, limits, budget, validators, digest_seed(source), ahead, retry)
+    flight = _Flight(
+        client, source, limits, budget, bodies, validators, digest_seed(source), ahead, retry
+    )
     request: PageRequest | None = start or first_request(source)
     address = _address(request) if request is not None else None
     requested: set[_Address] = set()
+    page: Page | None = None
     try:
         while request is not None:
             if request.index >= limits.max_pages:
@@ -113,9 +132,13 @@ async def iter_pages(
             _check_no_cycle(page, address, requested)
             if ahead:
                 page = await flight.follow(page)
+            page.handed_over()
             yield page
+            page.release()  # the caller is done with it: it asks for the next
             request = page.next
     finally:
+        if page is not None:
+            page.release()
         await flight.drop()
 
 
@@ -176,6 +199,7 @@ class _Flight:
         source: Source,
         limits: Limits,
         budget: HostBudget | None,
+        bodies: BodyBudget | None,
         validators: ValidatorLookup | None,
         seed: bytes,
         ahead: int,
@@ -183,6 +207,7 @@ class _Flight:
     ) -> None:
         self._client, self._source, self._limits = client, source, limits
         self._budget, self._validators, self._seed = budget, validators, seed
+        self._bodies = bodies
         self._retry = retry
         self._queue: deque[_Fetch] = deque()
         self._ahead = ahead
@@ -229,6 +254,7 @@ class _Flight:
             self._limits,
             request,
             budget=self._budget,
+            bodies=self._bodies,
             validator=known,
             seed=self._seed,
             retry=self._retry,
@@ -245,7 +271,7 @@ class _Flight:
             fetch.task.cancel()
         for fetch in dropped:
             with contextlib.suppress(Exception, asyncio.CancelledError):
-                await fetch.task
+                (await fetch.task).release()  # one that was done holds its body
         return sum(1 + fetch.retries.value for fetch in dropped)
 
 
@@ -256,6 +282,7 @@ async def fetch_one(
     request: PageRequest,
     *,
     budget: HostBudget | None = None,
+    bodies: BodyBudget | None = None,
     validator: Validator | None = None,
     seed: bytes | None = None,
     retry: RequestRetry = REQUEST_RETRY,
@@ -265,7 +292,8 @@ async def fetch_one(
     (`digest_seed`), a page whose bytes match `validator`'s digest is not decoded.
 
     A transient failure of the request is tried again in place as `retry` allows
-    (`Page.retries` counts them; `retries`, if given, as they go: see `fetch_page`)."""
+    (`Page.retries` counts them; `retries`, if given, as they go: see `fetch_page`).
+    With `bodies`, the page holds its body's share of it until `Page.release`."""
     conditional = source.conditional and validator is not None
     fetched = await fetch_page(
         client,
@@ -273,6 +301,7 @@ async def fetch_one(
         request,
         limits,
         budget=budget,
+        bodies=bodies,
         extra_headers=conditional_headers(validator) if validator and conditional else None,
         digest_seed=seed,
         undecoded_if=validator.digest if validator else None,
@@ -280,10 +309,18 @@ async def fetch_one(
         retries=retries,
     )
     try:
-        return _interpret(source, request, fetched, validator, seed, conditional=conditional)
-    except SyncError as exc:
-        exc.requests = 1 + fetched.retries  # the page was fetched; its run counts them
+        page = _interpret(source, request, fetched, validator, seed, conditional=conditional)
+    except BaseException as exc:
+        if fetched.hold is not None:
+            fetched.hold.release()
+        if isinstance(exc, SyncError):
+            exc.requests = 1 + fetched.retries  # the page was fetched; its run counts them
         raise
+    if fetched.hold is not None and page.unread:
+        fetched.hold.release()  # its records are the stored ones: nothing decoded is kept
+    elif fetched.hold is not None:
+        fetched.hold.charge(RECORD_COST * page.records.seen)  # its rows, now in memory
+    return page
 
 
 def _interpret(

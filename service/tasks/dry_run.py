@@ -16,6 +16,8 @@ from service.crypto import mask
 from service.logs import bind_secrets
 from service.sync import (
     SECRET_FIELDS,
+    BodyBudget,
+    Page,
     PageRequest,
     SyncError,
     UpstreamClient,
@@ -103,14 +105,28 @@ def _shown(request: PageRequest, body: TaskIn) -> PageRef:
     return PageRef(url=request.url, params=params if request.params is not None else None)
 
 
-async def dry_run(client: UpstreamClient, body: TaskIn) -> DryRun:
+async def dry_run(
+    client: UpstreamClient, body: TaskIn, bodies: BodyBudget | None = None, cap: int | None = None
+) -> DryRun:
+    """The first page as a run would fetch it: within the process's in-flight `bodies`
+    and the server's `cap` on response sizes (the default limit is held to it)."""
     source, limits = body.source, body.limits
     bind_secrets(secret_values(source.auth))  # masked in this request's logs, by value
     request = first_request(source)
+    largest = min(limits.max_response_bytes, cap) if cap else limits.max_response_bytes
+    limits = limits.model_copy(update={"max_pages": 1, "max_response_bytes": largest})
     try:
-        page = await fetch_one(client, source, limits.model_copy(update={"max_pages": 1}), request)
+        page = await fetch_one(client, source, limits, request, bodies=bodies)
     except SyncError as exc:
         return DryRun(ok=False, request=_shown(request, body), error=RunError(**exc.as_dict()))
+    try:
+        return _described(body, request, page)
+    finally:
+        page.release()  # never handed over: described and dropped at once
+
+
+def _described(body: TaskIn, request: PageRequest, page: Page) -> DryRun:
+    source = body.source
     records = records_of(page.fetched.body, source.records_path)
     return DryRun(
         ok=True,

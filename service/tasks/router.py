@@ -142,4 +142,5 @@ async def delete_task(work: Work, caller: Caller, task_id: str) -> None:
 async def validate_task(caller: Caller, state: State, body: TaskIn) -> DryRun:
     """Dry run: fetch the first page of a proposed task and show what a run would store"""
     del caller  # authentication only: a dry run stores nothing
-    return await dry_run(state["http"], body)
+    service.check_limits(body, state["settings"])
+    return await dry_run(state["http"], body, state["bodies"], state["settings"].max_response_bytes)

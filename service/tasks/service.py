@@ -204,14 +204,31 @@ async def _check_target(body: TaskIn, settings: Settings) -> None:
         raise InvalidInput.at(["body", "source", "url"], exc.message) from exc
 
 
+def check_limits(body: TaskIn, settings: Settings) -> None:
+    """A task may not ask for larger responses than the server allows
+    (`BACKSYNC_MAX_RESPONSE_BYTES`). Only a value the client gave is refused: the default
+    is held to the cap when the task runs, as a task stored before the cap was lowered is."""
+    cap = settings.max_response_bytes
+    if (
+        "max_response_bytes" in body.limits.model_fields_set
+        and body.limits.max_response_bytes > cap
+    ):
+        raise InvalidInput.at(
+            ["body", "limits", "max_response_bytes"],
+            f"must be at most {cap} (this server's BACKSYNC_MAX_RESPONSE_BYTES)",
+        )
+
+
 def _check_policy(body: TaskIn, settings: Settings) -> None:
-    """What the schema cannot say: storable values and the minimum interval.
+    """What the schema cannot say: storable values, the minimum interval and the
+    server's cap on response sizes.
 
     Checked on every task about to be stored: a new one, a replacement, a merged update or
     a patched task.
     """
     _check_storable(body)
     _check_mapping(body)
+    check_limits(body, settings)
     schedule = body.schedule
     if (
         schedule

@@ -32,6 +32,7 @@ from service.broker.queue import Queue
 from service.crypto import SecretBox, SecretBoxError
 from service.logs import bind_log_context, bind_secrets
 from service.models.types import utcnow
+from service.runs import report
 from service.runs.ledger import LeasedRun, Outcome, RunLedger
 from service.sync import (
     REQUEST_RETRY,
@@ -99,8 +100,11 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
     if run is None:  # finished, leased by a live worker, or not yet due
         return
     bind_log_context(task_id=run.task_id, tenant=run.tenant_id)
+    if run.previous_owner is not None and run.previous_owner != deps.ledger.owner:
+        report.taken_over(run)
     if run.cancel_requested:
         await deps.ledger.cancel(run)
+        report.ended(run, "cancelled")
         return
     async with _heartbeat(deps.ledger, run):
         try:
@@ -112,7 +116,7 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
             log.exception("run %s crashed", run_id)
             await _failed(deps, run, _crash(exc), None, 0)
         else:
-            log.info("run %s attempt %s: %s", run_id, run.attempt, outcome.value)
+            report.outcome(run, outcome)
     deps.events_written()  # a ring that finds no new event costs one query
 
 
@@ -141,6 +145,7 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
     )
     async with contextlib.aclosing(pages):
         async for page in pages:
+            report.page(page)
             outcome = await deps.ledger.commit(run, page)
             if outcome is not Outcome.CONTINUE:
                 return outcome
@@ -227,10 +232,12 @@ async def _failed(
         or run.attempt >= retry.max_attempts * MAX_ATTEMPTS_FACTOR
     ):
         await deps.ledger.fail(run, error, entry)
+        report.ended(run, "failed", error)
         return
     at = utcnow() + timedelta(seconds=next_delay(retry, max(spent, 1), retry_after))
     attempt = await deps.ledger.retry_later(run, error, entry, at)
     if attempt is not None:
+        report.retried(error)
         try:
             await deps.queue.enqueue_run(run.run_id, job_suffix=f"attempt:{attempt}", not_before=at)
         except RedisUnavailable:  # the retry is in the database: the reconciler sends it when due

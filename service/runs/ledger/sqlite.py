@@ -43,6 +43,7 @@ from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.samples import write_samples
 from service.runs.ledger.statements import (
     CLAIMED_TASK,
+    PREVIOUS_OWNER,
     RUN,
     TASK,
     claimed_run_update,
@@ -94,12 +95,15 @@ class SqliteLedger(RunLedger):
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
         """SQLite's RETURNING cannot see other tables, nor can its CTEs write: the task
         is read in a second statement (each commits on its own; the run is ours from the
-        first). The write comes first, so no read snapshot has to be upgraded to a write."""
+        first). The write comes first, so no read snapshot has to be upgraded to a write;
+        the lease's previous owner is read before it, on its own (a takeover is counted,
+        nothing is decided by it)."""
+        previous = (await session.execute(PREVIOUS_OWNER, params)).scalar_one_or_none()
         run = (await session.execute(_CLAIM_RUN, params)).one_or_none()
         if run is None:
             return None
         task = (await session.execute(_READ_TASK, {"task_id": run.task_id})).one_or_none()
-        return None if task is None else (*run, *task)
+        return None if task is None else (*run, *task, previous)
 
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
         async with self.sessionmaker() as session:

@@ -149,5 +149,6 @@ async def queue_stats(session: AsyncSession, now: datetime) -> QueueStats:
         .where(col(Run.status).in_(ACTIVE_STATUSES))
         .group_by(col(Run.status))
     )
-    active = {status: 0 for status in ACTIVE_STATUSES} | dict(by_status.tuples().all())
+    active = {status: 0 for status in ACTIVE_STATUSES}
+    active.update({status: int(count) for status, count in by_status})
     return QueueStats(int(count), oldest, active)

@@ -32,6 +32,7 @@ from service.middleware import BodyLimit, NulFreeUrl, RequestId
 from service.notifications.router import router as events_router
 from service.notifications.webhooks.router import router as webhooks_router
 from service.openapi import finish as finish_openapi
+from service.ops.metrics import router as metrics_router
 from service.ops.router import router as ops_router
 from service.push.router import router as push_router
 from service.records.router import router as records_router
@@ -260,4 +261,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in routers:
         app.include_router(router)
     app.include_router(health_router)
+    if settings.metrics_enabled:
+        app.include_router(metrics_router)
     return app

@@ -158,8 +158,47 @@ def worker() -> None:
 
     settings = get_settings()
     _require_production_settings(settings)
+    if settings.metrics_enabled and settings.worker_metrics_port:
+        _check_metrics_port(settings.host, settings.worker_metrics_port)
     configure_logging(settings.log_format, settings.log_level)
     run_worker(settings)
+
+
+def _check_metrics_port(host: str, port: int) -> None:
+    """Refuse, in one line naming the setting, a metrics port the worker cannot listen on
+    (rather than a traceback from its startup)."""
+    if not _can_listen(host, port):
+        raise _fail(
+            f"cannot serve the worker's metrics on {host}:{port} (in use or not allowed):"
+            " pick another BACKSYNC_WORKER_METRICS_PORT, or 0 for none"
+        )
+
+
+def _can_listen(host: str, port: int) -> bool:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError:
+        return False
+    return True
+
+
+def _dev_metrics(settings: Settings) -> Settings:
+    """`dev`/`demo`: the worker serves its metrics on the API's port + 1 (or, if that is
+    taken, any free port), unless BACKSYNC_WORKER_METRICS_PORT says otherwise; the banner
+    prints where. Set in the environment, for the worker child."""
+    if "BACKSYNC_WORKER_METRICS_PORT" in os.environ or not settings.metrics_enabled:
+        return settings
+    port = settings.port + 1
+    if port > 65535 or not _can_listen(settings.host, port):
+        with socket.socket(socket.AF_INET6 if ":" in settings.host else socket.AF_INET) as probe:
+            probe.bind((settings.host, 0))
+            port = probe.getsockname()[1]
+    os.environ["BACKSYNC_WORKER_METRICS_PORT"] = str(port)
+    get_settings.cache_clear()
+    return get_settings()
 
 
 @app.command()
@@ -298,6 +337,7 @@ def dev(host: Host = None, port: Port = None) -> None:
     """Everything on one machine: migrations, embedded Redis, API on :8000 and a worker."""
     settings = _bind(host, port)
     _check_free(settings)
+    settings = _dev_metrics(settings)
     with _dev_processes(settings) as (children, api_key, redis_url):
         _banner(settings, api_key, redis_url)
         _wait(children)
@@ -311,6 +351,7 @@ def demo(host: Host = None, port: Port = None) -> None:
 
     settings = _bind(host, port)
     _check_free(settings)
+    settings = _dev_metrics(settings)
     upstream = DemoUpstream()
     upstream_url = upstream.start()
     try:
@@ -365,6 +406,11 @@ def _banner(settings: Settings, api_key: str, redis_url: str) -> None:
     typer.echo(f"  database  {_redacted(settings.database_url)}")
     typer.echo(f"  redis     {redis_url}{'' if settings.redis_url else '  (embedded Valkey)'}")
     typer.echo(f"  API key   {api_key}")
+    if settings.metrics_enabled:
+        shown = f"[{settings.host}]" if ":" in settings.host else settings.host
+        worker = settings.worker_metrics_port
+        where = f"http://{shown}:{worker}/metrics" if worker else "off"
+        typer.echo(f"  metrics   API {base}/metrics   worker {where}")
     typer.echo(f'\n  curl -H "Authorization: Bearer {api_key}" {base}/v1/tasks\n')
 
 

@@ -45,6 +45,12 @@ class Settings(BaseSettings):
     state_dir: Path = Path(".backsync")
     """Where `dev` keeps its generated Fernet key and API key."""
 
+    metrics_enabled: bool = True
+    """`GET /metrics` (Prometheus text, no API key) on the API; false answers it 404."""
+    worker_metrics_port: int = Field(default=0, ge=0, le=65535)
+    """Port a worker serves its own `/metrics` on, at BACKSYNC_HOST (0: none). Each worker
+    process on a machine needs its own. `backsync dev` picks one and prints it."""
+
     queue_name: str = "backsync:queue"
     worker_max_jobs: int = 50
     tenant_max_running: int | None = Field(default=None, ge=0)

@@ -45,13 +45,13 @@ class UnitOfWork:
 
     def __init__(self, session: AsyncSession):
         self.session = session
-        self._after_commit: list[Callable[[], Awaitable[None]]] = []
-        self._after_rollback: list[Callable[[], Awaitable[None]]] = []
+        self._after_commit: list[Callable[[], Awaitable[object]]] = []
+        self._after_rollback: list[Callable[[], Awaitable[object]]] = []
 
-    def after_commit(self, action: Callable[[], Awaitable[None]]) -> None:
+    def after_commit(self, action: Callable[[], Awaitable[object]]) -> None:
         self._after_commit.append(action)
 
-    def after_rollback(self, action: Callable[[], Awaitable[None]]) -> None:
+    def after_rollback(self, action: Callable[[], Awaitable[object]]) -> None:
         self._after_rollback.append(action)
 
     async def run_after_commit(self) -> None:
@@ -61,7 +61,7 @@ class UnitOfWork:
         await _run_all(self._after_rollback)
 
 
-async def _run_all(actions: list[Callable[[], Awaitable[None]]]) -> None:
+async def _run_all(actions: list[Callable[[], Awaitable[object]]]) -> None:
     for action in actions:
         try:
             await action()

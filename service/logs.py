@@ -218,6 +218,9 @@ class JsonFormatter(logging.Formatter):
         for name in _CONTEXT_FIELDS:
             if (value := getattr(record, name, None)) is not None:
                 entry[name] = value
+        fields = getattr(record, "fields", None)
+        if isinstance(fields, dict):  # a structured line: `log.info(..., extra={"fields": {}})`
+            entry.update(fields)
         if record.exc_info and not record.exc_text:
             record.exc_text = self.formatException(record.exc_info)
         if record.exc_text:  # cached, so it is the text the redacting filter cleaned

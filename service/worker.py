@@ -19,6 +19,7 @@ from service.crypto import SecretBox
 from service.db import create_engine, create_sessionmaker
 from service.health.jobs import ingest_health_batch, resend_forever
 from service.http_client import create_upstream_client
+from service.metrics import WorkerMetricsServer
 from service.notifications.service import prune_forever
 from service.notifications.webhooks import deliverer as webhooks
 from service.runs.jobs import sync_run
@@ -123,6 +124,8 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                     settings.queued_grace_seconds,
                 )
             )
+        if settings.worker_metrics_port and settings.metrics_enabled and not burst:
+            ctx["metrics"] = WorkerMetricsServer(settings.host, settings.worker_metrics_port)
         _calm_the_garbage_collector()
         log.info(
             "worker ready (max_jobs=%s, tenant_max_running=%s)",
@@ -137,6 +140,9 @@ def make_worker(settings: Settings, *, burst: bool = False, handle_signals: bool
                 loop.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await loop
+        served: WorkerMetricsServer | None = ctx.get("metrics")
+        if served is not None:
+            await asyncio.to_thread(served.close)  # waits for a scrape under way
         deps: RunnerDeps | None = ctx.get("deps")
         if deps is not None:
             await deps.http.aclose()

@@ -112,6 +112,19 @@ async def test_demo_refuses_to_drive_another_backsync_on_its_port(
     assert not (tmp_path / "state").exists()
 
 
+def test_a_worker_metrics_port_in_use_is_one_line_naming_the_setting(settings: Settings) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        result = run_cli("worker", env=cli_env(settings, worker_metrics_port=port))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"cannot serve the worker's metrics on 127.0.0.1:{port} (in use or not allowed):"
+        " pick another BACKSYNC_WORKER_METRICS_PORT, or 0 for none"
+    ]
+
+
 def test_api_and_worker_refuse_to_start_without_redis_or_secret_keys(settings: Settings) -> None:
     no_secret = run_cli("api", env=cli_env(settings, secret_keys=""))
     assert no_secret.returncode == 2
@@ -158,7 +171,14 @@ def test_dev_runs_everything_with_embedded_defaults_and_stops_cleanly(
         text=True,
     )
     base = f"http://127.0.0.1:{port}"
+    banner: list[str] = []
     try:
+        assert process.stdout is not None
+        for line in process.stdout:  # the banner says where the worker's metrics are
+            banner.append(line)
+            if line.strip().startswith("metrics"):
+                break
+        worker_metrics = banner[-1].split("worker")[1].strip()
         _wait_ready(base, process)
         key = (tmp_path / "state" / "dev_api_key").read_text().strip()
         headers = {"Authorization": f"Bearer {key}"}
@@ -173,9 +193,17 @@ def test_dev_runs_everything_with_embedded_defaults_and_stops_cleanly(
         assert run["stats"]["inserted"] == 2
         assert (tmp_path / "backsync.db").exists()
         assert httpx.get(f"{base}/docs").status_code == 200
+        assert "backsync_queue_depth 0.0" in httpx.get(f"{base}/metrics").text
+        succeeded = 'backsync_runs_finished_total{error_code="",status="succeeded"} 1.0'
+        for _ in range(50):  # counted right after the commit the API has already seen
+            if succeeded in httpx.get(worker_metrics).text:
+                break
+            time.sleep(0.1)
+        assert succeeded in httpx.get(worker_metrics).text
     finally:
         process.send_signal(signal.SIGINT)
-        output, _ = process.communicate(timeout=30)
+        rest, _ = process.communicate(timeout=30)
+        output = "".join(banner) + rest
     assert process.returncode == 0, output
     assert key in output  # the banner prints a ready key
     assert "embedded Valkey" in output

@@ -29,9 +29,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import NoReturn
 
 from redis.asyncio import Redis
 
+from service import metrics
 from service.broker.channel import Subscription
 from service.broker.outage import BrokerUnavailable, RedisHealth, RedisUnavailable
 from service.sync import DEFAULT_MAX_HOLD, Holds, held_back, over
@@ -133,18 +135,17 @@ class RedisBudget:
                 await self._wait_for_redis(host, outage_began)
                 continue
             status, wait = int(status), int(wait_ms) / 1000
-            if status == _OVER or (status == _HELD and over(wait, self.max_wait)):
-                raise held_back(host, wait, held=status == _HELD)
-            await asyncio.sleep(wait)
+            if status == _OVER:
+                _refused(host, wait, held=False)
+            if wait > 0:
+                await _wait(host, wait, self.max_wait, held=status == _HELD)
             if status == _RESERVED:
                 return
 
     async def _known_holds(self, host: str) -> None:
         """Wait out the hold on `host` this process knows of (from memory)."""
         while (wait := self._holds.left(host)) > 0:
-            if over(wait, self.max_wait):
-                raise held_back(host, wait, held=True)
-            await asyncio.sleep(wait)
+            await _wait(host, wait, self.max_wait, held=True)
 
     async def _wait_for_redis(self, host: str, began: float) -> None:
         waited = time.monotonic() - began
@@ -161,6 +162,7 @@ class RedisBudget:
         Without Redis the hold is kept in this process only."""
         ms = int(min(seconds, self.max_hold) * 1000)
         if ms > 0:
+            metrics.HOLDS.labels(host).inc()
             self._note(host, ms)
             try:
                 await self._health.call(lambda: self._publish_hold(host, ms))
@@ -189,3 +191,19 @@ class RedisBudget:
             ms = await self._redis.pttl(key)
             if ms > 0:
                 self._note(key.decode()[start:], ms)
+
+
+async def _wait(host: str, seconds: float, max_wait: float | None, *, held: bool) -> None:
+    """Sleep for the host's budget, counted (`backsync_upstream_budget_*`); raise
+    `HostHeld` instead when the wait is longer than `max_wait`."""
+    if over(seconds, max_wait):
+        _refused(host, seconds, held=held)
+    reason = "hold" if held else "rate"
+    metrics.BUDGET_WAITS.labels(host, reason).inc()
+    metrics.BUDGET_WAIT_SECONDS.labels(host, reason).inc(seconds)
+    await asyncio.sleep(seconds)
+
+
+def _refused(host: str, seconds: float, *, held: bool) -> NoReturn:
+    metrics.BUDGET_REFUSALS.labels(host, "hold" if held else "rate").inc()
+    raise held_back(host, seconds, held=held)

@@ -138,9 +138,10 @@ class Queue:
 
     async def enqueue_run(
         self, run_id: str, *, job_suffix: str | None = None, not_before: datetime | None = None
-    ) -> None:
-        """Send a run to the workers: at `not_before`, or now with a doorbell ring."""
-        await self._send([(run_job_id(run_id, job_suffix), run_id)], not_before)
+    ) -> bool:
+        """Send a run to the workers: at `not_before`, or now with a doorbell ring; False
+        when its job was there already (nothing sent)."""
+        return await self._send([(run_job_id(run_id, job_suffix), run_id)], not_before) > 0
 
     async def enqueue_runs(self, run_ids: list[str]) -> int:
         """Send runs to the workers now, in one round trip; returns how many were not

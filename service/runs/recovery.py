@@ -15,11 +15,16 @@ from datetime import timedelta
 from service.broker.outage import RedisUnavailable
 from service.broker.queue import Queue
 from service.db import SessionMaker
+from service.metrics import RESENT
 from service.models import Run
 from service.models.types import utcnow
 from service.runs import repository
 
 log = logging.getLogger(__name__)
+
+
+_REASONS = {"queued": "queued", "retrying": "retrying", "running": "lease_expired"}
+"""Why an orphan is re-sent, by its status (`backsync_reconciler_resent_total`)."""
 
 
 def _job_suffix(run: Run) -> str | None:
@@ -37,10 +42,13 @@ async def reconcile_once(
     now = utcnow()
     async with sessionmaker() as session:
         runs = await repository.orphans(session, now, now - timedelta(seconds=queued_grace_seconds))
+    sent = 0
     for run in runs:
-        await queue.enqueue_run(run.id, job_suffix=_job_suffix(run))
-    if runs:
-        log.info("reconciler re-sent %d run(s)", len(runs))
+        if await queue.enqueue_run(run.id, job_suffix=_job_suffix(run)):
+            RESENT[_REASONS[run.status]].inc()
+            sent += 1
+    if sent:
+        log.info("reconciler re-sent %d run(s)", sent)
     return len(runs)
 
 

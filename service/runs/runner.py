@@ -39,6 +39,7 @@ from service.broker.queue import Queue
 from service.crypto import SecretBox, SecretBoxError
 from service.logs import bind_log_context, bind_secrets
 from service.models.types import utcnow
+from service.runs import report
 from service.runs.ledger import LeasedRun, Outcome, RunLedger
 from service.sync import (
     REQUEST_RETRY,
@@ -121,6 +122,8 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
     if run is None:  # finished, leased by a live worker, not yet due, or over the cap
         return
     bind_log_context(task_id=run.task_id, tenant=run.tenant_id)
+    if run.previous_owner is not None and run.previous_owner != deps.ledger.owner:
+        report.taken_over(run)
     await _execute(deps, run)
     if deps.ledger.tenant_cap:  # its slot is free: the tenant's next run may start
         await _wake_next(deps, run.tenant_id)
@@ -130,6 +133,7 @@ async def _execute(deps: RunnerDeps, run: LeasedRun) -> None:
     run_id = run.run_id
     if run.cancel_requested:
         await deps.ledger.cancel(run)
+        report.ended(run, "cancelled")
         return
     async with _heartbeat(deps.ledger, run):
         try:
@@ -141,7 +145,7 @@ async def _execute(deps: RunnerDeps, run: LeasedRun) -> None:
             log.exception("run %s crashed", run_id)
             await _failed(deps, run, _crash(exc), None, 0)
         else:
-            log.info("run %s attempt %s: %s", run_id, run.attempt, outcome.value)
+            report.outcome(run, outcome)
     deps.events_written()  # a ring that finds no new event costs one query
 
 
@@ -212,6 +216,7 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
     )
     async with contextlib.aclosing(pages):
         async for page in pages:
+            report.page(page)
             outcome = await deps.ledger.commit(run, page)
             if outcome is not Outcome.CONTINUE:
                 return outcome
@@ -306,10 +311,12 @@ async def _failed(
         or run.attempt >= retry.max_attempts * MAX_ATTEMPTS_FACTOR
     ):
         await deps.ledger.fail(run, error, entry)
+        report.ended(run, "failed", error)
         return
     at = utcnow() + timedelta(seconds=next_delay(retry, max(spent, 1), retry_after))
     attempt = await deps.ledger.retry_later(run, error, entry, at)
     if attempt is not None:
+        report.retried(error)
         try:
             await deps.queue.enqueue_run(run.run_id, job_suffix=f"attempt:{attempt}", not_before=at)
         except RedisUnavailable:  # the retry is in the database: the reconciler sends it when due

@@ -43,6 +43,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from service import metrics
 from service.broker.channel import Subscription
 from service.broker.queue import Queue, schedules_channel
 from service.db import SessionMaker, locked_transaction, transaction, values_rows
@@ -64,7 +65,14 @@ MAX_SLEEP_SECONDS = 60.0
 _TASK = metadata.tables["task"]
 _SOONEST = select(func.min(_TASK.c.next_run_at))
 _CLAIM = (
-    select(_TASK.c.id, _TASK.c.tenant_id, _TASK.c.source, _TASK.c.schedule, _TASK.c.paused)
+    select(
+        _TASK.c.id,
+        _TASK.c.tenant_id,
+        _TASK.c.source,
+        _TASK.c.schedule,
+        _TASK.c.paused,
+        _TASK.c.next_run_at,
+    )
     .where(_TASK.c.next_run_at <= bindparam("now", type_=UTCDateTime()))
     .order_by(_TASK.c.next_run_at)
     .limit(bindparam("limit"))
@@ -169,6 +177,7 @@ class Scheduler:
             started = await start_scheduled(session, due, now)
             await _move_all(session, [_move(row, started, now) for row in claimed])
         await self._enqueue(list(started.values()))
+        metrics.scheduler_slots([row.next_run_at for row in claimed if _live(row)], utcnow())
         if claimed:
             skipped = len(due) - len(started)
             log.info("scheduler started %d run(s), skipped %d", len(started), skipped)
@@ -189,6 +198,8 @@ class _Claimed(NamedTuple):
     source: dict[str, Any]
     schedule: dict[str, Any] | None
     paused: bool
+    next_run_at: datetime
+    """The slot that fell due (how late it starts: `backsync_scheduler_slot_delay_seconds`)."""
 
 
 def _live(task: _Claimed) -> bool:

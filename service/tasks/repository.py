@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -74,3 +75,16 @@ async def delete_records(session: AsyncSession, task_id: str) -> None:
     every insert); a deleted task's records go with it here, after the task row is locked
     by its own deletion, so no page transaction can add more."""
     await session.execute(delete(Record).where(col(Record.task_id) == task_id))
+
+
+async def schedule_stats(session: AsyncSession) -> tuple[int, datetime | None]:
+    """Active scheduled tasks (with a next slot) and the soonest slot, for the scheduler
+    lag gauge; one read of the `next_run_at` index."""
+    row = (
+        await session.execute(
+            select(func.count(), func.min(col(Task.next_run_at))).where(
+                col(Task.next_run_at).is_not(None)
+            )
+        )
+    ).one()
+    return int(row[0]), row[1]

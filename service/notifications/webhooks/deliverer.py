@@ -43,7 +43,9 @@ ends costs one pass (one query), at 30 ms of delivery latency (target: p50 < 200
 def build(sessionmaker: SessionMaker, secrets: SecretBox, settings: Settings) -> Deliverer:
     """A deliverer with its own guarded HTTP client (the SSRF guard of upstream
     requests), apart from the runs': a slow endpoint never takes their connections."""
-    sender = Sender(sessionmaker, secrets, create_upstream_client(settings), settings)
+    sender = Sender(
+        sessionmaker, secrets, create_upstream_client(settings, counted=False), settings
+    )
     return Deliverer(
         sessionmaker,
         sender,

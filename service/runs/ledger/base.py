@@ -43,6 +43,7 @@ from service.runs.ledger.run import Ending, LeasedRun, Outcome, PageWrite, Waiti
 from service.runs.ledger.statements import (
     CLAIMED_RUN,
     CLAIMED_TASK,
+    ENDED_STATS,
     LOCK_TASK,
     RUN,
     VALIDATORS,
@@ -86,10 +87,11 @@ class RunLedger(abc.ABC):
     @abc.abstractmethod
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
         """Take the run's lease (`claimed_run_update`, `CLAIMED_RUN`), and read its task
-        (`CLAIMED_TASK`): one row of both, or None when the run is not ours to take.
-        With `tenant_cap`, `params` has `cap`, and a run that is due starts only while
-        its tenant runs fewer: each database says how that count stays true when
-        workers claim the tenant's runs at the same moment."""
+        (`CLAIMED_TASK`) and who held the lease before (`PREVIOUS_OWNER`): one row of
+        all three, or None when the run is not ours to take. With `tenant_cap`, `params`
+        has `cap`, and a run that is due starts only while its tenant runs fewer: each
+        database says how that count stays true when workers claim the tenant's runs at
+        the same moment."""
 
     @abc.abstractmethod
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
@@ -116,7 +118,7 @@ class RunLedger(abc.ABC):
             row = await self._claim_row(session, params)
         if row is None:
             return None
-        values = dict(zip((*CLAIMED_RUN, *CLAIMED_TASK), row, strict=True))
+        values = dict(zip((*CLAIMED_RUN, *CLAIMED_TASK, "previous_owner"), row, strict=True))
         checkpoint = values.pop("checkpoint") or {}
         run = LeasedRun(
             run_id=run_id,
@@ -137,6 +139,7 @@ class RunLedger(abc.ABC):
             record_seq=values["record_seq"],
             prior_failures=values["consecutive_failures"],
             watermark=checkpoint.get("watermark"),
+            previous_owner=values["previous_owner"],
         )
         if values["health_mapping"] is not None:
             try:
@@ -297,7 +300,10 @@ class RunLedger(abc.ABC):
         """End the run as cancelled (its committed pages stay)."""
         async with autocommit(self.sessionmaker) as session:
             entry = run.attempt_entry(None, counted=False)
-            await session.execute(end_run(run, self.owner, "cancelled", None, entry))
+            result = await session.execute(end_run(run, self.owner, "cancelled", None, entry))
+            ended = result.first()
+        if ended is not None:
+            run.totals = dict(zip(ENDED_STATS, ended, strict=True))
 
     async def fail(self, run: LeasedRun, error: dict[str, Any], entry: dict[str, Any]) -> None:
         """End the run as failed: its task's failure streak, auto-pause and events

@@ -28,20 +28,8 @@ from service.models.types import utcnow
 from service.notifications import catalog
 from service.notifications.outbox import Computed, NewEvent, append
 from service.runs.ledger.run import Ending, LeasedRun
-from service.runs.ledger.statements import RUN, TASK, end_run, held
+from service.runs.ledger.statements import ENDED_STATS, RUN, TASK, end_run, held
 
-ENDED_STATS = (
-    "pages",
-    "requests",
-    "not_modified",
-    "records_seen",
-    "inserted",
-    "updated",
-    "unchanged",
-    "rejected",
-    "deleted",
-    "bytes",
-)
 _ENDED = select(*(RUN.c[name] for name in ENDED_STATS), TASK.c.record_seq).join_from(
     RUN, TASK, TASK.c.id == RUN.c.task_id
 )
@@ -92,6 +80,7 @@ async def record_success(session: AsyncSession, run: LeasedRun, now: datetime) -
     totals back."""
     row = (await session.execute(_ENDED.where(RUN.c.id == run.run_id))).one()
     ended = Ended(dict(zip(ENDED_STATS, row[:-1], strict=True)), row.record_seq)
+    run.totals = {name: int(ended.totals[name]) for name in ENDED_STATS}
     await append(session, run.tenant_id, success_events(run, now, ended), now)
 
 
@@ -143,10 +132,11 @@ async def fail_run(
         .returning(TASK.c.consecutive_failures, TASK.c.paused, TASK.c.auth_failed_at)
     )
     task = counted.first()
-    ended = await session.execute(end_run(run, owner, "failed", error, entry))
-    if task is None or ended.first() is None:  # the task is gone, or the run not ours
+    ended = (await session.execute(end_run(run, owner, "failed", error, entry))).first()
+    if task is None or ended is None:  # the task is gone, or the run not ours
         await session.rollback()
         return
+    run.totals = dict(zip(ENDED_STATS, ended, strict=True))
     now = utcnow()
     failures, paused, auth_failed_at = task
     subject = run.subject

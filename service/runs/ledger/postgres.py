@@ -59,12 +59,14 @@ from service.db import autocommit, transaction
 from service.models.types import UTCDateTime, utcnow
 from service.notifications.outbox import Computed, NewEvent
 from service.runs.ledger.base import RunLedger
-from service.runs.ledger.outcomes import CHANGED_COUNTS, ENDED_STATS, success_events
+from service.runs.ledger.outcomes import CHANGED_COUNTS, success_events
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.samples import count_samples, store_samples
 from service.runs.ledger.statements import (
     CLAIMED_RUN,
     CLAIMED_TASK,
+    ENDED_STATS,
+    PREVIOUS_OWNER,
     RUN,
     TASK,
     TENANT_TABLE,
@@ -301,6 +303,9 @@ def _statement(
         + (_VALIDATORS if validators else "")
         + (_EVENTS if ends else "")
         + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
+        # An ending commit also says the run's totals (its metrics and log line), read
+        # from what `computed` built for the events: no other statement.
+        + (", (SELECT CAST(v -> 'stats' AS text) FROM computed)" if ends else "")
     )
     return text(sql).bindparams(*_binds(ends=ends, watermark=watermark))
 
@@ -433,7 +438,9 @@ class PostgresLedger(RunLedger):
         if run.health_mapping is not None:
             return await self._write_mapped(run, write, statement, params)
         async with autocommit(self.sessionmaker) as session:
-            changed, cancel = (await session.execute(statement, params)).one()
+            changed, cancel, *totals = (await session.execute(statement, params)).one()
+        if totals and totals[0] is not None:  # the run succeeded with this page
+            run.totals = {name: int(count) for name, count in orjson.loads(totals[0]).items()}
         return Written(int(changed), None if cancel is None else bool(cancel))
 
     async def _write_mapped(
@@ -447,11 +454,13 @@ class PostgresLedger(RunLedger):
         rolls all of it back."""
         async with transaction(self.sessionmaker) as session:
             mapped = await store_samples(session, run, write.rows, write.now)
-            changed, cancel = (await session.execute(statement, params)).one()
+            changed, cancel, *totals = (await session.execute(statement, params)).one()
             if cancel is None:
                 await session.rollback()
                 return Written(0, None)
             await count_samples(session, run, mapped)
+        if totals and totals[0] is not None:  # the run succeeded with this page
+            run.totals = {name: int(count) for name, count in orjson.loads(totals[0]).items()}
         return Written(int(changed), bool(cancel))
 
     async def _copy(
@@ -488,11 +497,15 @@ class PostgresLedger(RunLedger):
 
 
 def _claim_statement() -> Executable:
-    """The claim and its task in one statement (built once: constructing the CTE took
-    longer than PostgreSQL ran it)."""
+    """The claim, its task and the lease's previous owner in one statement (built once:
+    constructing the CTE took longer than PostgreSQL ran it). Every part of a statement
+    reads one snapshot, taken before its UPDATE: `previous` sees the row as it was."""
+    previous = PREVIOUS_OWNER.cte("previous")
     run = claimed_run_update().cte("claimed")
     task = [TASK.c[name] for name in CLAIMED_TASK]
-    return select(run, *task).join_from(run, TASK, TASK.c.id == run.c.task_id)
+    return select(run, *task, select(previous).scalar_subquery()).join_from(
+        run, TASK, TASK.c.id == run.c.task_id
+    )
 
 
 _CLAIM = _claim_statement()
@@ -522,7 +535,8 @@ def _capped_claim_statement() -> Executable:
     alone = seen.scalar_subquery() + 1 == select(bumped.c.run_claims).scalar_subquery()
     task = [TASK.c[name] for name in CLAIMED_TASK]
     columns = [claimed.c[name] for name in CLAIMED_RUN]
-    return select(*columns, *task, alone.label("alone")).join_from(
+    previous = select(PREVIOUS_OWNER.cte("previous")).scalar_subquery()
+    return select(*columns, *task, previous, alone.label("alone")).join_from(
         claimed, TASK, TASK.c.id == claimed.c.task_id
     )
 

@@ -73,6 +73,19 @@ class LeasedRun:
     committed_pages: int = 0
     """Pages this attempt committed: an attempt that committed none is a failed one."""
     quiet: QuietPages = field(default_factory=QuietPages)
+    previous_owner: str | None = None
+    """Who held the run's lease before this claim: another worker's identity when this
+    claim took over a run whose worker stopped renewing its lease (None otherwise)."""
+    totals: dict[str, int] | None = None
+    """The run's counters over all its attempts (`ENDED_STATS`), once this worker wrote
+    its end: read by the statement that ends it, for the run's metrics and log line."""
+
+    @property
+    def first_started_at(self) -> datetime:
+        """When the run's first attempt began (this one's, if it is the first)."""
+        if self.attempts:
+            return datetime.fromisoformat(self.attempts[0]["started_at"])
+        return self.started_at
 
     @property
     def done(self) -> bool:

@@ -43,6 +43,7 @@ from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.samples import write_samples
 from service.runs.ledger.statements import (
     CLAIMED_TASK,
+    PREVIOUS_OWNER,
     RUN,
     TASK,
     claimed_run_update,
@@ -98,13 +99,15 @@ class SqliteLedger(RunLedger):
         first). The write comes first, so no read snapshot has to be upgraded to a write;
         and as a write it holds the database's write lock from its start, so the count
         of the tenant's running runs under the cap is the true one, whatever the number
-        of workers claiming at once."""
+        of workers claiming at once. The lease's previous owner is read before it, on
+        its own (a takeover is counted, nothing is decided by it)."""
+        previous = (await session.execute(PREVIOUS_OWNER, params)).scalar_one_or_none()
         claim = _CLAIM_CAPPED if self.tenant_cap else _CLAIM_RUN
         run = (await session.execute(claim, params)).one_or_none()
         if run is None:
             return None
         task = (await session.execute(_READ_TASK, {"task_id": run.task_id})).one_or_none()
-        return None if task is None else (*run, *task)
+        return None if task is None else (*run, *task, previous)
 
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
         async with self.sessionmaker() as session:

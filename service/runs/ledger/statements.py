@@ -45,6 +45,12 @@ CLAIMED_TASK = (
 )
 
 
+PREVIOUS_OWNER = select(RUN.c.lease_owner).where(RUN.c.id == bindparam("run_id"))
+"""The run's lease owner before a claim: another worker's when the claim takes over a
+run whose lease expired (`LeasedRun.previous_owner`). A claim's RETURNING shows the
+row as updated, so each ledger reads this beside its claim."""
+
+
 TENANT_CAP_REASON = "tenant_concurrency_limit"
 """A run's `waiting_reason` while its tenant runs as many runs as it may."""
 
@@ -186,7 +192,8 @@ def end_run(
     entry: dict[str, Any] | None,
 ) -> Any:
     """The statement that ends the run otherwise than by success (cancelled, failed),
-    fenced by the lease; `entry` is this attempt, appended to `attempts`."""
+    fenced by the lease; `entry` is this attempt, appended to `attempts`. It returns
+    the run's `ENDED_STATS`, and no row when the lease was not this worker's."""
     values: dict[str, Any] = {
         "status": status,
         "finished_at": utcnow(),
@@ -197,7 +204,23 @@ def end_run(
     }
     if entry is not None:
         values["attempts"] = [*run.attempts, entry]
-    return update(RUN).where(held(run.run_id, owner)).values(**values).returning(RUN.c.id)
+    ended = update(RUN).where(held(run.run_id, owner)).values(**values)
+    return ended.returning(*(RUN.c[name] for name in ENDED_STATS))
+
+
+ENDED_STATS = (
+    "pages",
+    "requests",
+    "not_modified",
+    "records_seen",
+    "inserted",
+    "updated",
+    "unchanged",
+    "rejected",
+    "deleted",
+    "bytes",
+)
+"""A run's counters, as its end reports them (events, metrics, the run's log line)."""
 
 
 VALIDATORS = select(

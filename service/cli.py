@@ -189,7 +189,7 @@ def _dev_metrics(settings: Settings) -> Settings:
     """`dev`/`demo`: the worker serves its metrics on the API's port + 1 (or, if that is
     taken, any free port), unless BACKSYNC_WORKER_METRICS_PORT says otherwise; the banner
     prints where. Set in the environment, for the worker child."""
-    if "BACKSYNC_WORKER_METRICS_PORT" in os.environ or not settings.metrics_enabled:
+    if settings.worker_metrics_port or not settings.metrics_enabled:  # set (env or .env)
         return settings
     port = settings.port + 1
     if port > 65535 or not _can_listen(settings.host, port):

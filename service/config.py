@@ -72,7 +72,8 @@ class Settings(BaseSettings):
     upstream_connect_timeout: float = 10.0
     upstream_max_connections: int = 100
     redis_key_prefix: str = "backsync"
-    """Prefix of Backsync's own Redis keys (shared upstream budgets); arq's are separate."""
+    """Prefix of Backsync's own Redis keys (shared upstream budgets, the API and push
+    rate limits, API key revocation markers); arq's are separate."""
     upstream_budget_max_wait_seconds: float = 60.0
     """Longest a run sleeps for its upstream host's budget (a hold, a queue of requests);
     beyond it the attempt ends as retryable `upstream_held` and frees the worker."""

@@ -50,9 +50,6 @@ async def announce_revoked(redis_url: str, redis_prefix: str, key_prefix: str) -
 
 async def is_marked(redis: Redis, redis_prefix: str, key_prefix: str) -> bool:
     """The marker, asked on its own (when no rate limit call carries the question).
-    Fails open like the rate limit: with Redis away the cache time bounds the delay."""
-    try:
-        return bool(await redis.exists(revoked_marker(redis_prefix, key_prefix)))
-    except (RedisError, OSError, TimeoutError):
-        log.warning("revocations unavailable; trusting the key cache", exc_info=True)
-        return False
+    Raises what Redis raises: the caller asks through the outage guard
+    (`service.broker.outage`), which fails open and remembers that Redis is away."""
+    return bool(await redis.exists(revoked_marker(redis_prefix, key_prefix)))

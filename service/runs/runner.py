@@ -124,9 +124,11 @@ async def execute_run(deps: RunnerDeps, run_id: str) -> None:
     bind_log_context(task_id=run.task_id, tenant=run.tenant_id)
     if run.previous_owner is not None and run.previous_owner != deps.ledger.owner:
         report.taken_over(run)
-    await _execute(deps, run)
-    if deps.ledger.tenant_cap:  # its slot is free: the tenant's next run may start
-        await _wake_next(deps, run.tenant_id)
+    try:
+        await _execute(deps, run)
+    finally:
+        if deps.ledger.tenant_cap:  # its slot is free: the tenant's next run may start
+            await _wake_next(deps, run.tenant_id)
 
 
 async def _execute(deps: RunnerDeps, run: LeasedRun) -> None:

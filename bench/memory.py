@@ -103,7 +103,8 @@ def large_page(mib: int) -> bytes:
     import random
 
     rng = random.Random(7)
-    records, size = [], 0
+    records: list[bytes] = []
+    size = 0
     while size < mib * MiB:
         record = orjson.dumps(make_record(len(records), rng))
         records.append(record)

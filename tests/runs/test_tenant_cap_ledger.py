@@ -68,6 +68,14 @@ class Workers:
         ]
         return [run for run in await asyncio.gather(*claims) if run is not None]
 
+    async def ledger_of(self, run: LeasedRun) -> RunLedger:
+        """The ledger holding `run`'s lease: which worker won a racing claim varies."""
+        async with self.sessionmaker() as session:
+            owner = await session.scalar(
+                text("SELECT lease_owner FROM run WHERE id = :r"), {"r": run.run_id}
+            )
+        return next(ledger for ledger in self.ledgers if ledger.owner == owner)
+
     async def statuses(self) -> dict[str, tuple[str, str | None, int]]:
         async with self.sessionmaker() as session:
             rows = await session.execute(
@@ -125,7 +133,7 @@ async def test_a_run_over_the_cap_stays_queued_says_why_and_keeps_its_attempts(
     # a running or finished run is not waiting: nothing is marked
     assert await workers.ledgers[1].wait_for_slot(started[0].run_id, at) is None
     # waiting is not a not-before time: it starts as soon as a slot frees, saying nothing
-    await workers.ledgers[0].cancel(started[0])
+    await (await workers.ledger_of(started[0])).cancel(started[0])
     again = await workers.claim_all(left)
     assert len(again) == 1
     assert (await workers.statuses())[again[0].run_id] == ("running", None, 1)

@@ -207,7 +207,9 @@ async def test_after_a_changed_page_one_page_is_fetched_ahead(
         at_arrival[request.query_params.get("next_token") or ""] = flight.now
         return cursor(state["records"], size=5)(request)  # type: ignore[return-value]
 
-    src = source_at(upstream.route("/c", flight.around(handler)))
+    # 100 ms an answer: the four predicted requests must all be in flight at once even
+    # on a loaded machine (at 20 ms the first could be answered before the fourth left).
+    src = source_at(upstream.route("/c", flight.around(handler, delay=0.1)))
     known = remembered(await walk(http, src))
     state["records"] = make_records(40, version=2)  # new content, the same page chain
     upstream.requests.clear()

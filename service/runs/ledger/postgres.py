@@ -73,6 +73,9 @@ from service.runs.ledger.statements import (
     claimed_run_update,
     unclaimed,
 )
+from service.runs.ledger.statements import (
+    COUNTERS as _COUNTERS,
+)
 from service.sync import Row
 
 UNIT_SEPARATOR = "\x1f"
@@ -117,7 +120,6 @@ _CHANGED = text(
     " WHERE r.hash IS DISTINCT FROM t.h OR r.deleted"
 )
 
-_COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
 _PROGRESS = (
     "), progress AS ("  # noqa: S608 - constant SQL
     " UPDATE run SET "
@@ -439,8 +441,7 @@ class PostgresLedger(RunLedger):
             return await self._write_mapped(run, write, statement, params)
         async with autocommit(self.sessionmaker) as session:
             changed, cancel, *totals = (await session.execute(statement, params)).one()
-        if totals and totals[0] is not None:  # the run succeeded with this page
-            run.totals = {name: int(count) for name, count in orjson.loads(totals[0]).items()}
+        _record_totals(run, totals)
         return Written(int(changed), None if cancel is None else bool(cancel))
 
     async def _write_mapped(
@@ -459,8 +460,7 @@ class PostgresLedger(RunLedger):
                 await session.rollback()
                 return Written(0, None)
             await count_samples(session, run, mapped)
-        if totals and totals[0] is not None:  # the run succeeded with this page
-            run.totals = {name: int(count) for name, count in orjson.loads(totals[0]).items()}
+        _record_totals(run, totals)
         return Written(int(changed), bool(cancel))
 
     async def _copy(
@@ -494,6 +494,13 @@ class PostgresLedger(RunLedger):
         except asyncpg.UniqueViolationError:
             return None
         return Written(int(changed), None if cancel is None else bool(cancel))
+
+
+def _record_totals(run: LeasedRun, totals: list[Any]) -> None:
+    """An ending statement's third column: the run's totals, when it succeeded with this
+    page (for its metrics and log line)."""
+    if totals and totals[0] is not None:
+        run.totals = {name: int(count) for name, count in orjson.loads(totals[0]).items()}
 
 
 def _claim_statement() -> Executable:

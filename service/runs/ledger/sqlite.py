@@ -49,6 +49,9 @@ from service.runs.ledger.statements import (
     claimed_run_update,
     held,
 )
+from service.runs.ledger.statements import (
+    COUNTERS as _COUNTERS,
+)
 from service.sync import Row
 
 _CHANGED = text(
@@ -87,7 +90,6 @@ _CLAIM_CAPPED = claimed_run_update(capped=True)
 _READ_TASK = select(*(TASK.c[name] for name in CLAIMED_TASK)).where(
     TASK.c.id == bindparam("task_id")
 )
-_COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
 
 
 class SqliteLedger(RunLedger):

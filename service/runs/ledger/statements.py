@@ -222,6 +222,10 @@ ENDED_STATS = (
 )
 """A run's counters, as its end reports them (events, metrics, the run's log line)."""
 
+COUNTERS = ("pages", "requests", "not_modified", "records_seen", "rejected", "bytes")
+"""The run counters a page adds as counted by the engine (both ledgers); `inserted`,
+`updated` and `unchanged` each ledger also counts from what its write did."""
+
 
 VALIDATORS = select(
     # Core rows, not ORM objects: a conditional resync reads one per page, and building

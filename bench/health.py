@@ -74,6 +74,8 @@ from service.cli import _create_key
 from service.config import Settings
 from service.db import create_engine
 from service.health.normalize import Normalized, normalize_all
+from service.health.writer import Write
+from service.health.writer.postgres import COPIED, copy_row
 from service.migrations import upgrade
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -179,7 +181,9 @@ def start(settings: Settings, command: str, log: Path, **env: str) -> subprocess
         return subprocess.Popen(
             [sys.executable, "-m", "service", command],
             cwd=ROOT,
-            env=worker_env(settings) | env,
+            env=worker_env(settings)
+            | {"BACKSYNC_HEALTH_INGEST_CHUNK": str(settings.health_ingest_chunk)}
+            | env,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
@@ -291,63 +295,12 @@ async def load_year(client: Client, url: str, days: int, in_flight: int = 3) -> 
 
 
 def copy_rows(samples: list[Normalized], user: str, tenant: str, seq: int) -> list[tuple[Any, ...]]:
-    """The rows the worker would store, as `COPY` takes them."""
+    """The rows the worker would store, as its `COPY` of new samples builds them."""
     now = datetime.now(UTC)
-
-    def moment(iso: str | None) -> datetime | None:
-        return None if iso is None else datetime.fromisoformat(iso)
-
     return [
-        (
-            tenant,
-            user,
-            s.source,
-            s.id,
-            s.type,
-            s.value,
-            s.unit,
-            moment(s.start),
-            moment(s.end),
-            s.tz_offset_minutes,
-            s.timezone,
-            s.device,
-            s.recording_method,
-            None if s.metadata is None else orjson.dumps(s.metadata).decode(),
-            s.stage,
-            moment(s.modified_at),
-            s.deleted,
-            s.hash,
-            seq + n + 1,
-            now,
-            now,
-        )
-        for n, s in enumerate(samples)
+        copy_row(tenant, user, Write(sample, seq + n, new=True), now)
+        for n, sample in enumerate(samples, start=1)
     ]
-
-
-COPY_COLUMNS = [
-    "tenant_id",
-    "user_id",
-    "source",
-    "id",
-    "type",
-    "value",
-    "unit",
-    "start_at",
-    "end_at",
-    "tz_offset_minutes",
-    "timezone",
-    "device",
-    "recording_method",
-    "metadata",
-    "stage",
-    "modified_at",
-    "deleted",
-    "hash",
-    "seq",
-    "created_at",
-    "updated_at",
-]
 
 
 async def copy_peer(dsn: str, rows: list[tuple[Any, ...]]) -> float:
@@ -356,9 +309,7 @@ async def copy_peer(dsn: str, rows: list[tuple[Any, ...]]) -> float:
     try:
         started = time.perf_counter()
         async with connection.transaction():
-            await connection.copy_records_to_table(
-                "health_sample", records=rows, columns=COPY_COLUMNS
-            )
+            await connection.copy_records_to_table("health_sample", records=rows, columns=COPIED)
         return time.perf_counter() - started
     finally:
         await connection.close()

@@ -23,7 +23,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import SessionMaker, transaction
 from service.health import repository
-from service.health.merge import plan
+from service.health.merge import Key, Plan, Stored, plan
 from service.health.normalize import Normalized
 from service.health.rollup import touched
 from service.health.writer import Write, writer_for
@@ -87,11 +87,15 @@ async def store_samples(
     The user's row stays locked until the caller commits."""
     base = await repository.lock_user(session, tenant_id, user_id)
     writer = writer_for(session)
-    keys = [(sample.source, sample.id) for sample in samples]
-    before = await writer.stored(session, tenant_id, user_id, keys)
-    planned = plan(samples, before)
-    writes = [Write(sample, base + n) for n, sample in enumerate(planned.writes.values(), start=1)]
-    await writer.upsert(session, tenant_id, user_id, writes, now)
+    before: dict[Key, Stored] = {}
+    planned = plan(samples, before)  # as if none were stored: inserted outright if so
+    writes = _numbered(planned, base, before)
+    if not await writer.insert_new(session, tenant_id, user_id, writes, now):
+        keys = [(sample.source, sample.id) for sample in samples]
+        before = await writer.stored(session, tenant_id, user_id, keys)
+        planned = plan(samples, before)
+        writes = _numbered(planned, base, before)
+        await writer.upsert(session, tenant_id, user_id, writes, now)
     seq = base + len(writes)
     if writes:
         await repository.set_seq(session, tenant_id, user_id, seq)
@@ -99,6 +103,14 @@ async def store_samples(
         stale = touched(planned.writes.values(), olds)
         await repository.forget_days(session, tenant_id, user_id, stale)
     return StoreResult({str(verdict): count for verdict, count in planned.counts.items()}, seq)
+
+
+def _numbered(planned: Plan, base: int, before: dict[Key, Stored]) -> list[Write]:
+    """The plan's writes, each with the user's next seq after `base`."""
+    return [
+        Write(sample, base + n, key not in before)
+        for n, (key, sample) in enumerate(planned.writes.items(), start=1)
+    ]
 
 
 async def fail(sessionmaker: SessionMaker, batch_id: str, error: str) -> None:

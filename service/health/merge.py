@@ -37,9 +37,10 @@ class Verdict(StrEnum):
 WRITES = frozenset({Verdict.INSERTED, Verdict.UPDATED, Verdict.DELETED})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Stored:
-    """What the rule needs to know of a stored sample."""
+    """What the rule needs to know of a stored sample (not frozen, for the cost of
+    building one per sample: see `Normalized`)."""
 
     hash: str
     modified_at: datetime | None
@@ -75,20 +76,24 @@ class Plan:
 def plan(chunk: list[Normalized], stored: dict[Key, Stored]) -> Plan:
     """Apply the rule to each sample in order, each seeing the ones before it (a batch
     may carry a sample and, later, its deletion)."""
-    state = dict(stored)
     result = Plan()
+    writes, counts = result.writes, result.counts
     for sample in chunk:
         key = (sample.source, sample.id)
-        before = state.get(key)
+        written = writes.get(key)  # a key repeated in the chunk meets its last write
+        before = stored.get(key) if written is None else _as_stored(written)
         outcome = verdict(sample, before)
-        result.counts[outcome] += 1
+        counts[outcome] += 1
         if outcome not in WRITES:
             continue
         if sample.deleted and sample.type is None and before is not None:
             sample = replace(sample, type=before.type)  # the tombstone keeps its type
-        result.writes[key] = sample
-        state[key] = Stored(sample.hash, _moment(sample.modified_at), sample.deleted, sample.type)
+        writes[key] = sample
     return result
+
+
+def _as_stored(sample: Normalized) -> Stored:
+    return Stored(sample.hash, _moment(sample.modified_at), sample.deleted, sample.type)
 
 
 def _moment(iso: str | None) -> datetime | None:

@@ -35,9 +35,14 @@ class Rejected(Exception):
     """Why a sample is not stored; the message is the reason the client sees."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Normalized:
-    """A sample ready to store: canonical value and unit, UTC times as ISO strings."""
+    """A sample ready to store: canonical value and unit, UTC times as ISO strings.
+
+    Not frozen, though nothing changes one after it is made (`dataclasses.replace`
+    makes another): a frozen dataclass's `__init__` sets each field through
+    `object.__setattr__`, and building a batch's 10,000 took 17 ms frozen, 2.5 ms not,
+    in the API's 202 and again in the worker."""
 
     id: str
     source: str

@@ -29,7 +29,7 @@ so computing only the missing ones gives what computing the whole range would.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 
 from service.health.merge import Stored
 from service.health.normalize import Normalized
@@ -43,24 +43,29 @@ Touched = dict[str, tuple[date, date]]
 def touched(writes: Iterable[Normalized], before: Iterable[Stored | None]) -> Touched:
     """The days (per type, as one range) the written samples' new and old versions can
     fall on. One range per type: a chunk is usually a few consecutive days, and a
-    range deleted too wide only costs a recomputation."""
-    spans: Touched = {}
+    range deleted too wide only costs a recomputation.
+
+    A normalised sample's times are UTC ISO strings, so its UTC date is their first ten
+    characters, and those compare as the dates do: no time is parsed (10,000 parses were
+    a tenth of the worker's time on a batch)."""
+    dates: dict[str, tuple[str, str]] = {}
     for sample, old in zip(writes, before, strict=True):
         if sample.type is not None and sample.start is not None:
-            start = datetime.fromisoformat(sample.start)
-            end = datetime.fromisoformat(sample.end) if sample.end else start
-            _widen(spans, sample.type, start, end)
+            first, last = sample.start[:10], (sample.end or sample.start)[:10]
+            if sample.type in dates:
+                low, high = dates[sample.type]
+                first, last = min(first, low), max(last, high)
+            dates[sample.type] = (first, last)
         if old is not None and old.type is not None and old.start is not None:
-            _widen(spans, old.type, old.start, old.end or old.start)
-    return spans
-
-
-def _widen(spans: Touched, type_: str, start: datetime, end: datetime) -> None:
-    lo, hi = start.date() - ONE_DAY, end.date() + ONE_DAY
-    if type_ in spans:
-        first, last = spans[type_]
-        lo, hi = min(lo, first), max(hi, last)
-    spans[type_] = (lo, hi)
+            first, last = old.start.date().isoformat(), (old.end or old.start).date().isoformat()
+            if old.type in dates:
+                low, high = dates[old.type]
+                first, last = min(first, low), max(last, high)
+            dates[old.type] = (first, last)
+    return {
+        type_: (date.fromisoformat(first) - ONE_DAY, date.fromisoformat(last) + ONE_DAY)
+        for type_, (first, last) in dates.items()
+    }
 
 
 def missing_ranges(first: date, last: date, have: Iterable[date]) -> list[tuple[date, date]]:

@@ -67,6 +67,28 @@ async def test_resending_is_harmless_and_an_older_update_is_ignored(
     ]
 
 
+async def test_a_batch_of_new_samples_with_one_stored_key_last_writes_each_sample_once(
+    client: httpx.AsyncClient, auth: dict[str, str]
+) -> None:
+    """A chunk is first inserted whole as new rows; a stored key among them (here the
+    last, after every new row went in) must undo that insert and go the looked-up way,
+    with nothing written twice and the user's seqs still one per change."""
+    await ingest(client, auth, [A])
+    fresh = [steps(f"n{n}", n, "2026-12-04T09:00:00Z", "2026-12-04T09:01:00Z") for n in range(5)]
+    edited = {**A, "value": 401}
+    again = await ingest(client, auth, [*fresh, fresh[0], edited])
+    counts = (again["inserted"], again["updated"], again["unchanged"])
+    assert counts == (5, 1, 1)  # fresh[0] twice in the batch: the second is unchanged
+
+    feed = await changes(client, auth)
+    assert [item["seq"] for item in feed] == list(range(2, 8))
+    assert sorted(item["id"] for item in feed) == ["a", "n0", "n1", "n2", "n3", "n4"]
+    listed = await client.get("/v1/health/samples", params={"user_id": "u_42"}, headers=auth)
+    assert sorted(item["id"] for item in listed.json()["items"]) == sorted(
+        ["a", "n0", "n1", "n2", "n3", "n4"]
+    )
+
+
 async def test_a_deletion_is_idempotent_and_reaches_the_change_feed(
     client: httpx.AsyncClient, auth: dict[str, str]
 ) -> None:

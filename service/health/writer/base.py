@@ -13,15 +13,37 @@ from service.health.merge import Key, Stored
 from service.health.normalize import Normalized
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Write:
-    """A sample the rule decided to write, with the user's seq it takes."""
+    """A sample the rule decided to write, with the user's seq it takes; `new` when
+    its key is not stored. The caller looked the keys up under the user's lock, which
+    every writer of the user's samples holds to its commit, so a new key stays new
+    until then: a writer may insert it without a conflict clause. Not frozen, for the
+    cost of building one per sample (see `Normalized`)."""
 
     sample: Normalized
     seq: int
+    new: bool
 
 
 class SampleWriter(Protocol):
+    async def insert_new(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        user_id: str,
+        writes: Sequence[Write],
+        now: datetime,
+    ) -> bool:
+        """Insert `writes` as new rows, unless a key among them is stored already: then
+        nothing is written and the answer is False (the caller looks the keys up).
+
+        Why: nearly every chunk a phone sends is samples recorded since its last upload,
+        none of them stored; inserting them outright lets the database's unique index
+        check the keys as it inserts, instead of a look-up probing that index once more
+        per key first (a third of a 10,000-sample chunk's time on PostgreSQL)."""
+        ...
+
     async def stored(
         self, session: AsyncSession, tenant_id: str, user_id: str, keys: Sequence[Key]
     ) -> dict[Key, Stored]:
@@ -37,5 +59,5 @@ class SampleWriter(Protocol):
         now: datetime,
     ) -> None:
         """Write whole rows: the caller has decided under the user's lock what changes,
-        so every write is applied (a new row, or the stored one replaced)."""
+        so every write is applied (a new row inserted, or the stored one replaced)."""
         ...

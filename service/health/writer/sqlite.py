@@ -10,6 +10,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import JSON, bindparam, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.health.merge import Key, Stored
@@ -39,7 +40,34 @@ _UPSERT = text(
 )
 
 
+_INSERT = text(
+    f"INSERT INTO health_sample ({', '.join(_COLUMNS)})"  # noqa: S608 - constant SQL
+    f" VALUES ({', '.join(':' + name for name in _COLUMNS)})"
+).bindparams(
+    *(bindparam(name, type_=UTCDateTime()) for name in _COLUMNS if name.endswith("_at")),
+    bindparam("metadata", type_=JSON()),
+)
+
+
 class SqliteWriter:
+    async def insert_new(
+        self,
+        session: AsyncSession,
+        tenant_id: str,
+        user_id: str,
+        writes: Sequence[Write],
+        now: datetime,
+    ) -> bool:
+        if not writes:
+            return True
+        try:
+            async with session.begin_nested():
+                rows = [_row(tenant_id, user_id, write, now) for write in writes]
+                await session.execute(_INSERT, rows)
+        except IntegrityError:
+            return False
+        return True
+
     async def stored(
         self, session: AsyncSession, tenant_id: str, user_id: str, keys: Sequence[Key]
     ) -> dict[Key, Stored]:

@@ -120,7 +120,7 @@ def install(out_path: str) -> None:
         loads=timed_sync("fetch: json decode", orjson.loads),
         JSONDecodeError=orjson.JSONDecodeError,
     )
-    fetch._read_capped = timed("fetch: body read", fetch._read_capped)
+    fetch.read_body = timed("fetch: body read", fetch.read_body)
     engine.fetch_page = timed("fetch", engine.fetch_page)
     engine.records_of = timed_sync("records_of", engine.records_of)
     engine.extract = timed_sync("extract + hash", engine.extract)
@@ -131,6 +131,7 @@ def install(out_path: str) -> None:
     for cls in (PostgresLedger, SqliteLedger):
         cls._write = timed("write", cls._write)
         cls._changed = timed("compare (read-only)", cls._changed)
+    PostgresLedger._copy = timed("write: copy", PostgresLedger._copy)
 
     gc_started: list[float] = [0.0]
 

@@ -5,7 +5,18 @@ from collections.abc import Collection, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import Column, RowMapping, TextualSelect, and_, bindparam, func, or_, select, text
+from sqlalchemy import (
+    Column,
+    RowMapping,
+    TextualSelect,
+    and_,
+    bindparam,
+    func,
+    or_,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
@@ -29,6 +40,43 @@ async def get_for_tenant(session: AsyncSession, tenant_id: str, run_id: str) -> 
         select(Run).where(col(Run.id) == run_id, col(Run.tenant_id) == tenant_id)
     )
     return result.scalar_one_or_none()
+
+
+async def end_waiting(session: AsyncSession, tenant_id: str, run_id: str, now: datetime) -> bool:
+    """Cancel the run if it is queued or retrying, in one conditional statement; whether
+    it was (`service.cancel`)."""
+    r = Run
+    result = await session.execute(
+        update(r)
+        .where(
+            col(r.id) == run_id,
+            col(r.tenant_id) == tenant_id,
+            col(r.status).in_(("queued", "retrying")),
+        )
+        .values(
+            status="cancelled",
+            finished_at=now,
+            cancel_requested=True,
+            next_attempt_at=None,
+            waiting_reason=None,
+        )
+        .returning(col(r.id))
+        .execution_options(synchronize_session=False)
+    )
+    return result.first() is not None
+
+
+async def ask_to_stop(session: AsyncSession, tenant_id: str, run_id: str) -> bool:
+    """Ask a running run to stop at its next page boundary; whether it was running."""
+    r = Run
+    result = await session.execute(
+        update(r)
+        .where(col(r.id) == run_id, col(r.tenant_id) == tenant_id, col(r.status) == "running")
+        .values(cancel_requested=True)
+        .returning(col(r.id))
+        .execution_options(synchronize_session=False)
+    )
+    return result.first() is not None
 
 
 _RUN = metadata.tables["run"]

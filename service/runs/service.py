@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from service.errors import Conflict, InvalidInput, NotFound
 from service.ids import new_id
-from service.models import FINAL_STATUSES, Run
+from service.models import Run
 from service.models.types import utcnow
 from service.pagination import decode_cursor, page_cursor
 from service.runs import repository
@@ -116,18 +116,17 @@ async def list_runs(
 
 
 async def cancel(session: AsyncSession, tenant_id: str, run_id: str) -> Run:
-    """Queued or retrying runs end now; a running one stops at its next page boundary."""
-    run = await get_run(session, tenant_id, run_id)
-    if run.status in FINAL_STATUSES:
+    """Queued or retrying runs end now; a running one stops at its next page boundary.
+
+    Each a conditional UPDATE, not a read then a write: a worker claiming the queued
+    run in between would otherwise find it running and be overwritten to `cancelled`
+    while it fetches (on PostgreSQL the UPDATE waits for the claim's commit and then no
+    longer matches; the run is then asked to stop instead)."""
+    ended = await repository.end_waiting(session, tenant_id, run_id, utcnow())
+    if not ended and not await repository.ask_to_stop(session, tenant_id, run_id):
+        run = await get_run(session, tenant_id, run_id)  # not found: 404
         raise Conflict(f"run {run_id} already finished ({run.status})")
-    if run.status == "running":
-        run.cancel_requested = True
-    else:
-        now = utcnow()
-        run.status, run.finished_at, run.cancel_requested = "cancelled", now, True
-        run.next_attempt_at = run.waiting_reason = None
-    await session.flush()
-    return run
+    return await get_run(session, tenant_id, run_id)
 
 
 async def read_run(connection: AsyncConnection, tenant_id: str, run_id: str) -> RunOut:

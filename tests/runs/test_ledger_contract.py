@@ -308,6 +308,28 @@ async def test_a_first_sync_whose_later_page_repeats_a_key_keeps_the_last_copy(
     assert (row["inserted"], row["updated"], row["unchanged"]) == (5, 1, 1)
 
 
+async def test_a_first_sync_stores_each_record_exactly_as_extracted(book: Book) -> None:
+    # PostgreSQL copies a first sync's pages in as COPY text, where a backslash, a tab
+    # or a newline would change what is stored if it were not escaped.
+    awkward: list[dict[str, Any]] = [
+        {"id": "a\\b", "v": 'quote " backslash \\ tab \t newline \n return \r'},
+        {"id": "\\N", "v": "\\."},
+        {"id": "é\t✓", "v": {"nested": ["\\\\", "\u0000", "𝄞"]}},
+        {"id": 7, "v": None},
+    ]
+    await book.add_run()
+    run = await book.claim()
+    extracted = page(awkward, 0, last=True)
+    assert await book.ledger.commit(run, extracted) is Outcome.FINISHED
+
+    stored = await book.records()
+    assert {key: data for key, (data, _) in stored.items()} == {
+        row.key: row.data for row in extracted.records.rows
+    }
+    hashes = await book.sql("SELECT key, hash FROM record WHERE task_id = :t", t=book.task_id)
+    assert dict(hashes) == {row.key: row.hash for row in extracted.records.rows}
+
+
 async def test_a_first_sync_page_under_a_lost_lease_writes_nothing(book: Book) -> None:
     await book.add_run()
     run = await book.claim()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
+from sqlalchemy import text
 from starlette.responses import JSONResponse, Response
 
+from service.db import create_engine, create_sessionmaker, locked_transaction
 from service.worker import make_worker
 from tests.fixtures.upstream import Upstream, cursor, make_records, slowly
 from tests.helpers import create_task, http_task, sync, trigger, wait_run
@@ -80,6 +83,43 @@ async def test_cancelling_a_queued_run_ends_it_and_the_worker_does_not_fetch(
     again = await client.post(f"/v1/runs/{run['id']}/cancel", headers=auth)
     assert again.status_code == 409
     assert again.headers["content-type"] == "application/problem+json"
+
+
+async def test_a_cancel_racing_a_claim_asks_the_claimed_run_to_stop_instead_of_ending_it(
+    client: httpx.AsyncClient, auth: dict[str, str], upstream: Upstream, settings: Any
+) -> None:
+    """A worker's claim that commits while a cancel is under way must not be overwritten:
+    the run is running, so the cancel asks it to stop, and a worker holding it keeps a
+    run that says so (not a run marked `cancelled` while it fetches)."""
+    task = await create_task(client, auth, http_task(upstream.base_url + "/x"))
+    run = await trigger(client, auth, task["id"])
+    engine = create_engine(settings.database_url)
+    try:
+        async with locked_transaction(create_sessionmaker(engine)) as claim:
+            await claim.execute(
+                text(
+                    "UPDATE run SET status = 'running', lease_owner = 'w', started_at = :now,"
+                    " lease_expires_at = :now WHERE id = :id"
+                ),
+                {"id": run["id"], "now": datetime.now(UTC)},
+            )
+            cancel = asyncio.create_task(client.post(f"/v1/runs/{run['id']}/cancel", headers=auth))
+            await asyncio.sleep(0.3)
+            assert not cancel.done()  # waiting for the claim's row (or SQLite's write lock)
+        response = await cancel
+        async with engine.connect() as connection:
+            stored = (
+                await connection.execute(
+                    text("SELECT status, cancel_requested FROM run WHERE id = :id"),
+                    {"id": run["id"]},
+                )
+            ).one()
+    finally:
+        await engine.dispose()
+
+    assert response.status_code == 200, response.text
+    assert (response.json()["status"], response.json()["cancel_requested"]) == ("running", True)
+    assert (stored[0], bool(stored[1])) == ("running", True)
 
 
 async def test_cancelling_a_running_run_stops_it_at_the_next_page(

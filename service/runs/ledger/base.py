@@ -93,6 +93,13 @@ class RunLedger(abc.ABC):
         database says how that count stays true when workers claim the tenant's runs at
         the same moment."""
 
+    async def _settle_claim(self, run_id: str, row: Any) -> Any | None:
+        """A claim's second step, once the first statement's connection is back in the
+        pool (a step that took a second connection while holding the first could wait
+        forever on a pool that workers' claims had emptied): the row to run, or None
+        when the claim was undone. As it is, by default."""
+        return row
+
     @abc.abstractmethod
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
         """Read-only: which rows differ from what is stored, key -> is it new."""
@@ -116,6 +123,8 @@ class RunLedger(abc.ABC):
             params["cap"] = self.tenant_cap
         async with autocommit(self.sessionmaker) as session:
             row = await self._claim_row(session, params)
+        if row is not None:  # its connection back in the pool before any other is taken
+            row = await self._settle_claim(run_id, row)
         if row is None:
             return None
         values = dict(zip((*CLAIMED_RUN, *CLAIMED_TASK, "previous_owner"), row, strict=True))

@@ -371,13 +371,16 @@ class PostgresLedger(RunLedger):
     """Every commit is one statement, fenced inside it (see the module doc)."""
 
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
+        statement = _CLAIM_CAPPED if self.tenant_cap else _CLAIM
+        return (await session.execute(statement, params)).one_or_none()
+
+    async def _settle_claim(self, run_id: str, row: Any) -> Any | None:
+        """Under a tenant cap, the claim's row ends with `alone`: when another claim of
+        the tenant committed while it counted, count again (`_within_cap`)."""
         if not self.tenant_cap:
-            return (await session.execute(_CLAIM, params)).one_or_none()
-        row = (await session.execute(_CLAIM_CAPPED, params)).one_or_none()
-        if row is None:
-            return None
+            return row
         *claimed, alone = row
-        if alone or await self._within_cap(params["run_id"], row.tenant_id):
+        if alone or await self._within_cap(run_id, row.tenant_id):
             return claimed
         return None
 

@@ -6,10 +6,11 @@ processes) can both write; foreign keys are switched on so deletes cascade.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import BindParameter, ColumnElement, bindparam, event
@@ -199,3 +200,25 @@ def values_rows(
         if c.key in per_row
     ]
     return ", ".join(f"({row})" for row in listed), binds
+
+
+_T = TypeVar("_T")
+
+
+async def on_sqlite_thread(session: AsyncSession, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """SQLite only: `work(connection)` on the session's own `sqlite3` connection, in the
+    session's transaction, run on the thread aiosqlite runs that connection on: one hop
+    between the event loop and that thread, where each statement through the session
+    costs four (cursor, execute, fetch, close) and SQLAlchemy's compilation and
+    processing of every parameter on the event loop's thread. While `work` runs inside
+    SQLite the GIL is free, so the event loop decodes the next page meanwhile
+    (bench/ingest.py, SQLite first sync: see `runs.ledger.sqlite`).
+
+    aiosqlite has no public way to run a function on its thread; `_execute` is the
+    one it uses for every call of its own (pinned in requirements.lock)."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None, "a connection checked out has its driver's"
+    result: _T = await driver._execute(work, driver._conn)
+    return result

@@ -29,25 +29,26 @@ page size.
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, text, update
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.db import transaction
+from service.db import on_sqlite_thread, transaction
 from service.models.types import UTCDateTime
 from service.runs.ledger.base import RunLedger
-from service.runs.ledger.outcomes import succeed_run
+from service.runs.ledger.outcomes import CHANGED_COUNTS, succeed_run
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.samples import write_samples
 from service.runs.ledger.statements import (
     CLAIMED_TASK,
     PREVIOUS_OWNER,
-    RUN,
     TASK,
     claimed_run_update,
-    held,
 )
 from service.runs.ledger.statements import (
     COUNTERS as _COUNTERS,
@@ -116,73 +117,121 @@ class SqliteLedger(RunLedger):
             return await _changed_keys(session, task_id, rows)
 
     async def _write(self, run: LeasedRun, write: PageWrite) -> Written:
+        page = _PageRows.of(run, self.owner, write)
         async with transaction(self.sessionmaker) as session:
-            counts = await self._store_rows(session, run.task_id, write)
-            if run.sweeps and write.rows:  # every row this run saw, changed or not
-                keys = orjson.dumps([row.key for row in write.rows]).decode()
-                params = {"run_id": run.run_id, "task_id": run.task_id, "keys": keys}
-                await session.execute(_MARK_SEEN, params)
-            if counts is None:
+            written = await on_sqlite_thread(session, page.write)
+            if written is None:
                 await session.rollback()
                 return Written(0, None)
-            inserted, changed = counts
-            if write.validators:
-                await session.execute(_REMEMBER, _validator_params(run.task_id, write))
-            cancel = await self._progress(session, run, write, inserted, changed)
-            if cancel is None:
-                await session.rollback()
-                return Written(0, None)
+            changed, cancel = written
             if run.health_mapping is not None:  # its pages are compared first: the rows
                 await write_samples(session, run, write.rows, write.now)  # sent changed
             if write.ending is not None and not cancel:
                 await succeed_run(session, run, self.owner, write.ending)
         return Written(changed, cancel)
 
-    async def _store_rows(
-        self, session: AsyncSession, task_id: str, write: PageWrite
-    ) -> tuple[int, int] | None:
-        """Upsert the rows, writing those that differ from what is stored; (inserted,
-        changed), or None when the task is gone."""
-        rows = write.rows
-        base = await session.execute(
-            update(TASK)
-            .where(TASK.c.id == task_id)
-            .values(record_seq=TASK.c.record_seq + len(rows))
-            .returning(TASK.c.record_seq - len(rows))
-        )
-        first = base.scalar_one_or_none()
-        if first is None:
-            return None
-        if not rows:
-            return 0, 0
-        payload = orjson.dumps([(row.key, row.data, row.hash) for row in rows]).decode()
-        params = {"task_id": task_id, "base": first + 1, "now": write.now, "rows": payload}
-        new = (await session.execute(_UPSERT, params)).scalars().all()
-        return sum(new), len(new)
 
-    async def _progress(
-        self, session: AsyncSession, run: LeasedRun, write: PageWrite, inserted: int, changed: int
-    ) -> bool | None:
-        """Counters, checkpoint and lease, fenced; returns `cancel_requested`, or None
-        when the lease is no longer ours."""
-        c = RUN.c
-        counters = {name: c[name] + write.progress.get(name, 0) for name in _COUNTERS}
-        progress = write.progress
-        result = await session.execute(
-            update(RUN)
-            .where(held(run.run_id, self.owner))
-            .values(
-                **counters,
-                inserted=c.inserted + progress.get("inserted", 0) + inserted,
-                updated=c.updated + progress.get("updated", 0) + changed - inserted,
-                unchanged=c.unchanged + progress.get("unchanged", 0) + write.distinct - changed,
-                checkpoint=write.checkpoint,
-                lease_expires_at=write.lease_until,
-            )
-            .returning(c.cancel_requested)
+_DIALECT = sqlite.dialect()
+_TIME = UTCDateTime().dialect_impl(_DIALECT).bind_processor(_DIALECT)
+"""A datetime as SQLAlchemy writes it to SQLite (`UTCDateTime`), for the raw statements."""
+
+_RESERVE_SQL = (
+    "UPDATE task SET record_seq = record_seq + ?1 WHERE id = ?2 RETURNING record_seq - ?1"
+)
+_UPSERT_SQL = (
+    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
+    " seq = excluded.seq, updated_at = excluded.updated_at, deleted = false,"
+    " created_at = CASE WHEN record.deleted THEN excluded.created_at ELSE record.created_at END"
+    " WHERE record.hash <> excluded.hash OR record.deleted"
+)
+_NEW_SQL = "SELECT count(*) FROM record WHERE task_id = ?1 AND seq > ?2 AND created_at = ?3"
+_PROGRESS_SQL = (  # the column names are constants: nothing of a caller's is in the SQL
+    "UPDATE run SET "  # noqa: S608
+    + ", ".join(f"{name} = {name} + :{name}" for name in (*_COUNTERS, *CHANGED_COUNTS[:2]))
+    + ", unchanged = unchanged + :unchanged, checkpoint = :checkpoint,"
+    " lease_expires_at = :lease_until"
+    " WHERE id = :run_id AND status = 'running' AND lease_owner = :owner"
+    " RETURNING cancel_requested"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _PageRows:
+    """A page's rows, validators and progress, ready for `write` on SQLite's thread."""
+
+    task_id: str
+    rows: list[tuple[str, str, str]]
+    now: str
+    seen: dict[str, Any] | None
+    validators: dict[str, Any] | None
+    progress: dict[str, Any]
+    distinct: int
+
+    @classmethod
+    def of(cls, run: LeasedRun, owner: str, write: PageWrite) -> _PageRows:
+        progress: dict[str, Any] = {name: write.progress.get(name, 0) for name in _COUNTERS}
+        progress.update(
+            inserted=write.progress.get("inserted", 0),
+            updated=write.progress.get("updated", 0),
+            unchanged=write.progress.get("unchanged", 0),
+            checkpoint=orjson.dumps(write.checkpoint).decode(),
+            lease_until=_TIME(write.lease_until),
+            run_id=run.run_id,
+            owner=owner,
         )
-        row = result.first()
-        return None if row is None else bool(row[0])
+        seen = None
+        if run.sweeps and write.rows:  # every row this run saw, changed or not
+            keys = orjson.dumps([row.key for row in write.rows]).decode()
+            seen = {"run_id": run.run_id, "task_id": run.task_id, "keys": keys}
+        validators = None
+        if write.validators:
+            validators = _validator_params(run.task_id, write)
+            validators["now"] = _TIME(validators["now"])
+        return cls(
+            run.task_id,
+            [(row.key, row.data, row.hash) for row in write.rows],
+            _TIME(write.now),
+            seen,
+            validators,
+            progress,
+            write.distinct,
+        )
+
+    def write(self, connection: sqlite3.Connection) -> tuple[int, bool] | None:
+        """Rows, seen marks, validators, then the fenced progress; (changed, cancel
+        requested), or None when the task is gone or the lease not ours (the caller
+        rolls back)."""
+        task_id, rows, now = self.task_id, self.rows, self.now
+        reserved = connection.execute(_RESERVE_SQL, (len(rows), task_id)).fetchone()
+        if reserved is None:
+            return None
+        inserted = changed = 0
+        if rows:
+            first = reserved[0]
+            upsert = connection.executemany(
+                _UPSERT_SQL,
+                [
+                    (task_id, key, data, digest, first + n, now, now)
+                    for n, (key, data, digest) in enumerate(rows, start=1)
+                ],
+            )
+            changed = upsert.rowcount
+            if changed:  # those written took this page's seqs; the new ones, its time
+                inserted = connection.execute(_NEW_SQL, (task_id, first, now)).fetchone()[0]
+        if self.seen is not None:
+            connection.execute(_MARK_SEEN.text, self.seen)
+        if self.validators is not None:
+            connection.execute(_REMEMBER.text, self.validators)
+        progress = dict(self.progress)
+        progress["inserted"] += inserted
+        progress["updated"] += changed - inserted
+        progress["unchanged"] += self.distinct - changed
+        fenced = connection.execute(_PROGRESS_SQL, progress).fetchone()
+        if fenced is None:
+            return None
+        return changed, bool(fenced[0])
 
 
 def _validator_params(task_id: str, write: PageWrite) -> dict[str, Any]:

@@ -29,6 +29,7 @@ page size.
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from dataclasses import dataclass
 from typing import Any
@@ -138,14 +139,27 @@ _TIME = UTCDateTime().dialect_impl(_DIALECT).bind_processor(_DIALECT)
 _RESERVE_SQL = (
     "UPDATE task SET record_seq = record_seq + ?1 WHERE id = ?2 RETURNING record_seq - ?1"
 )
-_UPSERT_SQL = (
-    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?)"
-    " ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
-    " seq = excluded.seq, updated_at = excluded.updated_at, deleted = false,"
-    " created_at = CASE WHEN record.deleted THEN excluded.created_at ELSE record.created_at END"
-    " WHERE record.hash <> excluded.hash OR record.deleted"
-)
+_CHUNK = 1000
+"""Rows per upsert statement: 4 parameters each, well under SQLite's 32,766."""
+
+
+@functools.lru_cache(maxsize=32)
+def _upsert_sql(rows: int) -> str:
+    """The upsert of `rows` rows in one statement: ?1 the task, ?2 the time, then key,
+    data, hash and seq of each row."""
+    values = ", ".join(
+        f"(?1, ?{3 + 4 * i}, ?{4 + 4 * i}, ?{5 + 4 * i}, ?{6 + 4 * i}, ?2, ?2)" for i in range(rows)
+    )
+    return (
+        "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+        f" VALUES {values}"
+        " ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
+        " seq = excluded.seq, updated_at = excluded.updated_at, deleted = false,"
+        " created_at = CASE WHEN record.deleted THEN excluded.created_at"
+        " ELSE record.created_at END WHERE record.hash <> excluded.hash OR record.deleted"
+    )
+
+
 _NEW_SQL = "SELECT count(*) FROM record WHERE task_id = ?1 AND seq > ?2 AND created_at = ?3"
 _PROGRESS_SQL = (  # the column names are constants: nothing of a caller's is in the SQL
     "UPDATE run SET "  # noqa: S608
@@ -210,14 +224,12 @@ class _PageRows:
         inserted = changed = 0
         if rows:
             first = reserved[0]
-            upsert = connection.executemany(
-                _UPSERT_SQL,
-                [
-                    (task_id, key, data, digest, first + n, now, now)
-                    for n, (key, data, digest) in enumerate(rows, start=1)
-                ],
-            )
-            changed = upsert.rowcount
+            for start in range(0, len(rows), _CHUNK):
+                chunk = rows[start : start + _CHUNK]
+                params: list[Any] = [task_id, now]
+                for n, (key, data, digest) in enumerate(chunk, start=first + start + 1):
+                    params += (key, data, digest, n)
+                changed += connection.execute(_upsert_sql(len(chunk)), params).rowcount
             if changed:  # those written took this page's seqs; the new ones, its time
                 inserted = connection.execute(_NEW_SQL, (task_id, first, now)).fetchone()[0]
         if self.seen is not None:

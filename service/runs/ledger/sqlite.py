@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -133,8 +134,14 @@ class SqliteLedger(RunLedger):
 
 
 _DIALECT = sqlite.dialect()
-_TIME = UTCDateTime().dialect_impl(_DIALECT).bind_processor(_DIALECT)
-"""A datetime as SQLAlchemy writes it to SQLite (`UTCDateTime`), for the raw statements."""
+_BIND_TIME = UTCDateTime().dialect_impl(_DIALECT).bind_processor(_DIALECT)
+
+
+def _time(value: datetime) -> str:
+    """`value` as SQLAlchemy writes a `UTCDateTime` to SQLite, for the raw statements."""
+    assert _BIND_TIME is not None, "SQLite stores datetimes as text"
+    return str(_BIND_TIME(value))
+
 
 _RESERVE_SQL = (
     "UPDATE task SET record_seq = record_seq + ?1 WHERE id = ?2 RETURNING record_seq - ?1"
@@ -150,8 +157,8 @@ def _upsert_sql(rows: int) -> str:
     values = ", ".join(
         f"(?1, ?{3 + 4 * i}, ?{4 + 4 * i}, ?{5 + 4 * i}, ?{6 + 4 * i}, ?2, ?2)" for i in range(rows)
     )
-    return (
-        "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"
+    return (  # placeholders only: no value is in the SQL
+        "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at)"  # noqa: S608
         f" VALUES {values}"
         " ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
         " seq = excluded.seq, updated_at = excluded.updated_at, deleted = false,"
@@ -191,7 +198,7 @@ class _PageRows:
             updated=write.progress.get("updated", 0),
             unchanged=write.progress.get("unchanged", 0),
             checkpoint=orjson.dumps(write.checkpoint).decode(),
-            lease_until=_TIME(write.lease_until),
+            lease_until=_time(write.lease_until),
             run_id=run.run_id,
             owner=owner,
         )
@@ -202,11 +209,11 @@ class _PageRows:
         validators = None
         if write.validators:
             validators = _validator_params(run.task_id, write)
-            validators["now"] = _TIME(validators["now"])
+            validators["now"] = _time(validators["now"])
         return cls(
             run.task_id,
             [(row.key, row.data, row.hash) for row in write.rows],
-            _TIME(write.now),
+            _time(write.now),
             seen,
             validators,
             progress,

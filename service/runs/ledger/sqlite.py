@@ -1,17 +1,17 @@
-"""SQLite's ledger: a page is one transaction.
+"""SQLite's ledger: a page is one transaction, written in one call on SQLite's thread.
 
-SQLite runs in the worker's own process, so a statement costs no round trip and a
-transaction is the natural unit. It takes the database's write lock at its first
+SQLite runs in the worker's own process, so a statement costs no network round trip and
+a transaction is the natural unit. It takes the database's write lock at its first
 write and holds it to the commit, which orders pages (and their seqs) across every
 process sharing the file.
 
-What a commit does, in order, in one session, all of its writes in one transaction:
+What a commit does, in order, all of its writes in one transaction:
 1. the page's rows, each reserving a `seq` from the task row, upserted: only the ones
-   that differ from what is stored are written (the upsert's `WHERE`), and its
-   `RETURNING` says which of those are new. A row sent unchanged leaves a gap in the
-   seqs (as on PostgreSQL); a resync's pages are compared first (`RunLedger.commit`),
-   so only their changed rows are sent. (Comparing every page here first, to say which
-   rows are new, was a fifth of a first sync's event-loop time: bench/ingest.py.)
+   that differ from what is stored are written (the upsert's `WHERE`); the written ones
+   took this page's seqs, and the new ones also its time as `created_at`, which one
+   count over the page's seqs says. A row sent unchanged leaves a gap in the seqs (as
+   on PostgreSQL); a resync's pages are compared first (`RunLedger.commit`), so only
+   their changed rows are sent;
 2. the page validators;
 3. the run's counters, checkpoint and lease, fenced by the lease: if this worker lost
    the run, nothing of the page is committed;
@@ -23,8 +23,23 @@ What a commit does, in order, in one session, all of its writes in one transacti
 A run that detects deletions also marks every row of the page as seen by it (`seen_run`);
 its sweep commits with its end (`RunLedger.succeed`).
 
-Rows go in as one JSON document read with `json_each`: one statement whatever the
-page size.
+Why steps 1-3 are one function run on aiosqlite's thread (`_PageRows.write`, through
+`db.on_sqlite_thread`), in plain `sqlite3` with the rows as tuples, and the upsert one
+multi-row statement per 1,000 rows (issue 13, item 4; bench/ingest.py, SQLite, 100k
+records, pages of 1,000, session 10):
+- through the session, each statement was four hops between the event loop and that
+  thread (cursor, execute, fetch, close), with SQLAlchemy compiling it and processing
+  its parameters on the event loop's thread: the write path alone ran at 47% of
+  SQLite's `executemany` rate for the same rows, as one function 78%;
+- one statement for the page's rows, not `executemany`: SQLite runs it in one call with
+  the GIL released throughout, so the event loop decodes the next page meanwhile
+  (`executemany` takes the GIL back after every row), and it does the same work in
+  about 60% of the time (bench/ceilings.py); with it the write path alone runs at 98% of
+  the `executemany` rate. The rows had gone in as one JSON document read with
+  `json_each`, whose escaping and parsing cost SQLite a quarter more than the bound rows.
+End to end the first sync went from 24% of `executemany`'s rate (1.40-1.46 worker CPU-s)
+to 38-40% (0.95-0.97 CPU-s): bench/RESULTS.md. Samples and the run's end, once per
+mapped page or per run, stay on the session, in the same transaction.
 """
 
 from __future__ import annotations
@@ -36,7 +51,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import bindparam, select, text
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -57,26 +72,16 @@ from service.runs.ledger.statements import (
 )
 from service.sync import Row
 
-_CHANGED = text(
+_CHANGED = (
     "SELECT j.value ->> 0, r.hash IS NULL OR r.deleted FROM json_each(:pairs) AS j "
     "LEFT JOIN record r ON r.task_id = :task_id AND r.key = j.value ->> 0 "
     "WHERE r.hash IS NOT (j.value ->> 1) OR r.deleted"
 )
-_UPSERT = text(
-    "INSERT INTO record (task_id, key, data, hash, seq, created_at, updated_at) "
-    "SELECT :task_id, j.value ->> 0, j.value ->> 1, j.value ->> 2, :base + j.key, :now, :now "
-    "FROM json_each(:rows) AS j WHERE true "
-    "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash, "
-    "seq = excluded.seq, updated_at = excluded.updated_at, deleted = false, "
-    "created_at = CASE WHEN record.deleted THEN excluded.created_at ELSE record.created_at END "
-    "WHERE record.hash <> excluded.hash OR record.deleted "
-    "RETURNING created_at = :now"
-).bindparams(bindparam("now", type_=UTCDateTime()))
-_MARK_SEEN = text(
+_MARK_SEEN = (
     "UPDATE record SET seen_run = :run_id WHERE task_id = :task_id"
     " AND key IN (SELECT value FROM json_each(:keys))"
 )
-_REMEMBER = text(
+_REMEMBER = (
     "INSERT INTO page_validator (task_id, url_key, etag, last_modified, next_page, digest,"
     " records_seen, rejected, records_digest, updated_at) SELECT :task_id, j.value ->> 0,"
     " j.value ->> 1, j.value ->> 2, CASE WHEN j.value ->> 3 IS NULL THEN NULL ELSE j.value -> 3"
@@ -87,7 +92,7 @@ _REMEMBER = text(
     " digest = excluded.digest, records_seen = excluded.records_seen,"
     " rejected = excluded.rejected, records_digest = excluded.records_digest,"
     " updated_at = excluded.updated_at"
-).bindparams(bindparam("now", type_=UTCDateTime()))
+)
 _CLAIM_RUN = claimed_run_update()
 _CLAIM_CAPPED = claimed_run_update(capped=True)
 _READ_TASK = select(*(TASK.c[name] for name in CLAIMED_TASK)).where(
@@ -115,8 +120,12 @@ class SqliteLedger(RunLedger):
         return None if task is None else (*run, *task, previous)
 
     async def _changed(self, task_id: str, rows: list[Row]) -> dict[str, bool]:
+        """One hop to SQLite's thread, like a page's write (`on_sqlite_thread`)."""
+        pairs = orjson.dumps([(row.key, row.hash) for row in rows]).decode()
+        params = {"task_id": task_id, "pairs": pairs}
         async with self.sessionmaker() as session:
-            return await _changed_keys(session, task_id, rows)
+            found = await on_sqlite_thread(session, functools.partial(_changed_rows, params))
+        return {key: bool(new) for key, new in found}
 
     async def _write(self, run: LeasedRun, write: PageWrite) -> Written:
         page = _PageRows.of(run, self.owner, write)
@@ -225,12 +234,13 @@ class _PageRows:
         requested), or None when the task is gone or the lease not ours (the caller
         rolls back)."""
         task_id, rows, now = self.task_id, self.rows, self.now
-        reserved = connection.execute(_RESERVE_SQL, (len(rows), task_id)).fetchone()
-        if reserved is None:
+        reserved = connection.execute(_RESERVE_SQL, (len(rows), task_id)).fetchall()
+        if not reserved:
             return None
+        assert connection.in_transaction, "the session's transaction holds the page"
         inserted = changed = 0
         if rows:
-            first = reserved[0]
+            first = reserved[0][0]
             for start in range(0, len(rows), _CHUNK):
                 chunk = rows[start : start + _CHUNK]
                 params: list[Any] = [task_id, now]
@@ -238,19 +248,19 @@ class _PageRows:
                     params += (key, data, digest, n)
                 changed += connection.execute(_upsert_sql(len(chunk)), params).rowcount
             if changed:  # those written took this page's seqs; the new ones, its time
-                inserted = connection.execute(_NEW_SQL, (task_id, first, now)).fetchone()[0]
+                (inserted,) = connection.execute(_NEW_SQL, (task_id, first, now)).fetchone()
         if self.seen is not None:
-            connection.execute(_MARK_SEEN.text, self.seen)
+            connection.execute(_MARK_SEEN, self.seen)
         if self.validators is not None:
-            connection.execute(_REMEMBER.text, self.validators)
+            connection.execute(_REMEMBER, self.validators)
         progress = dict(self.progress)
         progress["inserted"] += inserted
         progress["updated"] += changed - inserted
         progress["unchanged"] += self.distinct - changed
-        fenced = connection.execute(_PROGRESS_SQL, progress).fetchone()
-        if fenced is None:
+        fenced = connection.execute(_PROGRESS_SQL, progress).fetchall()
+        if not fenced:
             return None
-        return changed, bool(fenced[0])
+        return changed, bool(fenced[0][0])
 
 
 def _validator_params(task_id: str, write: PageWrite) -> dict[str, Any]:
@@ -270,7 +280,5 @@ def _validator_params(task_id: str, write: PageWrite) -> dict[str, Any]:
     return {"task_id": task_id, "now": write.now, "validators": orjson.dumps(validators).decode()}
 
 
-async def _changed_keys(session: AsyncSession, task_id: str, rows: list[Row]) -> dict[str, bool]:
-    pairs = orjson.dumps([(row.key, row.hash) for row in rows]).decode()
-    result = await session.execute(_CHANGED, {"task_id": task_id, "pairs": pairs})
-    return {key: bool(new) for key, new in result.all()}
+def _changed_rows(params: dict[str, Any], connection: sqlite3.Connection) -> list[Any]:
+    return connection.execute(_CHANGED, params).fetchall()

@@ -20,6 +20,7 @@ import orjson
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
+from sqlmodel import col
 
 from service.config import Settings
 from service.db import SessionMaker, create_engine, create_sessionmaker
@@ -330,8 +331,8 @@ async def test_a_record_keeps_its_creation_time_and_takes_the_time_of_each_chang
 
     async with book.sessionmaker() as session:
         records = {r.key: r for r in (await session.execute(select(Record))).scalars()}
-        since = select(Record.key).where(Record.updated_at >= between)
-        changed_since = set((await session.execute(since)).scalars())
+        since = select(Record).where(col(Record.updated_at) >= between)
+        changed_since = {r.key for r in (await session.execute(since)).scalars()}
         leased = await session.get(Run, book.run_id)
     one, two = records["1"], records["2"]
     assert before <= one.created_at == one.updated_at <= between

@@ -16,7 +16,7 @@ import orjson
 from sqlalchemy import BindParameter, ColumnElement, bindparam, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -215,10 +215,17 @@ async def on_sqlite_thread(session: AsyncSession, work: Callable[[sqlite3.Connec
     (bench/ingest.py, SQLite first sync: see `runs.ledger.sqlite`).
 
     aiosqlite has no public way to run a function on its thread; `_execute` is the
-    one it uses for every call of its own (pinned in requirements.lock)."""
+    one it uses for every call of its own (pinned in requirements.lock). The driver's
+    errors come out as SQLAlchemy's, as a statement through the session raises them:
+    a locked database is an `OperationalError`, which the runner retries."""
     connection = await session.connection()
     raw = await connection.get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None, "a connection checked out has its driver's"
-    result: _T = await driver._execute(work, driver._conn)
+    try:
+        result: _T = await driver._execute(work, driver._conn)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(
+            None, None, exc, sqlite3.Error, dialect=connection.dialect
+        ) from exc
     return result

@@ -14,9 +14,9 @@ same indexes:
 - **one-statement upsert** (SQLite only, session 10): the same upsert with every row of
   the page in one multi-row `VALUES` statement, which is how Backsync's SQLite ledger
   sends a page. `executemany` steps, resets and counts one single-row statement per
-  row; one statement does the same work in about 60% of the time (0.23 against
-  0.35-0.39 s for 100k rows on this machine), so it is the stricter of SQLite's two
-  ceilings (`bench/RESULTS.md`, session 10);
+  row; one statement does the same work in 60-77% of the time (0.18 against 0.29-0.31
+  CPU-s for 100k rows in raw `sqlite3`; 0.30-0.32 against 0.39-0.43 s here), so it is
+  the stricter of SQLite's two ceilings (`bench/RESULTS.md`, session 10);
 - **COPY** (PostgreSQL only): `COPY … FROM STDIN` of each page into the empty table,
   what the database takes fastest for pure inserts.
 

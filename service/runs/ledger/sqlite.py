@@ -29,21 +29,25 @@ its sweep commits with its end (`RunLedger.succeed`).
 
 Why steps 1-3 are one function run on aiosqlite's thread (`_PageRows.write`, through
 `db.on_sqlite_thread`), in plain `sqlite3` with the rows as tuples, and the upsert one
-multi-row statement per 1,000 rows (issue 13, item 4; bench/ingest.py, SQLite, 100k
-records, pages of 1,000, session 10):
+multi-row statement per 1,000 rows (issue 13, item 4; session 10, SQLite, 100k records
+in pages of 1,000; bench/ledger_write.py for the write path alone, bench/ingest.py end
+to end; bench/RESULTS.md):
 - through the session, each statement was four hops between the event loop and that
   thread (cursor, execute, fetch, close), with SQLAlchemy compiling it and processing
-  its parameters on the event loop's thread: the write path alone ran at 47% of
-  SQLite's `executemany` rate for the same rows, as one function 78%;
-- one statement for the page's rows, not `executemany`: SQLite runs it in one call with
-  the GIL released throughout, so the event loop decodes the next page meanwhile
-  (`executemany` takes the GIL back after every row), and it does the same work in
-  about 60% of the time (bench/ceilings.py); with it the write path alone runs at 98% of
-  the `executemany` rate. The rows had gone in as one JSON document read with
-  `json_each`, whose escaping and parsing cost SQLite a quarter more than the bound rows.
-End to end the first sync went from 24% of `executemany`'s rate (1.40-1.46 worker CPU-s)
-to 38-40% (0.95-0.97 CPU-s): bench/RESULTS.md. Samples and the run's end, once per
-mapped page or per run, stay on the session, in the same transaction.
+  its parameters on the event loop's thread: the write path alone ran at 42-49% of
+  SQLite's `executemany` rate for the same rows; as one function, 78%;
+- one statement for the page's rows, not `executemany`: SQLite runs it in one step
+  with the GIL released throughout, so the event loop decodes the next page meanwhile
+  (`executemany` steps once per row and takes the GIL back in between), and it does the
+  same work in 60-77% of the time (bench/ceilings.py); with it the write path alone
+  runs at 98-117% of the `executemany` rate, on 0.09-0.10 s of the event loop's CPU
+  per 100k rows (before: 0.34-0.42). The rows had gone in as one JSON document read
+  with `json_each`, whose escaping and parsing cost SQLite a quarter more than bound
+  rows, with a `RETURNING` row per record.
+End to end the first sync went from 23-25% of `executemany`'s rate (1.48-1.69 worker
+CPU-s) to 34-42% (0.92-1.12 CPU-s), 24-32% of the one-statement upsert's. Samples and
+the run's end, once per mapped page or per run, stay on the session, in the same
+transaction.
 """
 
 from __future__ import annotations

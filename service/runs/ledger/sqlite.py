@@ -67,7 +67,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from service.db import on_sqlite_thread, transaction
 from service.models.types import UTCDateTime
 from service.runs.ledger.base import RunLedger
-from service.runs.ledger.outcomes import CHANGED_COUNTS, succeed_run
+from service.runs.ledger.outcomes import succeed_run
 from service.runs.ledger.run import LeasedRun, PageWrite, Written
 from service.runs.ledger.samples import write_samples
 from service.runs.ledger.statements import (
@@ -163,6 +163,8 @@ def _time(value: datetime) -> str:
     return str(_BIND_TIME(value))
 
 
+_COUNTED = ("inserted", "updated", "unchanged")
+"""The run counters the write itself counts (added to what the batched quiet pages say)."""
 _RESERVE_SQL = (
     "UPDATE task SET record_seq = record_seq + ?1 WHERE id = ?2 RETURNING record_seq - ?1"
 )
@@ -209,10 +211,9 @@ def _upsert_sql(rows: int) -> str:
 _NEW_SQL = "SELECT count(*) FROM record WHERE task_id = ?1 AND seq > ?2 AND created_at = ?3"
 _PROGRESS_SQL = (  # the column names are constants: nothing of a caller's is in the SQL
     "UPDATE run SET "  # noqa: S608
-    + ", ".join(f"{name} = {name} + :{name}" for name in (*_COUNTERS, *CHANGED_COUNTS[:2]))
-    + ", unchanged = unchanged + :unchanged, checkpoint = :checkpoint,"
-    " lease_expires_at = :lease_until"
-    " WHERE id = :run_id AND status = 'running' AND lease_owner = :owner"
+    + ", ".join(f"{name} = {name} + :{name}" for name in (*_COUNTERS, *_COUNTED))
+    + ", checkpoint = :checkpoint, lease_expires_at = :lease_until"
+    " WHERE id = :run_id AND status = 'running' AND lease_owner = :owner"  # `held`'s fence
     " RETURNING cancel_requested"
 )
 
@@ -232,11 +233,9 @@ class _PageRows:
 
     @classmethod
     def of(cls, run: LeasedRun, owner: str, write: PageWrite) -> _PageRows:
-        progress: dict[str, Any] = {name: write.progress.get(name, 0) for name in _COUNTERS}
+        counters = (*_COUNTERS, *_COUNTED)
+        progress: dict[str, Any] = {name: write.progress.get(name, 0) for name in counters}
         progress.update(
-            inserted=write.progress.get("inserted", 0),
-            updated=write.progress.get("updated", 0),
-            unchanged=write.progress.get("unchanged", 0),
             checkpoint=orjson.dumps(write.checkpoint).decode(),
             lease_until=_time(write.lease_until),
             run_id=run.run_id,

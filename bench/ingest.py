@@ -694,6 +694,13 @@ def _run_rows(run: dict[str, Any]) -> list[tuple[str, str]]:
     ]
 
 
+_CEILING_NAMES = {
+    "upsert": "batched upsert",
+    "upsert_one_statement": "one-statement upsert",
+    "copy": "COPY",
+}
+
+
 def _ceiling_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     """The database's own rate for the same rows, and the first sync as a share of it."""
     records, rows = report["records"], []
@@ -702,7 +709,7 @@ def _ceiling_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         share = report["first_sync_share"][what]
         rows.append(
             (
-                f"database alone ({'batched upsert' if what == 'upsert' else 'COPY'})",
+                f"database alone ({_CEILING_NAMES[what]})",
                 f"{seconds:.3f} s   {records / seconds:,.0f} records/s;"
                 f" first sync at {100 * share:.0f}% of it",
             )

@@ -6,16 +6,17 @@ processes) can both write; foreign keys are switched on so deletes cascade.
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import BindParameter, ColumnElement, bindparam, event
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.interfaces import DBAPIConnection
-from sqlalchemy.exc import InvalidatePoolError
+from sqlalchemy.exc import DBAPIError, InvalidatePoolError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -199,3 +200,32 @@ def values_rows(
         if c.key in per_row
     ]
     return ", ".join(f"({row})" for row in listed), binds
+
+
+_T = TypeVar("_T")
+
+
+async def on_sqlite_thread(session: AsyncSession, work: Callable[[sqlite3.Connection], _T]) -> _T:
+    """SQLite only: `work(connection)` on the session's own `sqlite3` connection, in the
+    session's transaction, run on the thread aiosqlite runs that connection on: one hop
+    between the event loop and that thread, where each statement through the session
+    costs four (cursor, execute, fetch, close) and SQLAlchemy's compilation and
+    processing of every parameter on the event loop's thread. While `work` runs inside
+    SQLite the GIL is free, so the event loop decodes the next page meanwhile
+    (bench/ingest.py, SQLite first sync: see `runs.ledger.sqlite`).
+
+    aiosqlite has no public way to run a function on its thread; `_execute` is the
+    one it uses for every call of its own (pinned in requirements.lock). The driver's
+    errors come out as SQLAlchemy's, as a statement through the session raises them:
+    a locked database is an `OperationalError`, which the runner retries."""
+    connection = await session.connection()
+    raw = await connection.get_raw_connection()
+    driver = raw.driver_connection
+    assert driver is not None, "a connection checked out has its driver's"
+    try:
+        result: _T = await driver._execute(work, driver._conn)
+    except sqlite3.Error as exc:
+        raise DBAPIError.instance(
+            None, None, exc, sqlite3.Error, dialect=connection.dialect
+        ) from exc
+    return result

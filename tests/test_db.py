@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
+import sqlalchemy.exc
 from sqlalchemy import text
 
-from service.db import create_engine, create_sessionmaker, locked_transaction, transaction
+from service.db import (
+    create_engine,
+    create_sessionmaker,
+    locked_transaction,
+    on_sqlite_thread,
+    transaction,
+)
 from service.ids import new_id
 
 
@@ -100,3 +110,55 @@ async def test_a_pooled_connection_dropped_while_idle_is_replaced_not_failed(
         await engine.dispose()
         await admin.dispose()
     assert again != pid
+
+
+async def test_work_on_sqlites_thread_is_in_the_sessions_transaction(tmp_path: Path) -> None:
+    """`on_sqlite_thread` (the SQLite ledger's page write): its writes commit or roll
+    back with the session, and a locked database raises SQLAlchemy's
+    `OperationalError`, the error the runner retries, not the driver's own."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'thread.db'}"
+    engine = create_engine(url)
+    sessionmaker = create_sessionmaker(engine)
+
+    def insert(value: int) -> Callable[[sqlite3.Connection], bool]:
+        def work(connection: sqlite3.Connection) -> bool:
+            connection.execute("INSERT INTO t (v) VALUES (?)", (value,))
+            return connection.in_transaction
+
+        return work
+
+    async def fail_after_the_rows() -> None:
+        async with transaction(sessionmaker) as session:
+            await on_sqlite_thread(session, insert(2))
+            raise RuntimeError("the page fails after its rows")
+
+    try:
+        async with transaction(sessionmaker) as session:
+            await session.execute(text("CREATE TABLE t (v INTEGER)"))
+        async with transaction(sessionmaker) as session:
+            assert await on_sqlite_thread(session, insert(1)) is True
+        with pytest.raises(RuntimeError):
+            await fail_after_the_rows()
+        async with sessionmaker() as session:
+            values = (await session.execute(text("SELECT v FROM t"))).scalars().all()
+        assert values == [1]
+
+        other = sqlite3.connect(tmp_path / "thread.db", isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")  # another process holds the write lock
+        try:
+
+            def locked(connection: sqlite3.Connection) -> None:
+                connection.execute("PRAGMA busy_timeout = 50")
+                connection.execute("INSERT INTO t (v) VALUES (3)")
+
+            async def write_while_locked() -> None:
+                async with transaction(sessionmaker) as session:
+                    await on_sqlite_thread(session, locked)
+
+            with pytest.raises(sqlalchemy.exc.OperationalError, match="locked"):
+                await write_while_locked()
+        finally:
+            other.rollback()
+            other.close()
+    finally:
+        await engine.dispose()

@@ -18,14 +18,15 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.engine import make_url
+from sqlmodel import col
 
 from service.config import Settings
 from service.db import SessionMaker, create_engine, create_sessionmaker
 from service.ids import new_id
 from service.migrations import upgrade
-from service.models import Run, Task, Tenant
+from service.models import Record, Run, Task, Tenant
 from service.models.types import utcnow
 from service.runs.ledger import LeasedRun, Outcome, RunLedger, ledger_for
 from service.runs.ledger.progress import QuietPages
@@ -285,6 +286,61 @@ async def test_seqs_increase_in_commit_order_and_only_changed_rows_take_new_ones
     row = await book.run_row()
     # 3 inserted, then 1 inserted + 1 updated (+1 earlier copy superseded) + 1 unchanged.
     assert (row["inserted"], row["updated"], row["unchanged"]) == (4, 2, 1)
+
+
+async def test_a_page_larger_than_one_upsert_statement_keeps_page_order(book: Book) -> None:
+    # SQLite sends a page's rows 1,000 to a statement (`runs.ledger.sqlite._CHUNK`).
+    await book.add_run()
+    run = await book.claim()
+    first = items(*((n, "a") for n in range(2500)))
+    await book.ledger.commit(run, page(first, 0))
+    # Again with every third row changed and 100 new ones, in another order.
+    again = items(*((n, "b" if n % 3 == 0 else "a") for n in reversed(range(2600))))
+    assert await book.ledger.commit(run, page(again, 1, last=True)) is Outcome.FINISHED
+
+    stored = await book.records()
+    assert len(stored) == 2600
+    written = sorted(
+        (seq, int(key)) for key, (data, seq) in stored.items() if '"b"' in data or int(key) >= 2500
+    )
+    # Written rows took the second page's seqs in its order (reversed keys), after the first's.
+    assert [key for _, key in written] == sorted((key for _, key in written), reverse=True)
+    kept = [seq for key, (data, seq) in stored.items() if '"a"' in data and int(key) < 2500]
+    assert max(kept) < min(seq for seq, _ in written)
+    assert len({seq for _, seq in stored.values()}) == 2600
+    row = await book.run_row()
+    changed = len(range(0, 2500, 3))
+    assert (row["inserted"], row["updated"], row["unchanged"]) == (2600, changed, 2500 - changed)
+
+
+async def test_a_record_keeps_its_creation_time_and_takes_the_time_of_each_change(
+    book: Book,
+) -> None:
+    """The times the ledger writes read back through the models, and compare in SQL
+    with times bound by SQLAlchemy (SQLite's ledger writes them as text of its own)."""
+    await book.add_run()
+    before = utcnow()
+    first = await book.claim()
+    await book.ledger.commit(first, page(items((1, "a"), (2, "b")), 0, last=True))
+    between = utcnow()
+    book.run_id = new_id("run")
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a"), (2, "B")), 0, last=True))
+    after = utcnow()
+
+    async with book.sessionmaker() as session:
+        records = {r.key: r for r in (await session.execute(select(Record))).scalars()}
+        since = select(Record).where(col(Record.updated_at) >= between)
+        changed_since = {r.key for r in (await session.execute(since)).scalars()}
+        leased = await session.get(Run, book.run_id)
+    one, two = records["1"], records["2"]
+    assert before <= one.created_at == one.updated_at <= between
+    assert one.created_at == two.created_at  # one page, one time
+    assert between <= two.updated_at <= after and two.created_at == one.created_at
+    assert changed_since == {"2"}
+    assert leased is not None and leased.status == "succeeded"
+    assert leased.checkpoint == {"done": True, "watermark": None}
 
 
 async def test_a_first_sync_whose_later_page_repeats_a_key_keeps_the_last_copy(

@@ -147,9 +147,9 @@ def _plain(raw: dict[str, Any]) -> SimpleNamespace | None:
     validating (`model_construct`: 5 µs a sample, where a namespace of the same
     attributes, the model's defaults under the sample's fields, takes 0.35 µs). Only
     exact types are taken here (a str, an int or a float, a bool, ISO 8601 times with an
-    offset) and every bound of `SampleIn` is checked; anything else (a number as a string, a time as a number, a
-    value out of bounds) goes to pydantic, so what is accepted and every rejection
-    reason are pydantic's."""
+    offset) and every bound of `SampleIn` is checked; anything else (a number as a
+    string, a time as a number, a value out of bounds) goes to pydantic, so what is
+    accepted and every rejection reason are pydantic's."""
     fields = dict(raw)
     id_, source, user_id = fields.get("id"), fields.get("source"), fields.get("user_id")
     if not (type(id_) is str and 0 < len(id_) <= 200):

@@ -26,6 +26,7 @@ from typing import Any
 
 import httpx
 import orjson
+import xxhash
 
 from service.sync.extract import ExtractedPage
 from service.sync.paginators import PageRequest
@@ -53,7 +54,17 @@ def digest_seed(source: Source) -> bytes:
 
 
 def page_digest(seed: bytes, raw: bytes | bytearray) -> str:
-    digest = hashlib.blake2b(seed, digest_size=16)
+    """A digest of a page's bytes under `seed` (`digest_seed`).
+
+    XXH3-128, not a cryptographic hash: it only tells this upstream's page from the one
+    it sent before (a match skips the page's decoding), and an upstream able to forge a
+    match could as well send the old page. A 250 KB page takes 4 µs where BLAKE2b took
+    280; every page of every run is digested once, and its records once more
+    (`records_digest`), so BLAKE2b was about 8% of a first sync's worker CPU
+    (bench/RESULTS.md). A digest stored by the BLAKE2b versions never matches one of
+    these: the first resync after the change compares its records (writing nothing for
+    unchanged ones) and stores the new digests."""
+    digest = xxhash.xxh3_128(seed)
     digest.update(raw)
     return digest.hexdigest()
 
@@ -62,8 +73,9 @@ def records_digest(seed: bytes, records: list[Any]) -> str:
     """A digest of a page's decoded records as the upstream ordered them: one
     serialisation of the whole list (orjson's, in C) instead of one per record. Keys are
     not sorted (that took as long again): an upstream that reorders a record's keys
-    between answers only misses the shortcut, and its records are compared."""
-    digest = hashlib.blake2b(seed, digest_size=16)
+    between answers only misses the shortcut, and its records are compared. XXH3-128,
+    as `page_digest`."""
+    digest = xxhash.xxh3_128(seed)
     digest.update(orjson.dumps(records))
     return digest.hexdigest()
 

@@ -18,6 +18,7 @@ from service.broker.rate_limit import Verdict
 from service.broker.revocations import is_marked, revoked_marker
 from service.config import Settings
 from service.crypto import SecretBox
+from service.db import QuickStatements
 from service.errors import RateLimited
 from service.logs import bind_log_context
 from service.state import AppState
@@ -104,6 +105,15 @@ a connection: a dependency with `yield` costs more per request than the read its
 (FastAPI enters an exit stack and a cancel scope for it)."""
 
 
+async def quick_of(state: State) -> QuickStatements:
+    return state["quick"]
+
+
+Quick = Annotated[QuickStatements, Depends(quick_of)]
+"""Single statements of the hot paths, on PostgreSQL straight on the driver
+(`service.db.QuickStatements`)."""
+
+
 API_KEY = HTTPBearer(
     auto_error=False,
     scheme_name="ApiKey",
@@ -120,8 +130,9 @@ async def current_principal(
     _key: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)] = None,
 ) -> Principal:
     """The caller, from its key: remembered for a few seconds once verified (the
-    database lookup was the largest share of a read, `service.auth.cache`), and asked
-    about, in the rate limit's Redis call, whether it was revoked meanwhile."""
+    database lookup was the largest share of a read, `service.auth.cache`) and
+    forgotten at once when revoked (`service.broker.revocations`); its rate limit
+    taken from this process's share of the key's calls (`LocalShares`)."""
     raw_key = bearer_key(request.headers.get("authorization"))
     principal = state["keys"].get(raw_key)
     remembered = principal is not None
@@ -152,12 +163,17 @@ async def _rate_verdict(
 ) -> Verdict | None:
     """The key's rate limit verdict (None: no limit, or Redis is away) and, when
     `ask_revoked`, whether it was revoked since it was remembered: the same Lua call
-    reads the revocation marker, one round trip for both."""
+    reads the revocation marker, one round trip for both. While this process hears of
+    revocations at once (`RevocationListener`), the verdict comes from its share of the
+    key's calls, which asks Redis (and the marker) only once per batch."""
     prefix, limiter = state["settings"].redis_key_prefix, state["api_limiter"]
+    listening = state["revocations"].listening
     marker = revoked_marker(prefix, principal.key_prefix) if ask_revoked else None
     if limiter is not None:
-        return await limiter.check(principal.key_prefix, flag=marker)
-    if marker is None:
+        if listening:
+            return await limiter.check(principal.key_prefix, flag=marker)
+        return await limiter.limiter.check(principal.key_prefix, flag=marker)
+    if marker is None or listening:
         return None
     queue = state["queue"]
     try:  # bounded, and not asked while Redis is known to be away (`broker.outage`)

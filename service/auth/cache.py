@@ -61,3 +61,6 @@ class KeyCache:
 
     def forget(self, key_prefix: str) -> None:
         self._entries.pop(key_prefix, None)
+
+    def clear(self) -> None:
+        self._entries.clear()

@@ -209,6 +209,9 @@ class QuickStatements:
             max_size=self._connections,
             init=_json_codecs,
             reset=_no_reset,
+            # No timer armed at every release to close idle connections: a fixed pool,
+            # as the SQLAlchemy one beside it.
+            max_inactive_connection_lifetime=0,
         )
 
     async def close(self) -> None:

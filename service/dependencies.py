@@ -182,8 +182,7 @@ Caller = Annotated[Principal, Security(API_KEY)]
 
 
 async def _verified(state: AppState, raw_key: str) -> Principal:
-    async with AsyncSession(state["reads"]) as session:
-        principal = await verify(session, raw_key)
+    principal = await verify(state["quick"], raw_key)
     state["keys"].remember(raw_key, principal)
     return principal
 

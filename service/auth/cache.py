@@ -15,6 +15,7 @@ and then for at most the cache's seconds (documented in the README).
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 
@@ -55,9 +56,10 @@ class KeyCache:
             return
         if len(self._entries) >= self._max_entries:
             del self._entries[next(iter(self._entries))]
-        self._entries[parsed.prefix] = _Entry(
-            parsed.key_hash, principal, time.monotonic() + self.ttl_seconds
-        )
+        # Up to a fifth sooner, at random: keys verified together (a process's first
+        # requests) do not all fall due together again, every `ttl_seconds`.
+        ttl = self.ttl_seconds * (1 - random.random() / 5)
+        self._entries[parsed.prefix] = _Entry(parsed.key_hash, principal, time.monotonic() + ttl)
 
     def forget(self, key_prefix: str) -> None:
         self._entries.pop(key_prefix, None)

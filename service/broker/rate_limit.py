@@ -176,14 +176,20 @@ class LocalShares:
     share lapses `lifetime` seconds after it was granted; the calls it did not make are
     given back with the key's next request to Redis.
 
+    A busy key's share is topped up in the background when a quarter of its batch is
+    left, so its requests do not wait for Redis (under load a request that waited for
+    a round trip waited for whole turns of a busy event loop: the API's tail latency,
+    bench/api.py). At most one request per key and process asks Redis at a time; a
+    request that finds the share empty meanwhile waits for that answer rather than
+    taking a batch of its own.
+
     Bounds (documented in the README, `BACKSYNC_API_RATE_BURST`): every call is counted
-    in Redis before it is made, but up to `lifetime` later, so within any window a key
-    may make up to `max_batch - 1` calls more per API process than the limit alone
-    allows; and a share held by one process is not available to the others until it is
-    used, lapses or is given back (a key spread thin over many processes may see a 429 a
-    little early). Refusals come from Redis, with its `Retry-After`, as before.
-    At most one request per key and process asks Redis at a time; the others wait for
-    its answer rather than each taking a batch.
+    in Redis before it is made, but up to `lifetime` later, and a process holds at most
+    `max_batch` of a key's calls, so within any window a key may make up to `max_batch`
+    calls more per API process than the limit alone allows; and a share held by one
+    process is not available to the others until it is used, lapses or is given back
+    (a key spread thin over many processes may see a 429 a little early). Refusals come
+    from Redis, with its `Retry-After`, as before.
     """
 
     def __init__(self, limiter: RateLimiter, *, max_batch: int, lifetime: float) -> None:
@@ -191,6 +197,7 @@ class LocalShares:
         self.max_batch = max(1, max_batch)
         self._lifetime = lifetime
         self._shares: dict[str, _Share] = {}
+        self._topping_up: set[asyncio.Task[None]] = set()
 
     async def check(self, key: str, flag: str | None = None) -> Verdict | None:
         """`RateLimiter.check`, from the share when it has a call left."""
@@ -203,6 +210,8 @@ class LocalShares:
             now = time.monotonic()
             if share.calls > 0 and now < share.expires_at:
                 share.calls -= 1
+                if share.calls <= share.batch // 4 and share.batch >= 4 and share.asking is None:
+                    self._top_up(key, share)
                 return ALLOWED
             if share.asking is None:
                 break
@@ -224,6 +233,28 @@ class LocalShares:
             return verdict
         share.calls, share.expires_at = verdict.granted - 1, time.monotonic() + self._lifetime
         return verdict
+
+    def _top_up(self, key: str, share: _Share) -> None:
+        """Ask for the rest of a busy key's batch (a larger one: it was used up in
+        time) without a request waiting for it. No revocation flag: shares are only
+        used while revocations reach the process at once."""
+        share.batch = min(self.max_batch, share.batch * 2)
+        share.asking = asyncio.get_running_loop().create_future()
+        want = share.batch - share.calls
+
+        async def ask(asking: asyncio.Future[None]) -> None:
+            try:
+                verdict = await self.limiter.take(key, want=want)
+            finally:
+                asking.set_result(None)
+                share.asking = None
+            if verdict is not None and verdict.granted > 0:
+                share.calls += verdict.granted
+                share.expires_at = time.monotonic() + self._lifetime
+
+        task = asyncio.create_task(ask(share.asking))
+        self._topping_up.add(task)
+        task.add_done_callback(self._topping_up.discard)
 
     def drop(self, key: str) -> None:
         """Forget `key`'s share (its unmade calls are not given back)."""

@@ -1,0 +1,97 @@
+"""A run is shown the same whichever way it was read: straight on the driver
+(`QuickStatements` on PostgreSQL), through Core (SQLite), or from the ORM object."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import httpx
+import pytest
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from service.db import (
+    QuickStatements,
+    create_engine,
+    create_sessionmaker,
+    reading,
+    transaction,
+)
+from service.runs import service
+from tests.helpers import create_task, http_task
+
+ERROR = {"code": "upstream_status", "message": "HTTP 503 from upstream", "retryable": True}
+ATTEMPTS = [{"attempt": 1, "error": ERROR, "ended_at": "2026-12-04T10:00:03Z"}]
+
+
+async def test_a_run_read_on_the_hot_path_is_the_run_the_orm_shows(
+    client: httpx.AsyncClient, auth: dict[str, str], clean_db: str
+) -> None:
+    task = await create_task(client, auth, http_task("http://127.0.0.1:9/x"))
+    run = (await client.post(f"/v1/tasks/{task['id']}/runs", headers=auth)).json()
+    engine = create_engine(clean_db)
+    quick = QuickStatements(reading(engine), 2)
+    await quick.start()
+    tenant = await _tenant_of(engine, task["id"])
+    try:
+        async with transaction(create_sessionmaker(engine)) as session:
+            stored = await service.get_run(session, tenant, run["id"])
+            stored.status, stored.attempt, stored.error = "retrying", 2, ERROR
+            stored.attempts = ATTEMPTS
+            stored.started_at = datetime(2026, 12, 4, 10, 0, 1, 250000, tzinfo=UTC)
+            stored.next_attempt_at = datetime(2026, 12, 4, 10, 0, 9, tzinfo=UTC)
+            stored.records_seen, stored.bytes, stored.waiting_reason = 2**40, 12345, None
+        async with create_sessionmaker(engine)() as session:
+            shown = service.to_out(await service.get_run(session, tenant, run["id"]))
+        read = await service.read_run(quick, tenant, run["id"])
+        triggered, created = await service.trigger(quick, tenant, task["id"])
+    finally:
+        await quick.close()
+        await engine.dispose()
+
+    assert quick.on_driver == clean_db.startswith("postgresql")
+    assert read == shown
+    assert read.error is not None and read.error.code == "upstream_status"
+    assert read.attempts == ATTEMPTS
+    assert read.started_at == datetime(2026, 12, 4, 10, 0, 1, 250000, tzinfo=UTC)
+    assert read.stats.records_seen == 2**40
+    assert (triggered, created) == (shown, False)  # the active run, as GET shows it
+
+
+async def test_a_quick_read_survives_its_connection_dying_while_idle(
+    client: httpx.AsyncClient, auth: dict[str, str], clean_db: str
+) -> None:
+    """A database restart, or a connection dropped by a proxy: the read goes once more,
+    on a new connection, as the SQLAlchemy pool's ping would have it."""
+    if not clean_db.startswith("postgresql"):
+        pytest.skip("SQLite has no connection to lose")
+    task = await create_task(client, auth, http_task("http://127.0.0.1:9/x"))
+    run = (await client.post(f"/v1/tasks/{task['id']}/runs", headers=auth)).json()
+    engine = create_engine(clean_db)
+    quick = QuickStatements(reading(engine), 1)
+    await quick.start()
+    tenant = await _tenant_of(engine, task["id"])
+    try:
+        found = await quick.first(select(func.pg_backend_pid().label("pid")), {})
+        assert found is not None
+        async with engine.connect() as connection:
+            killed = await connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": found["pid"]}
+            )
+            assert killed.scalar_one() is True
+            await connection.commit()
+        read = await service.read_run(quick, tenant, run["id"])
+        again = await quick.first(select(func.pg_backend_pid().label("pid")), {})
+    finally:
+        await quick.close()
+        await engine.dispose()
+    assert read.id == run["id"]
+    assert again is not None and again["pid"] != found["pid"]
+
+
+async def _tenant_of(engine: AsyncEngine, task_id: str) -> str:
+    async with engine.connect() as connection:
+        found = await connection.execute(
+            text("SELECT tenant_id FROM task WHERE id = :id"), {"id": task_id}
+        )
+        return str(found.scalar_one())

@@ -174,9 +174,10 @@ class QuickStatements:
     Why: a one-row read through SQLAlchemy's `AsyncConnection` cost the API process
     about 420 µs of CPU (pool checkout and checkin with their events, greenlet switches,
     result processing), the read itself about 50 µs: on PostgreSQL the statement runs
-    straight on an asyncpg connection of a small pool of its own, compiled once for the
-    asyncpg dialect and prepared once per connection by asyncpg (bench/api.py: the
-    GET's API CPU went from about 1 ms to 0.3 ms with this and the local rate budget).
+    straight on an asyncpg connection of a pool of its own (half the API's
+    connections), compiled once for the asyncpg dialect and prepared once per
+    connection by asyncpg (bench/api.py, in-process: a GET's API CPU went from about
+    700 to 460 µs with this alone).
     Rows come back as the Core statement's would: JSON decoded by a codec each
     connection gets, `timestamptz` as aware UTC datetimes; so only for statements whose
     columns need no other result processing (tests/test_db.py compares both paths).

@@ -6,11 +6,12 @@ issue 11 item 9). A key verified against the database is trusted again, for
 `BACKSYNC_API_KEY_CACHE_SECONDS`, when the same whole key is presented (its SHA-256
 must match the stored one: a wrong secret under a known prefix is never accepted).
 
-Revocation: `backsync keys revoke` also leaves a marker in Redis
-(`service.broker.revocations`), which every request with a remembered key reads in the
-same round trip as its rate limit; a marked key is forgotten and looked up again, so it
-is refused at once. Only while Redis cannot be reached does a revoked key stay usable,
-and then for at most the cache's seconds (documented in the README).
+Revocation: `backsync keys revoke` also tells every API process through Redis
+(`service.broker.revocations`): each process hears it on a channel and forgets the key
+at once; while it is not listening, every request with a remembered key reads the
+revocation marker in the same round trip as its rate limit, and a marked key is
+forgotten and looked up again. Only while Redis cannot be reached does a revoked key
+stay usable, and then for at most the cache's seconds (documented in the README).
 """
 
 from __future__ import annotations

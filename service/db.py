@@ -235,7 +235,7 @@ class QuickStatements:
             try:
                 async with self._pool.acquire() as connection:
                     row = await connection.fetchrow(sql, *values)
-            except (asyncpg.ConnectionDoesNotExistError, asyncpg.InterfaceError, OSError):
+            except _DEAD_CONNECTION:
                 if attempt or not retry:
                     raise
                 continue
@@ -251,6 +251,17 @@ class QuickStatements:
             found = (statement, compiled.string, tuple(compiled.positiontup or ()))
             self._compiled[id(statement)] = found
         return found[1], found[2]
+
+
+_DEAD_CONNECTION = (
+    asyncpg.PostgresConnectionError,  # 08xxx, e.g. the connection does not exist
+    asyncpg.AdminShutdownError,  # 57P01, what a restart or pg_terminate_backend sends
+    asyncpg.CrashShutdownError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.InterfaceError,  # the connection is closed
+    OSError,
+)
+"""What a statement on a connection that died while idle raises."""
 
 
 async def _json_codecs(connection: Any) -> None:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from datetime import UTC, datetime
 
 import httpx
@@ -74,12 +76,11 @@ async def test_a_quick_read_survives_its_connection_dying_while_idle(
     try:
         found = await quick.first(select(func.pg_backend_pid().label("pid")), {})
         assert found is not None
-        async with engine.connect() as connection:
-            killed = await connection.execute(
-                text("SELECT pg_terminate_backend(:pid)"), {"pid": found["pid"]}
-            )
-            assert killed.scalar_one() is True
-            await connection.commit()
+        # Killed from another thread while this event loop is blocked: the pool cannot
+        # have noticed by the time the read takes the connection again.
+        killer = threading.Thread(target=asyncio.run, args=(_terminate(clean_db, found["pid"]),))
+        killer.start()
+        killer.join()
         read = await service.read_run(quick, tenant, run["id"])
         again = await quick.first(select(func.pg_backend_pid().label("pid")), {})
     finally:
@@ -87,6 +88,20 @@ async def test_a_quick_read_survives_its_connection_dying_while_idle(
         await engine.dispose()
     assert read.id == run["id"]
     assert again is not None and again["pid"] != found["pid"]
+
+
+async def _terminate(database_url: str, pid: int) -> None:
+    engine = create_engine(database_url)
+    try:
+        async with engine.connect() as connection:
+            killed = await connection.execute(
+                text("SELECT pg_terminate_backend(:pid)"), {"pid": pid}
+            )
+            assert killed.scalar_one() is True
+            await connection.commit()
+        await asyncio.sleep(0.2)  # the backend is gone, its goodbye sent
+    finally:
+        await engine.dispose()
 
 
 async def _tenant_of(engine: AsyncEngine, task_id: str) -> str:

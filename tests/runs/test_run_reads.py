@@ -110,3 +110,30 @@ async def _tenant_of(engine: AsyncEngine, task_id: str) -> str:
             text("SELECT tenant_id FROM task WHERE id = :id"), {"id": task_id}
         )
         return str(found.scalar_one())
+
+
+async def test_quick_statements_take_turns_on_their_few_connections(clean_db: str) -> None:
+    """50 statements at once on 2 connections: each waits its turn, none fails, no third
+    connection is opened; and a statement cancelled midway leaves no connection busy."""
+    if not clean_db.startswith("postgresql"):
+        pytest.skip("SQLite statements run through SQLAlchemy")
+    engine = create_engine(clean_db)
+    quick = QuickStatements(reading(engine), 2)
+    await quick.start()
+    pid = select(func.pg_backend_pid().label("pid"))
+    try:
+        rows = await asyncio.gather(*(quick.first(pid, {}) for _ in range(50)))
+        slow = asyncio.create_task(quick.first(select(func.pg_sleep(30).label("slept")), {}))
+        other = asyncio.create_task(quick.first(select(func.pg_sleep(30).label("slept")), {}))
+        await asyncio.sleep(0.3)
+        slow.cancel()
+        other.cancel()
+        await asyncio.gather(slow, other, return_exceptions=True)
+        after = await asyncio.gather(*(quick.first(pid, {}) for _ in range(10)))
+    finally:
+        await quick.close()
+        await engine.dispose()
+    pids = {row["pid"] for row in rows if row is not None}
+    assert len(rows) == 50 and len(pids) <= 2
+    assert len({row["pid"] for row in after if row is not None}) <= 2
+    assert not pids & {row["pid"] for row in after if row is not None}  # both replaced

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from http import HTTPStatus
-from typing import Any, cast
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.dependencies.models import Dependant
@@ -20,11 +21,12 @@ from service import __version__
 from service.auth.cache import KeyCache
 from service.auth.service import authenticate
 from service.broker.queue import Queue
-from service.broker.rate_limit import RateLimiter
+from service.broker.rate_limit import LocalShares, RateLimiter
+from service.broker.revocations import RevocationListener
 from service.config import Settings, get_settings
 from service.crypto import SecretBox
-from service.db import create_engine, create_sessionmaker, reading
-from service.dependencies import current_principal
+from service.db import QuickStatements, create_engine, create_sessionmaker, reading
+from service.dependencies import API_KEY, state_of
 from service.errors import PROBLEM_JSON, FieldError, Problem, ServiceError
 from service.health.router import router as health_router
 from service.http_client import create_upstream_client
@@ -90,10 +92,9 @@ async def _unauthenticated(request: Request) -> JSONResponse | None:
     so without this a caller with no key would learn about its JSON first."""
     if not _needs_caller(request.scope.get("route")):
         return None
-    state = cast(AppState, request.state._state)
+    state = state_of(request)
     try:
-        async with state["sessionmaker"]() as session:
-            await authenticate(session, request.headers.get("authorization"))
+        await authenticate(state["quick"], request.headers.get("authorization"))
     except ServiceError as exc:
         return _problem(exc.problem(), exc.headers())
     return None
@@ -105,7 +106,7 @@ def _operation_id(route: APIRoute) -> str:
 
 def _needs_caller(route: object) -> bool:
     dependant = getattr(route, "dependant", None)
-    return dependant is not None and _calls(dependant, current_principal)
+    return dependant is not None and _calls(dependant, API_KEY)
 
 
 def _calls(dependant: Dependant, target: object) -> bool:
@@ -147,10 +148,14 @@ async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
     return _problem(Problem(title="Internal Server Error", status=500, detail="internal error"))
 
 
-def _api_limiter(settings: Settings, queue: Queue) -> RateLimiter | None:
+SHARE_SECONDS = 1.0
+"""How long a process's share of a key's calls lasts (`LocalShares`)."""
+
+
+def _api_limiter(settings: Settings, queue: Queue) -> LocalShares | None:
     if not settings.api_rate_per_second:
         return None
-    return RateLimiter(
+    limiter = RateLimiter(
         queue.redis,
         settings.redis_key_prefix,
         name="api-rate",
@@ -158,6 +163,19 @@ def _api_limiter(settings: Settings, queue: Queue) -> RateLimiter | None:
         burst=settings.api_rate_burst,
         health=queue.health,  # Redis away: no wait, the call goes through
     )
+    # A tenth of the burst at most: what one process may admit past the limit.
+    return LocalShares(limiter, max_batch=settings.api_rate_burst // 10, lifetime=SHARE_SECONDS)
+
+
+def _calm_the_garbage_collector() -> None:
+    """Freeze what startup built (modules, the app, the models' schemas) and collect
+    young objects less often, as the worker does (`service.worker`): a request makes a
+    few hundred short-lived objects, so CPython's default threshold (700) ran a
+    collection about once a request, 6% of the API's CPU on `GET /v1/runs/{id}`;
+    with 50,000 the GET cost 10% less CPU and the trigger 5-15% (bench/api.py)."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -165,12 +183,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[AppState]:
+        # Half the connections for the hot paths' single statements: with a quarter,
+        # 50 concurrent GETs queued for them (p50 20 ms, 13 ms with half: bench/api.py).
+        quick_connections = max(1, settings.api_database_connections // 2)
         engine = create_engine(
-            settings.database_url, pool_size=settings.api_database_connections, max_overflow=0
+            settings.database_url,
+            pool_size=max(1, settings.api_database_connections - quick_connections),
+            max_overflow=0,
         )
         queue = await Queue.connect(settings)
         http = create_upstream_client(settings)
         reads = reading(engine)
+        quick = QuickStatements(reads, quick_connections)
+        await quick.start()
+        keys = KeyCache(settings.api_key_cache_seconds)
+        api_limiter = _api_limiter(settings, queue)
+
+        def forget(key_prefix: str) -> None:
+            keys.forget(key_prefix)
+            if api_limiter is not None:
+                api_limiter.drop(key_prefix)
+
+        def forget_all() -> None:
+            keys.clear()
+            if api_limiter is not None:
+                api_limiter.clear()
+
+        revocations = RevocationListener(
+            queue.redis, settings.redis_key_prefix, forget=forget, forget_all=forget_all
+        )
+        revocations.start()
+        _calm_the_garbage_collector()
         progress = ProgressHub(
             reads,
             poll_seconds=settings.events_poll_seconds,
@@ -182,9 +225,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 engine=engine,
                 sessionmaker=create_sessionmaker(engine),
                 reads=reads,
+                quick=quick,
                 progress=progress,
-                keys=KeyCache(settings.api_key_cache_seconds),
-                api_limiter=_api_limiter(settings, queue),
+                keys=keys,
+                api_limiter=api_limiter,
+                revocations=revocations,
                 queue=queue,
                 secrets=SecretBox(settings.secret_keys),
                 http=http,
@@ -194,6 +239,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         finally:
             await progress.close()
+            await revocations.close()
+            await quick.close()
             await http.aclose()
             await queue.close()
             await engine.dispose()

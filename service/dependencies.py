@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Annotated, cast
 
 from fastapi import Depends, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
@@ -18,6 +18,7 @@ from service.broker.rate_limit import Verdict
 from service.broker.revocations import is_marked, revoked_marker
 from service.config import Settings
 from service.crypto import SecretBox
+from service.db import QuickStatements, SessionMaker
 from service.errors import RateLimited
 from service.logs import bind_log_context
 from service.state import AppState
@@ -26,9 +27,17 @@ log = logging.getLogger(__name__)
 
 
 # The small dependencies are `async def` on purpose: FastAPI runs a plain `def` one in a
-# worker thread, a thread hand-off per request for a dictionary lookup.
+# worker thread, a thread hand-off per request for a dictionary lookup. And they take the
+# request, not `State`: FastAPI solves a dependency's own dependencies again for every
+# dependency that declares them (cached or not), about 10 µs each on every request
+# (bench/api.py).
+def state_of(request: Request) -> AppState:
+    """The lifespan's state, as uvicorn hands it to each request."""
+    return cast(AppState, request.scope["state"])
+
+
 async def app_state(request: Request) -> AppState:
-    return cast(AppState, request.state._state)
+    return state_of(request)
 
 
 State = Annotated[AppState, Depends(app_state)]
@@ -40,13 +49,25 @@ class UnitOfWork:
     That is how a run is enqueued: only after its row exists for the worker to read, and
     never for a request that rolled back. `after_rollback` is the other branch: work that
     must not race the failed transaction (releasing an idempotency key, say) and that
-    runs once its locks are gone.
+    runs once its locks are gone; `failure` is then what the request raised.
+
+    The session is made when first asked for: a request that writes through single
+    statements instead (a trigger, `service.db.QuickStatements`) costs no session, commit
+    or close (bench/api.py).
     """
 
-    def __init__(self, session: AsyncSession):
-        self.session = session
+    def __init__(self, sessionmaker: SessionMaker):
+        self._sessionmaker = sessionmaker
+        self._session: AsyncSession | None = None
+        self.failure: BaseException | None = None
         self._after_commit: list[Callable[[], Awaitable[object]]] = []
         self._after_rollback: list[Callable[[], Awaitable[object]]] = []
+
+    @property
+    def session(self) -> AsyncSession:
+        if self._session is None:
+            self._session = self._sessionmaker()
+        return self._session
 
     def after_commit(self, action: Callable[[], Awaitable[object]]) -> None:
         self._after_commit.append(action)
@@ -73,16 +94,21 @@ async def _run_all(actions: list[Callable[[], Awaitable[object]]]) -> None:
             log.warning("post-transaction action failed", exc_info=True)
 
 
-async def unit_of_work(state: State) -> AsyncIterator[UnitOfWork]:
-    async with state["sessionmaker"]() as session:
-        uow = UnitOfWork(session)
-        try:
-            yield uow
-            await session.commit()
-        except BaseException:
-            await session.rollback()
-            await uow.run_after_rollback()
-            raise
+async def unit_of_work(request: Request) -> AsyncIterator[UnitOfWork]:
+    uow = UnitOfWork(state_of(request)["sessionmaker"])
+    try:
+        yield uow
+        if uow._session is not None:
+            await uow._session.commit()
+    except BaseException as exc:
+        uow.failure = exc
+        if uow._session is not None:
+            await uow._session.rollback()
+        await uow.run_after_rollback()
+        raise
+    finally:
+        if uow._session is not None:
+            await uow._session.close()
     await uow.run_after_commit()
 
 
@@ -93,8 +119,8 @@ async def unit_of_work(state: State) -> AsyncIterator[UnitOfWork]:
 Work = Annotated[UnitOfWork, Depends(unit_of_work, scope="function")]
 
 
-async def reads_of(state: State) -> AsyncEngine:
-    return state["reads"]
+async def reads_of(request: Request) -> AsyncEngine:
+    return state_of(request)["reads"]
 
 
 Reads = Annotated[AsyncEngine, Depends(reads_of)]
@@ -104,24 +130,39 @@ a connection: a dependency with `yield` costs more per request than the read its
 (FastAPI enters an exit stack and a cancel scope for it)."""
 
 
-API_KEY = HTTPBearer(
+async def quick_of(request: Request) -> QuickStatements:
+    return state_of(request)["quick"]
+
+
+Quick = Annotated[QuickStatements, Depends(quick_of)]
+"""Single statements of the hot paths, on PostgreSQL straight on the driver
+(`service.db.QuickStatements`)."""
+
+
+class ApiKey(HTTPBearer):
+    """Declares the key in the OpenAPI document (the docs page's Authorize button), and
+    is the dependency that reads and checks it (`current_principal`, which answers
+    every failure with 401): one dependency where a declaration and a check were two
+    (with the state, three: bench/api.py)."""
+
+    async def __call__(self, request: Request) -> Principal:  # type: ignore[override]
+        return await current_principal(request)
+
+
+API_KEY = ApiKey(
     auto_error=False,
     scheme_name="ApiKey",
     bearerFormat="bks_<prefix>_<secret>",
     description="An API key (`backsync keys create`): `Authorization: Bearer bks_…`.",
 )
-"""Declares the key in the OpenAPI document (the docs page's Authorize button); the key
-itself is read and checked by `current_principal`, which answers every failure with 401."""
 
 
-async def current_principal(
-    request: Request,
-    state: State,
-    _key: Annotated[HTTPAuthorizationCredentials | None, Security(API_KEY)] = None,
-) -> Principal:
+async def current_principal(request: Request) -> Principal:
     """The caller, from its key: remembered for a few seconds once verified (the
-    database lookup was the largest share of a read, `service.auth.cache`), and asked
-    about, in the rate limit's Redis call, whether it was revoked meanwhile."""
+    database lookup was the largest share of a read, `service.auth.cache`) and
+    forgotten at once when revoked (`service.broker.revocations`); its rate limit
+    taken from this process's share of the key's calls (`LocalShares`)."""
+    state = state_of(request)
     raw_key = bearer_key(request.headers.get("authorization"))
     principal = state["keys"].get(raw_key)
     remembered = principal is not None
@@ -137,12 +178,11 @@ async def current_principal(
     return principal
 
 
-Caller = Annotated[Principal, Depends(current_principal)]
+Caller = Annotated[Principal, Security(API_KEY)]
 
 
 async def _verified(state: AppState, raw_key: str) -> Principal:
-    async with AsyncSession(state["reads"]) as session:
-        principal = await verify(session, raw_key)
+    principal = await verify(state["quick"], raw_key)
     state["keys"].remember(raw_key, principal)
     return principal
 
@@ -152,12 +192,17 @@ async def _rate_verdict(
 ) -> Verdict | None:
     """The key's rate limit verdict (None: no limit, or Redis is away) and, when
     `ask_revoked`, whether it was revoked since it was remembered: the same Lua call
-    reads the revocation marker, one round trip for both."""
+    reads the revocation marker, one round trip for both. While this process hears of
+    revocations at once (`RevocationListener`), the verdict comes from its share of the
+    key's calls, which asks Redis (and the marker) only once per batch."""
     prefix, limiter = state["settings"].redis_key_prefix, state["api_limiter"]
+    listening = state["revocations"].listening
     marker = revoked_marker(prefix, principal.key_prefix) if ask_revoked else None
     if limiter is not None:
-        return await limiter.check(principal.key_prefix, flag=marker)
-    if marker is None:
+        if listening:
+            return await limiter.check(principal.key_prefix, flag=marker)
+        return await limiter.limiter.check(principal.key_prefix, flag=marker)
+    if marker is None or listening:
         return None
     queue = state["queue"]
     try:  # bounded, and not asked while Redis is known to be away (`broker.outage`)
@@ -186,16 +231,16 @@ def _within_rate(settings: Settings, verdict: Verdict | None) -> None:
     )
 
 
-async def settings_of(state: State) -> Settings:
-    return state["settings"]
+async def settings_of(request: Request) -> Settings:
+    return state_of(request)["settings"]
 
 
-async def secrets_of(state: State) -> SecretBox:
-    return state["secrets"]
+async def secrets_of(request: Request) -> SecretBox:
+    return state_of(request)["secrets"]
 
 
-async def queue_of(state: State) -> Queue:
-    return state["queue"]
+async def queue_of(request: Request) -> Queue:
+    return state_of(request)["queue"]
 
 
 AppSettings = Annotated[Settings, Depends(settings_of)]

@@ -8,10 +8,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth.cache import KeyCache
 from service.broker.queue import Queue
-from service.broker.rate_limit import RateLimiter
+from service.broker.rate_limit import LocalShares
+from service.broker.revocations import RevocationListener
 from service.config import Settings
 from service.crypto import SecretBox
-from service.db import SessionMaker
+from service.db import QuickStatements, SessionMaker
 from service.runs.events import ProgressHub
 from service.sync import BodyBudget, UpstreamClient
 
@@ -23,10 +24,16 @@ class AppState(TypedDict):
     reads: AsyncEngine
     """For requests that only read: each statement commits on its own (no BEGIN and
     COMMIT round trips); the same pool as `engine`."""
+    quick: QuickStatements
+    """Single statements of the hot paths (on PostgreSQL straight on asyncpg); a few of
+    the process's database connections."""
     keys: KeyCache
     progress: ProgressHub
-    api_limiter: RateLimiter | None
-    """The per-key request rate (None: `BACKSYNC_API_RATE_PER_SECOND` is 0)."""
+    api_limiter: LocalShares | None
+    """The per-key request rate (None: `BACKSYNC_API_RATE_PER_SECOND` is 0), taken from
+    Redis a batch at a time."""
+    revocations: RevocationListener
+    """Whether revoked keys reach this process at once (else each request asks)."""
     queue: Queue
     secrets: SecretBox
     http: UpstreamClient

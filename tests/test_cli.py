@@ -30,8 +30,13 @@ async def test_keys_create_then_revoke(settings: Settings, client: httpx.AsyncCl
     headers = {"Authorization": f"Bearer {key}"}
     assert (await client.get("/v1/tasks", headers=headers)).status_code == 200
 
-    revoked = run_cli("keys", "revoke", key.split("_")[1], env=cli_env(settings))
+    # In a thread: the API (this event loop) keeps running meanwhile, as it does beside
+    # any `keys revoke`, and confirms the revocation before the command returns.
+    revoked = await asyncio.to_thread(
+        run_cli, "keys", "revoke", key.split("_")[1], env=cli_env(settings)
+    )
     assert revoked.returncode == 0, revoked.stderr
+    assert "did not confirm" not in revoked.stderr
     assert (await client.get("/v1/tasks", headers=headers)).status_code == 401
     missing = run_cli("keys", "revoke", "nosuchprefix", env=cli_env(settings))
     assert missing.returncode == 2

@@ -6,15 +6,17 @@ issue 11 item 9). A key verified against the database is trusted again, for
 `BACKSYNC_API_KEY_CACHE_SECONDS`, when the same whole key is presented (its SHA-256
 must match the stored one: a wrong secret under a known prefix is never accepted).
 
-Revocation: `backsync keys revoke` also leaves a marker in Redis
-(`service.broker.revocations`), which every request with a remembered key reads in the
-same round trip as its rate limit; a marked key is forgotten and looked up again, so it
-is refused at once. Only while Redis cannot be reached does a revoked key stay usable,
-and then for at most the cache's seconds (documented in the README).
+Revocation: `backsync keys revoke` also tells every API process through Redis
+(`service.broker.revocations`): each process hears it on a channel and forgets the key
+at once; while it is not listening, every request with a remembered key reads the
+revocation marker in the same round trip as its rate limit, and a marked key is
+forgotten and looked up again. Only while Redis cannot be reached does a revoked key
+stay usable, and then for at most the cache's seconds (documented in the README).
 """
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import dataclass
 
@@ -55,9 +57,13 @@ class KeyCache:
             return
         if len(self._entries) >= self._max_entries:
             del self._entries[next(iter(self._entries))]
-        self._entries[parsed.prefix] = _Entry(
-            parsed.key_hash, principal, time.monotonic() + self.ttl_seconds
-        )
+        # Up to a fifth sooner, at random: keys verified together (a process's first
+        # requests) do not all fall due together again, every `ttl_seconds`.
+        ttl = self.ttl_seconds * (1 - random.random() / 5)
+        self._entries[parsed.prefix] = _Entry(parsed.key_hash, principal, time.monotonic() + ttl)
 
     def forget(self, key_prefix: str) -> None:
         self._entries.pop(key_prefix, None)
+
+    def clear(self) -> None:
+        self._entries.clear()

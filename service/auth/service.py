@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.auth import repository
+from service.db import Statements
 from service.errors import Unauthenticated
 from service.ids import new_id
 from service.models import ApiKey, Tenant
@@ -113,18 +114,18 @@ def bearer_key(authorization: str | None) -> str:
     return raw_key.strip()
 
 
-async def authenticate(session: AsyncSession, authorization: str | None) -> Principal:
-    return await verify(session, bearer_key(authorization))
+async def authenticate(db: Statements, authorization: str | None) -> Principal:
+    return await verify(db, bearer_key(authorization))
 
 
-async def verify(session: AsyncSession, raw_key: str) -> Principal:
+async def verify(db: Statements, raw_key: str) -> Principal:
     """The key's principal, as the database has it now; 401 if unknown or revoked."""
     parsed = parse_key(raw_key)
     if parsed is None:
         raise Unauthenticated("malformed API key")
-    key = await repository.key_by_prefix(session, parsed.prefix)
-    if key is None or key.revoked_at is not None:
+    key = await repository.checked_key(db, parsed.prefix)
+    if key is None or key["revoked_at"] is not None:
         raise Unauthenticated("unknown or revoked API key")
-    if not hmac.compare_digest(key.key_hash, parsed.key_hash):
+    if not hmac.compare_digest(key["key_hash"], parsed.key_hash):
         raise Unauthenticated("unknown or revoked API key")
-    return Principal(tenant_id=key.tenant_id, key_prefix=key.prefix)
+    return Principal(tenant_id=key["tenant_id"], key_prefix=key["prefix"])

@@ -8,14 +8,14 @@ hooks). A replay runs no handler code, so it queues nothing.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from service.dependencies import Caller, State, Work
+from service.db import SessionMaker
+from service.dependencies import Caller, Work, state_of
 from service.errors import PROBLEM_JSON, ServiceError
 from service.idempotency import service
 from service.idempotency.service import HEADER, Claim, StoredResponse
@@ -48,8 +48,7 @@ class Idempotency:
 
     def __init__(self, replay: Response | None = None):
         self.replay = replay
-        self.response: StoredResponse | None = None
-        self.error: StoredResponse | None = None
+        self.response: Response | None = None
 
     def respond(self, content: BaseModel, status_code: int, *, location: str) -> Response:
         """The JSON response FastAPI would have made of `content`, noted for replays."""
@@ -59,23 +58,24 @@ class Idempotency:
             headers={"Location": location},
             media_type="application/json",
         )
-        self.response = _snapshot(response)
+        self.response = response  # stored (`_snapshot`) only for a keyed request
         return response
 
 
 async def idempotency(
     request: Request,
-    state: State,
     work: Work,
     caller: Caller,
     idempotency_key: KeyHeader = None,
-) -> AsyncIterator[Idempotency]:
-    """Claim the request's key (or find its replay) before the handler runs."""
+) -> Idempotency:
+    """Claim the request's key (or find its replay) before the handler runs. Not a
+    dependency with `yield`: FastAPI enters an exit stack and a cancel scope for each of
+    those on every request, key or not (bench/api.py); what the handler raised reaches
+    the outcome through the unit of work (`UnitOfWork.failure`)."""
     del idempotency_key  # declared for the OpenAPI document; read with repeats below
     key = service.parse_key(request.headers.getlist(HEADER))
     if key is None:
-        yield Idempotency()
-        return
+        return Idempotency()
     keyed = service.KeyedRequest.of(
         caller.tenant_id,
         key,
@@ -84,30 +84,33 @@ async def idempotency(
         request.url.query,
         await request.body(),
     )
-    outcome = await service.claim(state["sessionmaker"], keyed)
+    sessionmaker = state_of(request)["sessionmaker"]
+    outcome = await service.claim(sessionmaker, keyed)
     if isinstance(outcome, StoredResponse):
-        yield Idempotency(replay=_replay(outcome))
-        return
+        return Idempotency(replay=_replay(outcome))
     keyed_call = Idempotency()
-    _finish_with_the_transaction(state, work, outcome, keyed_call)
-    try:
-        yield keyed_call
-    except ServiceError as exc:
-        keyed_call.error = _snapshot(_problem(exc))
-        raise
+    _finish_with_the_transaction(sessionmaker, work, outcome, keyed_call)
+    return keyed_call
 
 
-# The scope of `Work`, which it depends on: it closes before the response is sent.
-Idempotent = Annotated[Idempotency, Depends(idempotency, scope="function")]
+Idempotent = Annotated[Idempotency, Depends(idempotency)]
 
 
 def _finish_with_the_transaction(
-    state: State, work: Work, claim: Claim, keyed_call: Idempotency
+    sessionmaker: SessionMaker, work: Work, claim: Claim, keyed_call: Idempotency
 ) -> None:
-    """Store what was answered once it is durable; on rollback, the error (if final)."""
-    sessionmaker = state["sessionmaker"]
-    work.after_commit(lambda: service.finish(sessionmaker, claim, keyed_call.response))
-    work.after_rollback(lambda: service.finish(sessionmaker, claim, keyed_call.error))
+    """Store what was answered once it is durable; on rollback, the error (if final:
+    a problem the handler raised)."""
+
+    def answered() -> StoredResponse | None:
+        return None if keyed_call.response is None else _snapshot(keyed_call.response)
+
+    work.after_commit(lambda: service.finish(sessionmaker, claim, answered()))
+    work.after_rollback(lambda: service.finish(sessionmaker, claim, _error(work.failure)))
+
+
+def _error(failure: BaseException | None) -> StoredResponse | None:
+    return _snapshot(_problem(failure)) if isinstance(failure, ServiceError) else None
 
 
 def _snapshot(response: Response) -> StoredResponse:

@@ -18,13 +18,15 @@ from datetime import timedelta
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.broker.rate_limit import RateLimiter
+from service.db import InSession
 from service.errors import NotFound, RateLimited
 from service.ids import new_id
-from service.models import PushUrl, Run
+from service.models import PushUrl
 from service.models.types import utcnow
 from service.push import repository
 from service.push.handshake import Answer, Handshake, answer, hash_code
 from service.push.schemas import PushReceipt, PushUrlCreated, PushUrlIn, PushUrlOut, PushUrlPatch
+from service.runs.schemas import RunOut
 from service.runs.service import trigger
 from service.tasks.service import get_task
 
@@ -118,7 +120,7 @@ class Notified:
     receipt: PushReceipt
     status: int
     """The push URL's `response_status`."""
-    run: Run | None
+    run: RunOut | None
     """A run this notification created: the caller enqueues it after the commit."""
 
 
@@ -146,7 +148,7 @@ async def notify(session: AsyncSession, limiter: RateLimiter, token: str) -> Not
     debounce = task.debounce_seconds
     not_before = now + timedelta(seconds=debounce) if debounce else None
     run, created = await trigger(
-        session, push_url.tenant_id, task.id, trigger="push", not_before=not_before
+        InSession(session), push_url.tenant_id, task.id, trigger="push", not_before=not_before
     )
     # a run waiting for its tenant's cap may start now; its `next_attempt_at` is a recheck
     waits = run.status != "queued" or run.waiting_reason is not None

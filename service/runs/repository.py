@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -12,6 +12,7 @@ from sqlalchemy import (
     and_,
     bindparam,
     func,
+    literal_column,
     or_,
     select,
     text,
@@ -20,7 +21,7 @@ from sqlalchemy import (
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 from sqlmodel import col
 
-from service.db import values_rows
+from service.db import QuickStatements, Statements, values_rows
 from service.models import ACTIVE_STATUSES, Run, metadata
 from service.models.run import ACTIVE_SQL
 
@@ -88,13 +89,14 @@ _READ_MANY = select(*_SHOWN).where(_RUN.c.id.in_(bindparam("run_ids", expanding=
 
 
 async def read_for_tenant(
-    connection: AsyncConnection, tenant_id: str, run_id: str
-) -> RowMapping | None:
+    quick: QuickStatements, tenant_id: str, run_id: str
+) -> Mapping[Any, Any] | None:
     """The columns a response shows of one run, in one Core statement built once: the
     read path of `GET /v1/runs/{id}` (no ORM session, no checkpoint or options, which
-    can be large; bench/api.py)."""
-    result = await connection.execute(_READ_FOR_TENANT, {"run_id": run_id, "tenant_id": tenant_id})
-    return result.mappings().first()
+    can be large; on PostgreSQL straight on the driver, `QuickStatements`;
+    bench/api.py)."""
+    params = {"run_id": run_id, "tenant_id": tenant_id}
+    return await quick.first(_READ_FOR_TENANT, params, retry=True)
 
 
 async def read_many(connection: AsyncConnection, run_ids: Collection[str]) -> list[RowMapping]:
@@ -110,19 +112,28 @@ async def get(session: AsyncSession, run_id: str) -> Run | None:
     return await session.get(Run, run_id, populate_existing=True)
 
 
-async def active_for_task(session: AsyncSession, task_id: str) -> Run | None:
-    result = await session.execute(
-        select(Run).where(col(Run.task_id) == task_id, col(Run.status).in_(ACTIVE_STATUSES))
-    )
-    return result.scalar_one_or_none()
+_TASK = metadata.tables["task"]
+_ACTIVE = _RUN.c.status.in_([literal_column(f"'{status}'") for status in ACTIVE_STATUSES])
+_TASK_AND_ACTIVE = (
+    select(_TASK.c.source.label("task_source"), *_SHOWN)
+    .select_from(_TASK.outerjoin(_RUN, and_(_RUN.c.task_id == _TASK.c.id, _ACTIVE)))
+    .where(_TASK.c.id == bindparam("task_id"), _TASK.c.tenant_id == bindparam("tenant_id"))
+)
+"""The task's `source` and its active run's shown columns (all None without one): what
+a trigger reads, in one statement. The statuses are written out, not bound, so the
+statement has no list parameter (asyncpg would need an expanding bind for one)."""
 
 
-async def insert_unless_active(session: AsyncSession, run: Run) -> Run | None:
-    """Insert `run`, or nothing when its task already has an active run (the partial
-    unique index decides, so racing API processes still make one): one statement, with
-    no savepoint to recover from a unique violation."""
-    statement = select(Run).from_statement(_INSERT_UNLESS_ACTIVE)
-    return (await session.scalars(statement, run.model_dump())).one_or_none()
+async def task_and_active(db: Statements, tenant_id: str, task_id: str) -> Mapping[Any, Any] | None:
+    """None: no such task of this tenant."""
+    return await db.first(_TASK_AND_ACTIVE, {"task_id": task_id, "tenant_id": tenant_id})
+
+
+async def insert_unless_active(db: Statements, run: Run) -> Mapping[Any, Any] | None:
+    """Insert `run` and return its shown columns, or None when its task already has an
+    active run (the partial unique index decides, so racing API processes still make
+    one): one statement, with no savepoint to recover from a unique violation."""
+    return await db.first(_INSERT_UNLESS_ACTIVE, run.model_dump())
 
 
 async def insert_many_unless_active(
@@ -164,7 +175,7 @@ def _insert_unless_active(
     return text(sql).bindparams(*binds).columns(*returning)
 
 
-_INSERT_UNLESS_ACTIVE = _insert_unless_active(1, (), list(_RUN.columns))
+_INSERT_UNLESS_ACTIVE = _insert_unless_active(1, (), _SHOWN)
 
 
 @functools.lru_cache(maxsize=64)

@@ -229,6 +229,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 progress=progress,
                 keys=keys,
                 api_limiter=api_limiter,
+                push_limiter=RateLimiter.per_minute(
+                    queue.redis,
+                    settings.redis_key_prefix,
+                    "push-rate",
+                    settings.push_rate_per_minute,
+                    queue.health,
+                ),
                 revocations=revocations,
                 queue=queue,
                 secrets=SecretBox(settings.secret_keys),

@@ -8,11 +8,10 @@ from typing import Annotated, cast
 
 from fastapi import Depends, Request, Security
 from fastapi.security import HTTPBearer
-from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
 from service.auth.service import Principal, bearer_key, verify
-from service.broker.outage import RedisUnavailable
+from service.broker.outage import FAIL_OPEN, RedisUnavailable
 from service.broker.queue import Queue
 from service.broker.rate_limit import Verdict
 from service.broker.revocations import is_marked, revoked_marker
@@ -208,7 +207,7 @@ async def _rate_verdict(
     try:  # bounded, and not asked while Redis is known to be away (`broker.outage`)
         key = principal.key_prefix
         marked = await queue.health.call(lambda: is_marked(queue.redis, prefix, key))
-    except (RedisError, OSError, TimeoutError):
+    except FAIL_OPEN:
         return None
     return Verdict(retry_after=None, remaining=0, reset=0, flagged=True) if marked else None
 

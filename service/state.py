@@ -8,7 +8,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from service.auth.cache import KeyCache
 from service.broker.queue import Queue
-from service.broker.rate_limit import LocalShares
+from service.broker.rate_limit import LocalShares, RateLimiter
 from service.broker.revocations import RevocationListener
 from service.config import Settings
 from service.crypto import SecretBox
@@ -32,6 +32,8 @@ class AppState(TypedDict):
     api_limiter: LocalShares | None
     """The per-key request rate (None: `BACKSYNC_API_RATE_PER_SECOND` is 0), taken from
     Redis a batch at a time."""
+    push_limiter: RateLimiter
+    """Calls per push URL and minute (`BACKSYNC_PUSH_RATE_PER_MINUTE`), counted in Redis."""
     revocations: RevocationListener
     """Whether revoked keys reach this process at once (else each request asks)."""
     queue: Queue

@@ -48,6 +48,11 @@ REDIS_DOWN: tuple[type[BaseException], ...] = (
 )
 """What losing Redis raises (a command's own error, like a script's, is not one)."""
 
+FAIL_OPEN: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, TimeoutError)
+"""What a call that fails open lets through: losing Redis, and any error of Redis's own
+(a script refused, a full memory). The rate limits and the revocation marker fail open:
+their outage must not become the API's (`service.broker.rate_limit`)."""
+
 
 class BrokerUnavailable(HostHeld):
     """A rate-limited host's shared budget could not be asked for longer than

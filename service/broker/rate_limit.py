@@ -25,9 +25,8 @@ import time
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
-from service.broker.outage import RedisHealth
+from service.broker.outage import FAIL_OPEN, RedisHealth
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +137,7 @@ class RateLimiter:
             wait_ms, remaining, reset_ms, flagged, granted = await self._health.call(
                 lambda: self._script(keys=keys, args=args)
             )
-        except (RedisError, OSError, TimeoutError):  # logged by `health` once per outage
+        except FAIL_OPEN:  # logged by `health` once per outage
             return None
         return Verdict(
             retry_after=max(1, math.ceil(int(wait_ms) / 1000)) if int(wait_ms) > 0 else None,

@@ -30,9 +30,9 @@ from collections.abc import Callable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from service.broker.channel import Subscription
+from service.broker.outage import FAIL_OPEN
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ async def mark_revoked(
                 break
             confirmed += 1
         await redis.delete(confirmations)
-    except (RedisError, OSError, TimeoutError):
+    except FAIL_OPEN:
         log.warning("could not tell the API processes through Redis", exc_info=True)
         return False
     if confirmed < int(listeners):
@@ -140,7 +140,7 @@ class RevocationListener:
                     pipe.rpush(confirmations, 1)
                     pipe.expire(confirmations, 60)
                     await pipe.execute()
-            except (RedisError, OSError, TimeoutError):
+            except FAIL_OPEN:
                 log.info("could not confirm a revocation", exc_info=True)
 
         self._confirming: set[asyncio.Task[None]] = set()

@@ -38,14 +38,9 @@ _PUSH = "/v1/push/{token}"
 
 
 async def push_limiter(state: State) -> RateLimiter:
-    settings = state["settings"]
-    return RateLimiter.per_minute(
-        state["queue"].redis,
-        settings.redis_key_prefix,
-        "push-rate",
-        settings.push_rate_per_minute,
-        state["queue"].health,
-    )
+    """The process's one limiter (built at startup: building one registers its Lua
+    script again, per request)."""
+    return state["push_limiter"]
 
 
 Limiter = Annotated[RateLimiter, Depends(push_limiter)]

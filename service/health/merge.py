@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from enum import StrEnum
 
-from service.health.normalize import Normalized
+from service.health.normalize import Normalized, moment
 
 Key = tuple[str, str]
 """(source, id): a sample's identity within its user."""
@@ -54,7 +54,7 @@ class Stored:
 def verdict(incoming: Normalized, stored: Stored | None) -> Verdict:
     if stored is None:
         return Verdict.DELETED if incoming.deleted else Verdict.INSERTED
-    modified = _moment(incoming.modified_at)
+    modified = moment(incoming.modified_at)
     if modified is not None and stored.modified_at is not None and modified < stored.modified_at:
         return Verdict.IGNORED
     if incoming.hash == stored.hash or (incoming.deleted and stored.deleted):
@@ -93,8 +93,4 @@ def plan(chunk: list[Normalized], stored: dict[Key, Stored]) -> Plan:
 
 
 def _as_stored(sample: Normalized) -> Stored:
-    return Stored(sample.hash, _moment(sample.modified_at), sample.deleted, sample.type)
-
-
-def _moment(iso: str | None) -> datetime | None:
-    return None if iso is None else datetime.fromisoformat(iso)
+    return Stored(sample.hash, moment(sample.modified_at), sample.deleted, sample.type)

@@ -309,5 +309,10 @@ def content_hash(values: dict[str, Any]) -> str:
     return hashlib.md5(orjson.dumps(values, option=orjson.OPT_SORT_KEYS)).hexdigest()  # noqa: S324
 
 
+def moment(iso: str | None) -> datetime | None:
+    """A normalised sample's ISO time back as an aware datetime (None stays None)."""
+    return None if iso is None else datetime.fromisoformat(iso)
+
+
 def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat()

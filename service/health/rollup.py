@@ -49,19 +49,19 @@ def touched(writes: Iterable[Normalized], before: Iterable[Stored | None]) -> To
     characters, and those compare as the dates do: no time is parsed (10,000 parses were
     a tenth of the worker's time on a batch)."""
     dates: dict[str, tuple[str, str]] = {}
+
+    def widen(type_: str, first: str, last: str) -> None:
+        if type_ in dates:
+            low, high = dates[type_]
+            first, last = min(first, low), max(last, high)
+        dates[type_] = (first, last)
+
     for sample, old in zip(writes, before, strict=True):
         if sample.type is not None and sample.start is not None:
-            first, last = sample.start[:10], (sample.end or sample.start)[:10]
-            if sample.type in dates:
-                low, high = dates[sample.type]
-                first, last = min(first, low), max(last, high)
-            dates[sample.type] = (first, last)
+            widen(sample.type, sample.start[:10], (sample.end or sample.start)[:10])
         if old is not None and old.type is not None and old.start is not None:
-            first, last = old.start.date().isoformat(), (old.end or old.start).date().isoformat()
-            if old.type in dates:
-                low, high = dates[old.type]
-                first, last = min(first, low), max(last, high)
-            dates[old.type] = (first, last)
+            end = old.end or old.start
+            widen(old.type, old.start.date().isoformat(), end.date().isoformat())
     return {
         type_: (date.fromisoformat(first) - ONE_DAY, date.fromisoformat(last) + ONE_DAY)
         for type_, (first, last) in dates.items()

@@ -37,6 +37,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.health.merge import Key, Stored
+from service.health.normalize import moment
 from service.health.writer.base import Write
 from service.models.types import UTCDateTime
 
@@ -194,22 +195,18 @@ def copy_row(tenant_id: str, user_id: str, write: Write, now: datetime) -> tuple
         s.type,
         s.value,
         s.unit,
-        _moment(s.start),
-        _moment(s.end),
+        moment(s.start),
+        moment(s.end),
         s.tz_offset_minutes,
         s.timezone,
         s.device,
         s.recording_method,
         metadata,
         s.stage,
-        _moment(s.modified_at),
+        moment(s.modified_at),
         s.deleted,
         s.hash,
         write.seq,
         now,
         now,
     )
-
-
-def _moment(iso: str | None) -> datetime | None:
-    return None if iso is None else datetime.fromisoformat(iso)

@@ -9,11 +9,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-from sqlalchemy import JSON, bindparam, text
+from sqlalchemy import JSON, BindParameter, bindparam, text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.health.merge import Key, Stored
+from service.health.normalize import moment
 from service.health.writer.base import Write
 from service.models import HealthSample
 from service.models.types import UTCDateTime
@@ -27,26 +28,23 @@ _STORED = text(
 
 _COLUMNS = [column.name for column in HealthSample.__table__.columns]  # type: ignore[attr-defined]
 _KEY = ("tenant_id", "user_id", "source", "id")
-_UPSERT = text(
+_INSERT_SQL = (
     f"INSERT INTO health_sample ({', '.join(_COLUMNS)})"  # noqa: S608 - constant SQL
     f" VALUES ({', '.join(':' + name for name in _COLUMNS)})"
-    f" ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
+)
+_BINDS: tuple[BindParameter[Any], ...] = (
+    *(bindparam(name, type_=UTCDateTime()) for name in _COLUMNS if name.endswith("_at")),
+    bindparam("metadata", type_=JSON()),
+)
+_INSERT = text(_INSERT_SQL).bindparams(*_BINDS)
+"""New samples (`insert_new`): a stored key fails the statement."""
+_UPSERT = text(
+    _INSERT_SQL
+    + f" ON CONFLICT ({', '.join(_KEY)}) DO UPDATE SET "
     + ", ".join(
         f"{name} = excluded.{name}" for name in _COLUMNS if name not in (*_KEY, "created_at")
     )
-).bindparams(
-    *(bindparam(name, type_=UTCDateTime()) for name in _COLUMNS if name.endswith("_at")),
-    bindparam("metadata", type_=JSON()),
-)
-
-
-_INSERT = text(
-    f"INSERT INTO health_sample ({', '.join(_COLUMNS)})"  # noqa: S608 - constant SQL
-    f" VALUES ({', '.join(':' + name for name in _COLUMNS)})"
-).bindparams(
-    *(bindparam(name, type_=UTCDateTime()) for name in _COLUMNS if name.endswith("_at")),
-    bindparam("metadata", type_=JSON()),
-)
+).bindparams(*_BINDS)
 
 
 class SqliteWriter:
@@ -106,22 +104,18 @@ def _row(tenant_id: str, user_id: str, write: Write, now: datetime) -> dict[str,
         "type": s.type,
         "value": s.value,
         "unit": s.unit,
-        "start_at": _moment(s.start),
-        "end_at": _moment(s.end),
+        "start_at": moment(s.start),
+        "end_at": moment(s.end),
         "tz_offset_minutes": s.tz_offset_minutes,
         "timezone": s.timezone,
         "device": s.device,
         "recording_method": s.recording_method,
         "metadata": s.metadata,
         "stage": s.stage,
-        "modified_at": _moment(s.modified_at),
+        "modified_at": moment(s.modified_at),
         "deleted": s.deleted,
         "hash": s.hash,
         "seq": write.seq,
         "created_at": now,
         "updated_at": now,
     }
-
-
-def _moment(iso: str | None) -> datetime | None:
-    return None if iso is None else datetime.fromisoformat(iso)

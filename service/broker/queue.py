@@ -26,7 +26,7 @@ from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_pre
 from arq.jobs import serialize_job
 from arq.utils import timestamp_ms, to_unix_ms
 from arq.worker import Worker
-from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from service.broker.channel import Subscription
 from service.broker.outage import REDIS_DOWN, Backoff, RedisHealth
@@ -91,14 +91,32 @@ def redis_health(settings: Settings) -> RedisHealth:
     )
 
 
+REDIS_CONNECTIONS = 256
+"""Redis connections one process opens at most; a command past them waits for one (within
+`BACKSYNC_REDIS_TIMEOUT_SECONDS`, like any Redis call). A worker runs at most
+`BACKSYNC_WORKER_MAX_JOBS` (50) runs, each with at most one command in flight."""
+
+
 def lazy_pool(settings: Settings) -> ArqRedis:
     """arq's connection pool, connecting on first use: unlike arq's `create_pool`, which
     pings Redis (and gives up after a few tries), building it needs no Redis, so the
-    API starts, and serves reads, while Redis is away."""
+    API starts, and serves reads, while Redis is away.
+
+    redis-py's *blocking* pool, for how it hands out connections, not for the blocking:
+    the plain `ConnectionPool` checks a connection for stray data while holding the
+    pool's lock, and that check (a read with a zero timeout) lasts a whole turn of the
+    event loop, so concurrent commands got their connections one loop turn apart. Under
+    load that queue was the API's tail: a rate-limit top-up took 170 ms at p50 (380 ms
+    at p99) against 5 ms now, and `GET /v1/runs/{id}`'s p99 fell from 95 to 18-22 ms
+    (bench/api.py, bench/RESULTS.md "Session 11"). The blocking pool checks outside its
+    lock."""
     if not settings.redis_url:
         raise RuntimeError("BACKSYNC_REDIS_URL is not set")
-    connections = ConnectionPool.from_url(
-        settings.redis_url, socket_connect_timeout=settings.redis_timeout_seconds
+    connections = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        socket_connect_timeout=settings.redis_timeout_seconds,
+        max_connections=REDIS_CONNECTIONS,
+        timeout=settings.redis_timeout_seconds,
     )
     return ArqRedis(
         connections,

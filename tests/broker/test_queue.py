@@ -22,6 +22,7 @@ from service.broker.queue import (
     _loads,
     build_worker,
     doorbell_channel,
+    lazy_pool,
     redis_settings,
     run_job_id,
 )
@@ -185,3 +186,40 @@ def test_rechecks_fall_on_a_grid_after_now() -> None:
     assert recheck_at(now.replace(second=10, microsecond=0), every=10) == datetime(
         2026, 12, 4, 19, 0, 20, tzinfo=UTC
     )
+
+
+async def test_concurrent_commands_get_their_connections_in_the_same_loop_turn(
+    settings: Settings,
+) -> None:
+    """The process's pool hands out connections to concurrent commands together. The
+    plain redis-py pool checked each reused connection under its lock with a read that
+    lasts one event-loop turn, so 40 commands got theirs 40 turns apart: under load, the
+    API's tail latency (bench/api.py). Counted in loop turns, not time."""
+    pool = lazy_pool(settings)
+    connections = pool.connection_pool
+    turn = 0
+    handed_out: list[int] = []
+
+    def tick() -> None:
+        nonlocal turn
+        turn += 1
+        ticking.append(asyncio.get_running_loop().call_soon(tick))
+
+    async def get_connection(*args: Any, **kwargs: Any) -> Any:
+        connection = await original(*args, **kwargs)
+        handed_out.append(turn)
+        return connection
+
+    try:
+        await asyncio.gather(*(pool.ping() for _ in range(40)))  # 40 idle connections
+        assert len(connections._available_connections) == 40
+        original = connections.get_connection
+        connections.get_connection = get_connection
+        ticking = [asyncio.get_running_loop().call_soon(tick)]
+        assert await asyncio.gather(*(pool.ping() for _ in range(40))) == [True] * 40
+        ticking[-1].cancel()
+    finally:
+        await pool.aclose()
+
+    assert len(handed_out) == 40
+    assert max(handed_out) - min(handed_out) <= 2

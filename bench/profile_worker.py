@@ -131,7 +131,6 @@ def install(out_path: str) -> None:
     for cls in (PostgresLedger, SqliteLedger):
         cls._write = timed("write", cls._write)
         cls._changed = timed("compare (read-only)", cls._changed)
-    PostgresLedger._copy = timed("write: copy", PostgresLedger._copy)
 
     gc_started: list[float] = [0.0]
 

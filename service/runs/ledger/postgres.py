@@ -14,17 +14,21 @@ run row, the order a task's deletion takes them in.
 
 Records go straight into the upsert, which writes only the ones whose hash changed (or
 that come back after a deletion) and says which were new (`created_at = :now`): no
-separate look-up of the stored hashes (the
-upsert's own index probe does that). Every row sent reserves a `seq`, so a row sent
-unchanged leaves a gap. A run that detects deletions marks every row it sends as seen
-by it (`seen_run`); its sweep commits with its end (`RunLedger.succeed`). Pages of a
-resync are compared first, read-only (`_changed`), and only their changed rows are sent.
+separate look-up of the stored hashes (the upsert's own index probe does that). Every
+row sent reserves a `seq`, so a row sent unchanged leaves a gap. A run of a task that
+has no records yet (`LeasedRun.fresh`: a first sync) sends its pages as plain inserts
+in the same statement, with no conflict clause (`_statement(inserts=True)`); a key
+that comes back on a later page makes that statement fail whole, and the page, and the
+run's pages after it, are upserted. A run that detects deletions marks every row it
+sends as seen by it (`seen_run`); its sweep commits with its end (`RunLedger.succeed`).
+Pages of a resync are compared first, read-only (`_changed`), and only their changed
+rows are sent.
 
 A task with a `health_mapping` commits each page in a transaction instead: the samples
 of the rows it sends, then the statement (`_write_mapped`, `samples`). Its pages are
 compared first, so the rows sent are the changed ones (a sweep or a full refresh sends
-every row; mapping an unchanged one writes nothing), and never COPYed. Tasks without a
-mapping keep the one-statement path.
+every row; mapping an unchanged one writes nothing). Tasks without a mapping keep the
+one-statement path.
 
 The last page of a run (`PageWrite.ending`) also ends it and records the task's
 outcome and watermark, unless a cancel was asked for meanwhile: then the page still
@@ -38,10 +42,8 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from datetime import datetime
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 import orjson
 from sqlalchemy import (
     JSON,
@@ -54,6 +56,7 @@ from sqlalchemy import (
     text,
     update,
 )
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.db import autocommit, transaction
@@ -80,6 +83,7 @@ from service.runs.ledger.statements import (
 from service.sync import Row
 
 UNIT_SEPARATOR = "\x1f"
+UNIQUE_VIOLATION = "23505"
 
 
 def packed(values: list[str]) -> str:
@@ -221,6 +225,8 @@ _UPSERT_CHANGED = (
     f" WHERE {_CHANGES}"
     " RETURNING created_at = CAST(:now AS timestamptz) AS is_new, true AS changed"
 )
+_INSERTED = " RETURNING true AS is_new, true AS changed"
+"""A first sync's rows (`_statement(inserts=True)`): each one written is new."""
 _UPSERT_MARKING = (
     # A sweeping run (detect_deletions) marks every row it sees; only changed rows move.
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
@@ -232,47 +238,22 @@ _UPSERT_MARKING = (
 )
 
 
-_RESERVE = text(
-    # The first half of a copied page (`_copy`): the task and the run locked as every
-    # page commit takes them, the page's seqs reserved, fenced by the lease.
-    "WITH locked_task AS ("
-    " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
-    "), held AS ("
-    " SELECT id FROM run WHERE id = :run_id AND status = 'running'"
-    " AND lease_owner = :owner AND EXISTS (SELECT 1 FROM locked_task) FOR UPDATE"
-    ") UPDATE task SET record_seq = record_seq + :n_rows"
-    " WHERE id = CAST(:task_id AS varchar) AND EXISTS (SELECT 1 FROM held)"
-    " RETURNING record_seq - :n_rows"
-)
-_COPIED_COLUMNS = ("task_id", "key", "data", "hash", "seq", "created_at", "updated_at")
-
-
-@functools.cache
-def _copied_progress(*, validators: bool) -> TextClause:
-    """The second half of a copied page: every row was inserted, so the counts are the
-    page's; the run's progress and the page validators as any page's statement."""
-    return _statement(validators=validators, ends=False, watermark=False, marks=False, copied=True)
-
-
 @functools.cache
 def _statement(
-    *, validators: bool, ends: bool, watermark: bool, marks: bool, copied: bool = False
+    *, validators: bool, ends: bool, watermark: bool, marks: bool, inserts: bool = False
 ) -> TextClause:
-    if copied:
-        return text(
-            "WITH held AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
-            " SELECT id, cancel_requested FROM run WHERE id = :run_id AND status = 'running'"
-            " AND lease_owner = :owner FOR UPDATE"
-            "), counts AS (SELECT CAST(:n_rows AS bigint) AS n_new,"
-            " CAST(:n_rows AS bigint) AS n_changed"
-            + _PROGRESS
-            + ", lease_expires_at = :lease_until FROM counts c WHERE run.id = (SELECT id FROM held)"
-            " RETURNING run.cancel_requested)"
-            + (_VALIDATORS if validators else "")
-            + " SELECT (SELECT n_changed FROM counts), (SELECT cancel_requested FROM progress)"
-        ).bindparams(
-            *(b for b in _binds(ends=False, watermark=False) if validators or b.key != "now")
-        )
+    """A page's statement. `inserts`: the page's rows are all new (a first sync), so it
+    inserts them with no conflict clause, and a key that is stored already fails it
+    whole (`_write` then upserts the page).
+
+    Why plain inserts for a first sync: PostgreSQL's `ON CONFLICT` insert is a
+    speculative one (a probe, then the insert, then the check again), and without it
+    the statement costs PostgreSQL about what `COPY` does for the same rows. As one
+    statement, the page is one round trip, where the `COPY` this replaced took a
+    transaction of five (BEGIN, seqs, `COPY` twice, progress, COMMIT) and so went at the
+    pace of the round trips: a first sync of 100,000 records went from 67-70% of the
+    database's own batched upsert to 98-101% (bench/ingest.py, bench/RESULTS.md
+    session 11), and the worker's CPU from 0.66 to 0.50-0.54 s."""
     sql = (
         "WITH locked_task AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
         " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"
@@ -293,7 +274,7 @@ def _statement(
         + " FROM "
         + _ROWS
         + " WITH ORDINALITY AS t(k, d, h, n) CROSS JOIN seq s "
-        + (_UPSERT_MARKING if marks else _UPSERT_CHANGED)
+        + (_INSERTED if inserts else _UPSERT_MARKING if marks else _UPSERT_CHANGED)
         + "), counts AS ("
         " SELECT count(*) FILTER (WHERE is_new) AS n_new,"
         " count(*) FILTER (WHERE changed) AS n_changed FROM written"
@@ -423,11 +404,6 @@ class PostgresLedger(RunLedger):
         if write.validators:
             params.update(_validator_params(write.validators))
         ending = write.ending
-        if run.fresh and write.rows and ending is None:
-            copied = await self._copy(run, write, params)
-            if copied is not None:
-                return copied
-            run.fresh = False  # a key came back: this run's pages are upserted from now on
         params["keys"] = packed([row.key for row in write.rows])
         params["datas"] = packed([row.data for row in write.rows])
         params["hashes"] = packed([row.hash for row in write.rows])
@@ -435,14 +411,26 @@ class PostgresLedger(RunLedger):
             params["attempts"] = ending.attempts
             params["watermark"] = ending.watermark
             params.update(_event_params(run, success_events(run, ending.now)))
-        statement = _statement(
-            validators=bool(write.validators),
-            ends=ending is not None,
-            watermark=ending is not None and ending.watermark is not None,
-            marks=run.sweeps,
-        )
+        shape = {
+            "validators": bool(write.validators),
+            "ends": ending is not None,
+            "watermark": ending is not None and ending.watermark is not None,
+            "marks": run.sweeps,
+        }
         if run.health_mapping is not None:
-            return await self._write_mapped(run, write, statement, params)
+            return await self._write_mapped(run, write, _statement(**shape), params)
+        if run.fresh and write.rows:
+            try:
+                return await self._execute(run, _statement(**shape, inserts=True), params)
+            except IntegrityError as exc:  # nothing was written
+                if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                    raise
+                run.fresh = False  # a key came back: this run's pages are upserted from now on
+        return await self._execute(run, _statement(**shape), params)
+
+    async def _execute(
+        self, run: LeasedRun, statement: Executable, params: dict[str, Any]
+    ) -> Written:
         async with autocommit(self.sessionmaker) as session:
             changed, cancel, *totals = (await session.execute(statement, params)).one()
         _record_totals(run, totals)
@@ -466,58 +454,6 @@ class PostgresLedger(RunLedger):
             await count_samples(session, run, mapped)
         _record_totals(run, totals)
         return Written(int(changed), bool(cancel))
-
-    async def _copy(
-        self, run: LeasedRun, write: PageWrite, params: dict[str, Any]
-    ) -> Written | None:
-        """A page of a task that had no records, `COPY`ed in: every row is new, and COPY
-        is what PostgreSQL takes fastest for inserts (bench/ceilings.py). One transaction
-        of three statements and the COPY, where an upserted page is one statement: the
-        database's work per row, not the round trips, is what a first sync waits on.
-        None, with nothing written, when a row's key is stored already (an upstream
-        repeating a key on a later page): the page is then upserted."""
-        rows = write.rows
-        try:
-            async with transaction(self.sessionmaker) as session:
-                base = (await session.execute(_RESERVE, params)).scalar_one_or_none()
-                if base is None:  # the lease is not ours: nothing was written
-                    return Written(0, None)
-                raw = await (await session.connection()).get_raw_connection()
-                driver = raw.driver_connection
-                assert driver is not None, "a connection checked out has its driver's"
-                await driver.copy_to_table(
-                    "record",
-                    source=copy_text(run.task_id, rows, base, write.now),
-                    columns=_COPIED_COLUMNS,
-                    format="text",
-                )
-                statement = _copied_progress(validators=bool(write.validators))
-                changed, cancel = (await session.execute(statement, params)).one()
-        except asyncpg.UniqueViolationError:
-            return None
-        return Written(int(changed), None if cancel is None else bool(cancel))
-
-
-def copy_text(task_id: str, rows: list[Row], base: int, now: datetime) -> memoryview:
-    """A page's new rows (seqs after `base`) in `COPY`'s text format, one buffer.
-
-    Why text, not asyncpg's binary records: the worker, not PostgreSQL, is what a first
-    sync waits on, and encoding 1,000 rows of seven columns through asyncpg's
-    per-value codecs cost about a quarter more of the worker's CPU than one string
-    built and escaped at once (100,000 rows: 0.25 against 0.18-0.21 CPU-s in the
-    client, bench/RESULTS.md); PostgreSQL parses both as fast.
-
-    Safe as text because every value is: the id and the hash are plain ASCII, the seq
-    and the time are formatted here, and the key and the data are orjson's JSON, which
-    never holds a raw tab, newline or carriage return (it escapes them), so the only
-    character COPY's text format needs escaped is the backslash, doubled in one pass.
-    A memoryview, because asyncpg takes `bytes` for a file's path."""
-    tail = f"\t{now.isoformat()}\t{now.isoformat()}\n"
-    lines = "".join(
-        f"{task_id}\t{row.key}\t{row.data}\t{row.hash}\t{base + n}{tail}"
-        for n, row in enumerate(rows, start=1)
-    )
-    return memoryview(lines.replace("\\", "\\\\").encode())
 
 
 def _record_totals(run: LeasedRun, totals: list[Any]) -> None:

@@ -37,8 +37,9 @@ async def test_a_remembered_key_revoked_with_the_cli_is_refused_at_once(
 async def test_a_key_revoked_only_in_the_database_works_for_at_most_the_cache_time(
     settings: Settings, make_key: MakeKey
 ) -> None:
-    """What happens while Redis is unreachable at revocation: the documented bound."""
-    cached = settings.model_copy(update={"api_key_cache_seconds": 0.5})
+    """What happens while Redis is unreachable at revocation: the documented bound. The
+    cache time leaves room for a loaded machine between the first two requests."""
+    cached = settings.model_copy(update={"api_key_cache_seconds": 2.0})
     headers = await make_key("acme")
     engine = create_engine(settings.database_url)
     try:
@@ -47,7 +48,7 @@ async def test_a_key_revoked_only_in_the_database_works_for_at_most_the_cache_ti
             async with transaction(create_sessionmaker(engine)) as session:
                 assert await revoke_key(session, _prefix(headers))
             still = await client.get("/v1/tasks", headers=headers)
-            await asyncio.sleep(0.6)
+            await asyncio.sleep(2.1)
             later = await client.get("/v1/tasks", headers=headers)
     finally:
         await engine.dispose()

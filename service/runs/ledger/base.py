@@ -156,7 +156,7 @@ class RunLedger(abc.ABC):
             except ValueError as exc:
                 run.mapping_error = str(exc)
         run.compares_first = run.record_seq > 0 and not run.sweeps and not run.remaps
-        # A mapped task's pages are upserted, not COPYed: their samples commit with them.
+        # A mapped task's pages are upserted, never inserted blind: their samples commit with them.
         run.fresh = run.record_seq == 0 and not run.sweeps and run.health_mapping is None
         return run
 

@@ -250,10 +250,10 @@ def _statement(
     speculative one (a probe, then the insert, then the check again), and without it
     the statement costs PostgreSQL about what `COPY` does for the same rows. As one
     statement, the page is one round trip, where the `COPY` this replaced took a
-    transaction of five (BEGIN, seqs, `COPY` twice, progress, COMMIT) and so went at the
-    pace of the round trips: a first sync of 100,000 records went from 67-70% of the
-    database's own batched upsert to 98-101% (bench/ingest.py, bench/RESULTS.md
-    session 11), and the worker's CPU from 0.66 to 0.50-0.54 s."""
+    transaction of six (BEGIN, the seqs, `COPY`'s two, the progress, COMMIT): a first
+    sync of 100,000 records went from 70-75% of the database's own batched upsert to
+    84-95% (108% at a million), and the worker's CPU from 0.62-0.66 to 0.51-0.55 s
+    (bench/ingest.py, bench/RESULTS.md "Session 11")."""
     sql = (
         "WITH locked_task AS ("  # noqa: S608 - constant SQL, every value is a bound parameter
         " SELECT id FROM task WHERE id = CAST(:task_id AS varchar) FOR UPDATE"

@@ -69,8 +69,8 @@ class LeasedRun:
     sweep (every row must be written, to mark it seen)."""
     fresh: bool = False
     """The task had no records when this attempt began and no page has shown a key twice:
-    every row is new (PostgreSQL's ledger copies such pages in; SQLite's inserts them
-    and counts what the insert wrote). Not for a sweep."""
+    every row is new (PostgreSQL's ledger inserts such pages with no conflict clause,
+    SQLite's inserts them and counts what the insert wrote). Not for a sweep."""
     committed_pages: int = 0
     """Pages this attempt committed: an attempt that committed none is a failed one."""
     quiet: QuietPages = field(default_factory=QuietPages)

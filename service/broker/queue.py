@@ -92,9 +92,11 @@ def redis_health(settings: Settings) -> RedisHealth:
 
 
 REDIS_CONNECTIONS = 256
-"""Redis connections one process opens at most; a command past them waits for one (within
-`BACKSYNC_REDIS_TIMEOUT_SECONDS`, like any Redis call). A worker runs at most
-`BACKSYNC_WORKER_MAX_JOBS` (50) runs, each with at most one command in flight."""
+"""Redis connections one process opens at most, or four per job slot
+(`BACKSYNC_WORKER_MAX_JOBS`, 50 by default) if that is more: a run has at most one
+command in flight, beside the worker's few subscriptions and arq's polls. A command that
+finds them all busy waits for one within `BACKSYNC_REDIS_TIMEOUT_SECONDS`, like any Redis
+call, and one that waits that long counts as Redis being unavailable (`broker.outage`)."""
 
 
 def lazy_pool(settings: Settings) -> ArqRedis:
@@ -107,7 +109,7 @@ def lazy_pool(settings: Settings) -> ArqRedis:
     pool's lock, and that check (a read with a zero timeout) lasts a whole turn of the
     event loop, so concurrent commands got their connections one loop turn apart. Under
     load that queue was the API's tail: a rate-limit top-up took 170 ms at p50 (380 ms
-    at p99) against 5 ms now, and `GET /v1/runs/{id}`'s p99 fell from 95 to 18-22 ms
+    at p99) against 5 ms now, and `GET /v1/runs/{id}`'s p99 fell from 95 to 17-22 ms
     (bench/api.py, bench/RESULTS.md "Session 11"). The blocking pool checks outside its
     lock."""
     if not settings.redis_url:
@@ -115,7 +117,7 @@ def lazy_pool(settings: Settings) -> ArqRedis:
     connections = BlockingConnectionPool.from_url(
         settings.redis_url,
         socket_connect_timeout=settings.redis_timeout_seconds,
-        max_connections=REDIS_CONNECTIONS,
+        max_connections=max(REDIS_CONNECTIONS, 4 * settings.worker_max_jobs),
         timeout=settings.redis_timeout_seconds,
     )
     return ArqRedis(

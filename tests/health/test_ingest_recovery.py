@@ -21,7 +21,9 @@ from tests.health.helpers import push, steps, wait_batch
 FAST_RECOVERY = {
     "reconcile_interval_seconds": "0.2",
     "queued_grace_seconds": "0.5",
-    "health_ingest_chunk": "50",
+    # 500 chunks for 5,000 samples: the test must lock the user's row while chunks are
+    # still to come, and with 100 a fast worker sometimes finished first.
+    "health_ingest_chunk": "10",
 }
 
 

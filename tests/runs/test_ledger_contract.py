@@ -346,7 +346,8 @@ async def test_a_record_keeps_its_creation_time_and_takes_the_time_of_each_chang
 async def test_a_first_sync_whose_later_page_repeats_a_key_keeps_the_last_copy(
     book: Book,
 ) -> None:
-    # A task with no records: PostgreSQL copies its pages in, until a key comes back.
+    # A task with no records: PostgreSQL inserts its pages with no conflict clause, until
+    # a key comes back (the statement fails whole and the page is upserted).
     await book.add_run()
     run = await book.claim()
     await book.ledger.commit(run, page(items((1, "a"), (2, "b")), 0))
@@ -365,8 +366,9 @@ async def test_a_first_sync_whose_later_page_repeats_a_key_keeps_the_last_copy(
 
 
 async def test_a_first_sync_stores_each_record_exactly_as_extracted(book: Book) -> None:
-    # PostgreSQL copies a first sync's pages in as COPY text, where a backslash, a tab
-    # or a newline would change what is stored if it were not escaped.
+    # A first sync's pages take their own path on each database (plain inserts; until
+    # session 11 PostgreSQL's was COPY text, where a backslash, a tab or a newline would
+    # change what is stored if it were not escaped): every value must arrive as sent.
     awkward: list[dict[str, Any]] = [
         {"id": "a\\b", "v": 'quote " backslash \\ tab \t newline \n return \r'},
         {"id": "\\N", "v": "\\."},

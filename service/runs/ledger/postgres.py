@@ -84,6 +84,8 @@ from service.sync import Row
 
 UNIT_SEPARATOR = "\x1f"
 UNIQUE_VIOLATION = "23505"
+RECORD_KEY = "pk_record"
+"""The record table's primary key (task_id, key): what a repeated key violates."""
 
 
 def packed(values: list[str]) -> str:
@@ -423,7 +425,7 @@ class PostgresLedger(RunLedger):
             try:
                 return await self._execute(run, _statement(**shape, inserts=True), params)
             except IntegrityError as exc:  # nothing was written
-                if getattr(exc.orig, "sqlstate", None) != UNIQUE_VIOLATION:
+                if not _repeated_key(exc):
                     raise
                 run.fresh = False  # a key came back: this run's pages are upserted from now on
         return await self._execute(run, _statement(**shape), params)
@@ -454,6 +456,16 @@ class PostgresLedger(RunLedger):
             await count_samples(session, run, mapped)
         _record_totals(run, totals)
         return Written(int(changed), bool(cancel))
+
+
+def _repeated_key(exc: IntegrityError) -> bool:
+    """A first sync's insert failed on a stored key (the record's primary key), not on
+    another constraint of the statement (an event's, say), which upserting would not fix."""
+    cause = getattr(exc.orig, "__cause__", None)
+    return (
+        getattr(exc.orig, "sqlstate", None) == UNIQUE_VIOLATION
+        and getattr(cause, "constraint_name", None) == RECORD_KEY
+    )
 
 
 def _record_totals(run: LeasedRun, totals: list[Any]) -> None:

@@ -174,9 +174,10 @@ def _is_literal(host: str, address: IPAddress) -> bool:
 
 
 def check_url(url: httpx.URL | str) -> httpx.URL:
-    """Scheme and userinfo: checked on every request and redirect hop, whatever the policy."""
+    """Scheme and userinfo: checked on every request and redirect hop, whatever the policy.
+    A URL already parsed is not parsed again (`httpx.URL(url)` would: about 10 µs)."""
     try:
-        parsed = httpx.URL(url)
+        parsed = url if isinstance(url, httpx.URL) else httpx.URL(url)
     except httpx.InvalidURL as exc:
         raise TargetRefused(f"target refused: not a valid URL ({exc})") from None
     if parsed.scheme not in ALLOWED_SCHEMES:

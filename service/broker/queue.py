@@ -168,10 +168,13 @@ class Queue:
         there already."""
         return await self._send([(run_job_id(run_id), run_id) for run_id in run_ids], None)
 
-    async def _send(self, jobs: list[tuple[str, str]], not_before: datetime | None) -> int:
-        """`sync_run` jobs as arq's `enqueue_job(_job_id=, _defer_until=)` writes them:
-        its keys, score, expiry and payload; a deferred job rings no doorbell (it is not
-        due yet). The doorbell's message is the number of jobs it announces."""
+    async def _send(
+        self, jobs: list[tuple[str, str]], not_before: datetime | None, function: str = "sync_run"
+    ) -> int:
+        """`function` jobs of one argument each, (job id, argument), as arq's
+        `enqueue_job(_job_id=, _defer_until=)` writes them: its keys, score, expiry and
+        payload; a deferred job rings no doorbell (it is not due yet). The doorbell's
+        message is the number of jobs it announces."""
         if not jobs:
             return 0
         now = timestamp_ms()
@@ -181,9 +184,9 @@ class Queue:
         args: list[bytes | str | int] = [score, expires, ""]
         if not_before is None:
             args[2] = doorbell_channel(self._queue_name)
-        for job_id, run_id in jobs:
+        for job_id, argument in jobs:
             keys += [job_key_prefix + job_id, result_key_prefix + job_id]
-            args += [job_id, serialize_job("sync_run", (run_id,), {}, None, now, serializer=_dumps)]
+            args += [job_id, serialize_job(function, (argument,), {}, None, now, serializer=_dumps)]
         sent: int = await self.health.call(lambda: self._enqueue(keys=keys, args=args))
         return sent
 
@@ -227,12 +230,11 @@ class Queue:
 
     async def enqueue_health_batch(self, batch_id: str, *, job_suffix: str | None = None) -> None:
         """Send a health batch to the workers (`service.health.jobs`); like runs, the job
-        id derives from the batch and the reason for re-sending it."""
+        id derives from the batch and the reason for re-sending it, and the job is written
+        by the same script (one round trip with its doorbell, where arq's `enqueue_job`
+        and a publish took a watched pipeline and a second call)."""
         job_id = f"health:{batch_id}" if job_suffix is None else f"health:{batch_id}:{job_suffix}"
-        await self.health.call(
-            lambda: self._pool.enqueue_job("ingest_health_batch", batch_id, _job_id=job_id)
-        )
-        await self.health.call(lambda: self._pool.publish(doorbell_channel(self._queue_name), b""))
+        await self._send([(job_id, batch_id)], None, function="ingest_health_batch")
 
     async def schedules_changed(self) -> None:
         """Wake every worker's scheduler: a task's next slot may be sooner now."""

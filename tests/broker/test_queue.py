@@ -5,7 +5,7 @@ job id is deduplicated against arq's own `enqueue_job` both ways, as arq dedupes
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -56,6 +56,11 @@ async def sync_run(ctx: dict[str, Any], run_id: str) -> None:
     ctx["calls"].append(run_id)
 
 
+async def ingest_health_batch(ctx: dict[str, Any], batch_id: str) -> None:
+    """Stands in for the health job, as `sync_run` does for runs."""
+    ctx["calls"].append(f"health {batch_id}")
+
+
 async def _calls(ctx: dict[str, Any]) -> None:
     ctx["calls"] = []
 
@@ -67,7 +72,8 @@ async def _nothing(_ctx: dict[str, Any]) -> None:
 async def _run_burst(settings: Settings) -> list[str]:
     """Runs every queued job on a real arq worker (`build_worker`, burst mode); returns
     the run ids its `sync_run` was called with."""
-    worker = build_worker(settings, [sync_run], _calls, _nothing, burst=True, handle_signals=False)
+    jobs: list[Callable[..., Awaitable[Any]]] = [sync_run, ingest_health_batch]
+    worker = build_worker(settings, jobs, _calls, _nothing, burst=True, handle_signals=False)
     try:
         await asyncio.wait_for(worker.async_run(), timeout=20)
         calls: list[str] = worker.ctx["calls"]
@@ -90,6 +96,25 @@ async def test_a_batch_is_run_by_an_arq_worker_each_job_once(
     assert sorted(await _run_burst(settings)) == sorted([*runs, new])
     # keep_result=0: a finished job frees its id, so the run can be sent again.
     assert await queue.enqueue_runs(runs[:1]) == 1
+
+
+async def test_a_health_batch_is_one_job_however_often_it_is_sent(
+    settings: Settings, pool: ArqRedis
+) -> None:
+    """Health batches go through the runs' script too: the API's send and the
+    reconciler's re-send of one batch are one job, run by an arq worker with the batch."""
+    queue = Queue.from_pool(pool, settings.queue_name)
+    (batch,) = ids(settings, "hb_1")
+
+    await queue.enqueue_health_batch(batch)
+    await queue.enqueue_health_batch(batch)  # the same job id
+    job = Job(f"health:{batch}", pool, _queue_name=settings.queue_name, _deserializer=_loads)
+    info = await job.info()
+    assert info is not None
+    assert (info.function, list(info.args)) == ("ingest_health_batch", [batch])
+    await queue.enqueue_health_batch(batch, job_suffix="resend:1")  # another reason: a job
+
+    assert await _run_burst(settings) == [f"health {batch}"] * 2
 
 
 async def test_a_job_id_is_deduplicated_against_arqs_own_enqueue_both_ways(

@@ -26,7 +26,7 @@ from service.health import repository
 from service.health.merge import Key, Plan, Stored, plan
 from service.health.normalize import Normalized
 from service.health.rollup import touched
-from service.health.writer import Write, writer_for
+from service.health.writer import Chunk, Write, writer_for
 from service.models import HealthBatch
 from service.models.types import utcnow
 from service.notifications.catalog import health_batch_completed
@@ -86,16 +86,16 @@ async def store_samples(
     (`service.health.rollup`) hold for all.
     The user's row stays locked until the caller commits."""
     base = await repository.lock_user(session, tenant_id, user_id)
-    writer = writer_for(session)
+    writer, chunk = writer_for(session), Chunk(session, tenant_id, user_id, now)
     before: dict[Key, Stored] = {}
     planned = plan(samples, before)  # as if none were stored: inserted outright if so
     writes = _numbered(planned, base, before)
-    if not await writer.insert_new(session, tenant_id, user_id, writes, now):
+    if not await writer.insert_new(chunk, writes):
         keys = [(sample.source, sample.id) for sample in samples]
-        before = await writer.stored(session, tenant_id, user_id, keys)
+        before = await writer.stored(chunk, keys)
         planned = plan(samples, before)
         writes = _numbered(planned, base, before)
-        await writer.upsert(session, tenant_id, user_id, writes, now)
+        await writer.upsert(chunk, writes)
     seq = base + len(writes)
     if writes:
         await repository.set_seq(session, tenant_id, user_id, seq)

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from service.health.writer.base import SampleWriter, Write
+from service.health.writer.base import Chunk, SampleWriter, Write
 from service.health.writer.postgres import PostgresWriter
 from service.health.writer.sqlite import SqliteWriter
 
-__all__ = ["SampleWriter", "Write", "writer_for"]
+__all__ = ["Chunk", "SampleWriter", "Write", "writer_for"]
 
 _WRITERS: dict[str, SampleWriter] = {"postgresql": PostgresWriter(), "sqlite": SqliteWriter()}
 

@@ -26,15 +26,19 @@ class Write:
     new: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Chunk:
+    """What every writer call of one chunk shares: the transaction holding the user's
+    lock, whose samples, and the chunk's time."""
+
+    session: AsyncSession
+    tenant_id: str
+    user_id: str
+    now: datetime
+
+
 class SampleWriter(Protocol):
-    async def insert_new(
-        self,
-        session: AsyncSession,
-        tenant_id: str,
-        user_id: str,
-        writes: Sequence[Write],
-        now: datetime,
-    ) -> bool:
+    async def insert_new(self, chunk: Chunk, writes: Sequence[Write]) -> bool:
         """Insert `writes` as new rows, unless a key among them is stored already: then
         nothing is written and the answer is False (the caller looks the keys up).
 
@@ -44,20 +48,11 @@ class SampleWriter(Protocol):
         per key first (a third of a 10,000-sample chunk's time on PostgreSQL)."""
         ...
 
-    async def stored(
-        self, session: AsyncSession, tenant_id: str, user_id: str, keys: Sequence[Key]
-    ) -> dict[Key, Stored]:
+    async def stored(self, chunk: Chunk, keys: Sequence[Key]) -> dict[Key, Stored]:
         """The stored state of those of `keys` that exist (tombstones included)."""
         ...
 
-    async def upsert(
-        self,
-        session: AsyncSession,
-        tenant_id: str,
-        user_id: str,
-        writes: Sequence[Write],
-        now: datetime,
-    ) -> None:
+    async def upsert(self, chunk: Chunk, writes: Sequence[Write]) -> None:
         """Write whole rows: the caller has decided under the user's lock what changes,
         so every write is applied (a new row inserted, or the stored one replaced)."""
         ...

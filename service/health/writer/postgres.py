@@ -34,11 +34,10 @@ from typing import Any
 import asyncpg  # type: ignore[import-untyped]
 import orjson
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.health.merge import Key, Stored
 from service.health.normalize import moment
-from service.health.writer.base import Write
+from service.health.writer.base import Chunk, Write
 from service.models.types import UTCDateTime
 
 _STORED = text(
@@ -97,53 +96,37 @@ COPIED = (
 
 
 class PostgresWriter:
-    async def insert_new(
-        self,
-        session: AsyncSession,
-        tenant_id: str,
-        user_id: str,
-        writes: Sequence[Write],
-        now: datetime,
-    ) -> bool:
+    async def insert_new(self, chunk: Chunk, writes: Sequence[Write]) -> bool:
         try:
-            async with session.begin_nested():
-                await _copy(session, tenant_id, user_id, writes, now)
+            async with chunk.session.begin_nested():
+                await _copy(chunk, writes)
         except asyncpg.UniqueViolationError:
             return False
         return True
 
-    async def stored(
-        self, session: AsyncSession, tenant_id: str, user_id: str, keys: Sequence[Key]
-    ) -> dict[Key, Stored]:
+    async def stored(self, chunk: Chunk, keys: Sequence[Key]) -> dict[Key, Stored]:
         if not keys:
             return {}
         document = orjson.dumps(
-            [{"t": tenant_id, "u": user_id, "source": s, "id": i} for s, i in set(keys)]
+            [{"t": chunk.tenant_id, "u": chunk.user_id, "source": s, "id": i} for s, i in set(keys)]
         ).decode()
-        result = await session.execute(_STORED, {"keys": document})
+        result = await chunk.session.execute(_STORED, {"keys": document})
         return {
             (row[0], row[1]): Stored(row[2], row[3], row[4], row[5], row[6], row[7])
             for row in result.all()
         }
 
-    async def upsert(
-        self,
-        session: AsyncSession,
-        tenant_id: str,
-        user_id: str,
-        writes: Sequence[Write],
-        now: datetime,
-    ) -> None:
-        await _copy(session, tenant_id, user_id, [write for write in writes if write.new], now)
+    async def upsert(self, chunk: Chunk, writes: Sequence[Write]) -> None:
+        await _copy(chunk, [write for write in writes if write.new])
         stored = [write for write in writes if not write.new]
         if stored:
             params = {
                 "rows": orjson.dumps([_row(write) for write in stored]).decode(),
-                "tenant_id": tenant_id,
-                "user_id": user_id,
-                "now": now,
+                "tenant_id": chunk.tenant_id,
+                "user_id": chunk.user_id,
+                "now": chunk.now,
             }
-            await session.execute(_UPSERT, params)
+            await chunk.session.execute(_UPSERT, params)
 
 
 def _row(write: Write) -> dict[str, Any]:
@@ -169,16 +152,14 @@ def _row(write: Write) -> dict[str, Any]:
     }
 
 
-async def _copy(
-    session: AsyncSession, tenant_id: str, user_id: str, writes: Sequence[Write], now: datetime
-) -> None:
+async def _copy(chunk: Chunk, writes: Sequence[Write]) -> None:
     """`COPY` the writes in as new rows, on the session's connection (its transaction)."""
     if not writes:
         return
-    raw = await (await session.connection()).get_raw_connection()
+    raw = await (await chunk.session.connection()).get_raw_connection()
     driver = raw.driver_connection
     assert driver is not None, "a connection checked out has its driver's"
-    records = [copy_row(tenant_id, user_id, write, now) for write in writes]
+    records = [copy_row(chunk.tenant_id, chunk.user_id, write, chunk.now) for write in writes]
     await driver.copy_records_to_table("health_sample", records=records, columns=COPIED)
 
 

@@ -11,11 +11,10 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, BindParameter, bindparam, text
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from service.health.merge import Key, Stored
 from service.health.normalize import moment
-from service.health.writer.base import Write
+from service.health.writer.base import Chunk, Write
 from service.models import HealthSample
 from service.models.types import UTCDateTime
 
@@ -48,50 +47,37 @@ _UPSERT = text(
 
 
 class SqliteWriter:
-    async def insert_new(
-        self,
-        session: AsyncSession,
-        tenant_id: str,
-        user_id: str,
-        writes: Sequence[Write],
-        now: datetime,
-    ) -> bool:
+    async def insert_new(self, chunk: Chunk, writes: Sequence[Write]) -> bool:
         if not writes:
             return True
         try:
-            async with session.begin_nested():
-                rows = [_row(tenant_id, user_id, write, now) for write in writes]
-                await session.execute(_INSERT, rows)
+            async with chunk.session.begin_nested():
+                await chunk.session.execute(_INSERT, _rows(chunk, writes))
         except IntegrityError:
             return False
         return True
 
-    async def stored(
-        self, session: AsyncSession, tenant_id: str, user_id: str, keys: Sequence[Key]
-    ) -> dict[Key, Stored]:
+    async def stored(self, chunk: Chunk, keys: Sequence[Key]) -> dict[Key, Stored]:
         if not keys:
             return {}
         params = {
             "keys": orjson.dumps(list(set(keys))).decode(),
-            "tenant_id": tenant_id,
-            "user_id": user_id,
+            "tenant_id": chunk.tenant_id,
+            "user_id": chunk.user_id,
         }
-        result = await session.execute(_STORED, params)
+        result = await chunk.session.execute(_STORED, params)
         return {
             (row[0], row[1]): Stored(row[2], row[3], bool(row[4]), row[5], row[6], row[7])
             for row in result.all()
         }
 
-    async def upsert(
-        self,
-        session: AsyncSession,
-        tenant_id: str,
-        user_id: str,
-        writes: Sequence[Write],
-        now: datetime,
-    ) -> None:
+    async def upsert(self, chunk: Chunk, writes: Sequence[Write]) -> None:
         if writes:
-            await session.execute(_UPSERT, [_row(tenant_id, user_id, w, now) for w in writes])
+            await chunk.session.execute(_UPSERT, _rows(chunk, writes))
+
+
+def _rows(chunk: Chunk, writes: Sequence[Write]) -> list[dict[str, Any]]:
+    return [_row(chunk.tenant_id, chunk.user_id, write, chunk.now) for write in writes]
 
 
 def _row(tenant_id: str, user_id: str, write: Write, now: datetime) -> dict[str, Any]:

@@ -1,6 +1,10 @@
-"""SQLite's ledger write path alone, against SQLite's own rate for the same rows.
+"""A ledger's write path alone, against the database's own rate for the same rows.
 
     .venv/bin/python -m bench.ledger_write [--records 100000] [--page-size 1000] [--repeats 5]
+        [--database-url postgresql://postgres@127.0.0.1:5432/test]
+
+Without `--database-url`, SQLite (a file in a temp directory); with a PostgreSQL URL, a
+fresh database `backsync_bench_ledger` on that server, dropped at the end.
 
 The first sync of `bench/ingest.py` with everything but the ledger taken away: no
 upstream, no HTTP, no decode, no worker process. The benchmark's pages are decoded and
@@ -25,6 +29,7 @@ import httpx
 import orjson
 
 from bench.ceilings import database_ceilings, prepared_pages
+from bench.ingest import _admin, bench_database
 from bench.upstream import render_pages
 from service.db import create_engine, create_sessionmaker
 from service.ids import new_id
@@ -36,6 +41,7 @@ from service.sync.extract import extract, records_of
 from service.sync.fetch import FetchedPage
 
 URL = "http://upstream.bench/items"
+DATABASE = "backsync_bench_ledger"
 
 
 def decoded_pages(records: int, page_size: int) -> list[Page]:
@@ -49,13 +55,18 @@ def decoded_pages(records: int, page_size: int) -> list[Page]:
             PageRequest(URL, {"page": index + 1}, index + 1) if index + 1 < len(raws) else None
         )
         fetched = FetchedPage(200, body, httpx.Headers(), request.url, len(raw))
-        pages.append(Page(request, fetched, extract(body, "id"), following))
+        # As the engine hands them over when the upstream keeps up: the next page is
+        # fetched already (a ledger that pairs a first sync's pages holds this one).
+        pages.append(Page(request, fetched, extract(body, "id"), following, following_ready=True))
     return pages
 
 
-async def measure(records: int, page_size: int, repeats: int) -> None:
+async def measure(records: int, page_size: int, repeats: int, database_url: str | None) -> None:
     directory = Path(tempfile.mkdtemp(prefix="backsync-ledger-"))
-    url = f"sqlite+aiosqlite:///{directory / 'ledger.db'}"
+    url, admin = bench_database(database_url or "sqlite://", DATABASE, directory)
+    if admin is not None:
+        await _admin(admin, f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
+        await _admin(admin, f'CREATE DATABASE "{DATABASE}"')
     await upgrade(url)
     engine = create_engine(url)
     sessionmaker = create_sessionmaker(engine)
@@ -64,6 +75,7 @@ async def measure(records: int, page_size: int, repeats: int) -> None:
     async with sessionmaker() as session:
         session.add(Tenant(id="ten_bench", name="bench"))
         await session.commit()
+    rows = prepared_pages(records, page_size)
     try:
         for repeat in range(repeats):
             task_id, run_id = new_id("tsk"), new_id("run")
@@ -89,16 +101,20 @@ async def measure(records: int, page_size: int, repeats: int) -> None:
                 await ledger.commit(run, page)
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
             loop = time.thread_time() - loop
+            # The ceilings right after each repeat: the machine's pace drifts.
+            ceilings = await database_ceilings(url, rows)
+            shares = ", ".join(
+                f"{100 * seconds / wall:.0f}% of {name.removesuffix('_seconds')} ({seconds:.3f} s)"
+                for name, seconds in ceilings.items()
+            )
             print(
                 f"ledger, repeat {repeat + 1}: {wall:.3f} s ({records / wall:,.0f} records/s),"
-                f" CPU {cpu:.3f} s, of it the event loop's thread {loop:.3f} s"
+                f" CPU {cpu:.3f} s, of it the event loop's thread {loop:.3f} s; {shares}"
             )
     finally:
         await engine.dispose()
-    ceilings = await database_ceilings(url, prepared_pages(records, page_size))
-    for name, seconds in ceilings.items():
-        what = name.removesuffix("_seconds")
-        print(f"database alone ({what}): {seconds:.3f} s ({records / seconds:,.0f} records/s)")
+        if admin is not None:
+            await _admin(admin, f'DROP DATABASE IF EXISTS "{DATABASE}" WITH (FORCE)')
 
 
 def main() -> None:
@@ -106,8 +122,9 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--page-size", type=int, default=1_000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--database-url", default=None, help="PostgreSQL (default: SQLite)")
     args = parser.parse_args()
-    asyncio.run(measure(args.records, args.page_size, args.repeats))
+    asyncio.run(measure(args.records, args.page_size, args.repeats, args.database_url))
 
 
 if __name__ == "__main__":

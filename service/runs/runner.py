@@ -214,6 +214,7 @@ async def _sync(deps: RunnerDeps, run: LeasedRun) -> Outcome:
         bodies=deps.bodies,
         validators=validators,
         ahead=PAGES_AHEAD,
+        decoded_ahead=deps.ledger.decoded_ahead(run),
         retry=deps.request_retry,
     )
     async with contextlib.aclosing(pages):

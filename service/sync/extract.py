@@ -16,6 +16,7 @@ from service.sync.errors import BadConfig
 from service.sync.paths import MISSING, get_path
 
 _KEY_TYPES = (str, int, float)
+_blake2b = hashlib.blake2b
 
 
 @dataclass(slots=True)
@@ -124,17 +125,24 @@ def extract(records: list[Any], primary_key: str | list[str]) -> ExtractedPage:
     # read without walking a path: `key_of` gives the same text at twice the cost,
     # about 3% of a first sync's worker CPU (bench/RESULTS.md). Anything else takes it.
     field = primary_key if isinstance(primary_key, str) and "." not in primary_key else None
+    # Names bound once: this loop runs for every record of every page (a first sync's
+    # largest share of the worker's CPU after decoding).
+    dumps, sort_keys, blake2b, append = (
+        orjson.dumps,
+        orjson.OPT_SORT_KEYS,
+        _blake2b,
+        page.rows.append,
+    )
     for index, record in enumerate(records):
         value = record.get(field) if field and type(record) is dict else None
         try:
             if type(value) is str and value:
-                key = orjson.dumps(value).decode()
+                key = dumps(value).decode()
             else:
                 key = key_of(record, primary_key)
         except LookupError as exc:
             page.rejections.append(Rejection(index, str(exc)))
             continue
-        data = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.blake2b(data, digest_size=16).hexdigest()
-        page.rows.append(Row(key, data.decode(), digest))
+        data = dumps(record, option=sort_keys)
+        append(Row(key, data.decode(), blake2b(data, digest_size=16).hexdigest()))
     return page

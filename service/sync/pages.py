@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, replace
 
 import httpx
@@ -56,6 +56,10 @@ class Page:
     watermark: Watermark | None = None
     """The largest incremental cursor among this page's records (incremental sources;
     None for a page that was not decoded: its records are the stored ones)."""
+    following_ready: bool = False
+    """The next page's fetch was done when this one was handed over: a caller that
+    stores pages two at a time may hold this one without waiting for the upstream
+    (`RunLedger.PAIRS_FRESH_PAGES`)."""
 
     @property
     def retries(self) -> int:
@@ -99,6 +103,7 @@ async def iter_pages(
     bodies: BodyBudget | None = None,
     validators: ValidatorLookup | None = None,
     ahead: int = 0,
+    decoded_ahead: int = 1,
     retry: RequestRetry = REQUEST_RETRY,
 ) -> AsyncGenerator[Page, None]:
     """Pages from `start` (or the first) to the last, in order; `budget` shares each
@@ -110,14 +115,23 @@ async def iter_pages(
     the caller asks for the next one.
 
     With `ahead`, up to that many fetches are under way while the caller stores a page
-    (see `_Flight`); with 0, a page is only fetched when asked for.
+    (see `_Flight`); with 0, a page is only fetched when asked for. After a page that had
+    to be decoded, at most `decoded_ahead` (and `ahead`) are.
     """
     flight = _Flight(
-        client, source, limits, budget, bodies, validators, digest_seed(source), ahead, retry
+        client,
+        source,
+        limits,
+        budget,
+        bodies,
+        validators,
+        digest_seed(source),
+        (ahead, decoded_ahead),
+        retry,
     )
     request: PageRequest | None = start or first_request(source)
     address = _address(request) if request is not None else None
-    requested: set[_Address] = set()
+    requested = flight.requested
     page: Page | None = None
     try:
         while request is not None:
@@ -132,6 +146,8 @@ async def iter_pages(
             _check_no_cycle(page, address, requested)
             if ahead:
                 page = await flight.follow(page)
+                if flight.ready():
+                    page = replace(page, following_ready=True)
             page.handed_over()
             yield page
             page.release()  # the caller is done with it: it asks for the next
@@ -195,8 +211,12 @@ class _Flight:
     any request does.
 
     Predictions run deep only while pages come back unread (304, or the stored bytes):
-    after a page that had to be decoded, one page is fetched ahead at most, so changed
-    pages, which are the large ones in memory, are never held several at a time.
+    after a page that had to be decoded, `decoded_ahead` pages are fetched ahead at most
+    (one, unless the caller stores decoded pages two at a time: a first sync on
+    PostgreSQL, `RunLedger.decoded_ahead`), so changed pages, which are the large ones
+    in memory, are held only as many at a time as the caller needs. Where the next page
+    is known only from the page before it, a fetch that finds room starts the page after
+    its own as soon as its body is decoded (`_chain`), not when the caller takes it.
     """
 
     def __init__(
@@ -208,7 +228,7 @@ class _Flight:
         bodies: BodyBudget | None,
         validators: ValidatorLookup | None,
         seed: bytes,
-        ahead: int,
+        ahead: tuple[int, int],
         retry: RequestRetry,
     ) -> None:
         self._client, self._source, self._limits = client, source, limits
@@ -216,9 +236,15 @@ class _Flight:
         self._bodies = bodies
         self._retry = retry
         self._queue: deque[_Fetch] = deque()
-        self._ahead = ahead
-        self._depth = ahead
-        """How many fetches may be under way now: `ahead`, or 1 after a decoded page."""
+        self._ahead, self._decoded_ahead = ahead[0], min(ahead)
+        self._depth = self._ahead
+        """How many fetches may be under way now: `ahead`, or `decoded_ahead` after a
+        decoded page."""
+        self._newest: PageRequest | None = None
+        """The last request launched: only its fetch may chain the next (`_chain`)."""
+        self.requested: set[_Address] = set()
+        """Where the pages taken so far went (`iter_pages`): a chained fetch does not
+        go back to one of them (that is a cycle, which fails the run unfetched)."""
 
     async def take(self, request: PageRequest) -> Page:
         """The page for `request`: its fetch is the oldest under way, or starts now."""
@@ -238,9 +264,13 @@ class _Flight:
         if following is not None and not self._queue and following.index < self._limits.max_pages:
             await self._launch(following)
         unread = page.unread
-        self._depth = self._ahead if unread else min(self._ahead, 1)
+        self._depth = self._ahead if unread else self._decoded_ahead
         await self._predict()
         return page
+
+    def ready(self) -> bool:
+        """Is the next page's fetch done (the caller would not wait for it)?"""
+        return bool(self._queue) and self._queue[0].task.done()
 
     async def _predict(self) -> None:
         """Start the pages the stored validators predict, up to `_depth` under way."""
@@ -250,6 +280,22 @@ class _Flight:
             if following is None or following.index >= self._limits.max_pages:
                 return
             await self._launch(following)
+
+    async def _chain(self, request: PageRequest, fetch: Awaitable[Page]) -> Page:
+        """`fetch`, then, if it is still the newest and there is room, the page after it
+        (known from its body): the fetches stay `_depth` deep while the caller is busy
+        storing earlier pages, where `follow` would only start one when it takes this."""
+        page = await fetch
+        following = page.next
+        if (
+            self._newest is request
+            and following is not None
+            and len(self._queue) < self._depth
+            and following.index < self._limits.max_pages
+            and _address(following) not in self.requested
+        ):
+            await self._launch(following)
+        return page
 
     async def _launch(self, request: PageRequest) -> None:
         known = await self._validators(page_key(request)) if self._validators else None
@@ -266,7 +312,9 @@ class _Flight:
             retry=self._retry,
             retries=retries,
         )
-        self._queue.append(_Fetch(request, known, asyncio.ensure_future(fetch), retries))
+        self._newest = request
+        chained = self._chain(request, fetch) if self._decoded_ahead > 1 else fetch
+        self._queue.append(_Fetch(request, known, asyncio.ensure_future(chained), retries))
 
     async def drop(self) -> int:
         """Cancel every fetch under way; returns how many requests they made (one each,

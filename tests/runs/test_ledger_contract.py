@@ -172,8 +172,10 @@ def page(
     last: bool = False,
     not_modified: bool = False,
     watermark: Any = None,
+    following_ready: bool = False,
 ) -> Page:
-    """Page `index` of `http://upstream.test/items?page=`, holding `records`."""
+    """Page `index` of `http://upstream.test/items?page=`, holding `records`;
+    `following_ready`: the next page was fetched already when this one was handed over."""
     request = PageRequest("http://upstream.test/items", {"page": index}, index)
     following = (
         None if last else PageRequest("http://upstream.test/items", {"page": index + 1}, index + 1)
@@ -183,7 +185,14 @@ def page(
         fetched = FetchedPage(304, None, httpx.Headers(), request.url, 0)
         return Page(request, fetched, extract([], "id"), following, not_modified=True, known=known)
     fetched = FetchedPage(200, records, httpx.Headers(), request.url, 100)
-    return Page(request, fetched, extract(records, "id"), following, watermark=watermark)
+    return Page(
+        request,
+        fetched,
+        extract(records, "id"),
+        following,
+        watermark=watermark,
+        following_ready=following_ready,
+    )
 
 
 def items(*pairs: tuple[int, str]) -> list[dict[str, Any]]:
@@ -363,6 +372,93 @@ async def test_a_first_sync_whose_later_page_repeats_a_key_keeps_the_last_copy(
     row = await book.run_row()
     assert (row["status"], row["pages"]) == ("succeeded", 4)
     assert (row["inserted"], row["updated"], row["unchanged"]) == (5, 1, 1)
+
+
+@pytest.fixture
+def pairs(book: Book, monkeypatch: pytest.MonkeyPatch) -> Book:
+    """The book's ledger commits a first sync's pages in pairs (PostgreSQL's does; the
+    flow is the base ledger's, so it holds on SQLite too)."""
+    monkeypatch.setattr(book.ledger, "PAIRS_FRESH_PAGES", True)
+    return book
+
+
+async def test_a_first_sync_page_whose_next_is_ready_is_written_with_it(pairs: Book) -> None:
+    book = pairs
+    await book.add_run()
+    run = await book.claim()
+    assert book.ledger.decoded_ahead(run) == 2
+
+    held = page(items((1, "a"), (2, "b")), 0, following_ready=True)
+    assert await book.ledger.commit(run, held) is Outcome.CONTINUE
+    assert await book.records() == {}  # held, not written
+    assert (await book.run_row())["pages"] == 0
+
+    second = page(items((3, "c")), 1, following_ready=True)
+    assert await book.ledger.commit(run, second) is Outcome.CONTINUE
+    stored = await book.records()
+    assert sorted(stored) == ["1", "2", "3"]
+    assert stored["1"][1] < stored["2"][1] < stored["3"][1]  # page order
+    row = await book.run_row()
+    assert (row["pages"], row["inserted"]) == (2, 3)
+    assert row["checkpoint"]["params"] == {"page": 2}
+    assert run.committed_pages == 2
+
+    # A page whose next one is not fetched yet (a slow upstream) is written at once.
+    alone = page(items((4, "d")), 2, following_ready=False)
+    assert await book.ledger.commit(run, alone) is Outcome.CONTINUE
+    assert (await book.run_row())["pages"] == 3
+    # The last page is never held.
+    last = page(items((5, "e")), 3, last=True, following_ready=True)
+    assert await book.ledger.commit(run, last) is Outcome.FINISHED
+    row = await book.run_row()
+    assert (row["status"], row["pages"], row["inserted"]) == ("succeeded", 4, 5)
+
+
+async def test_a_key_on_both_pages_of_a_pair_is_written_once_as_its_later_copy(
+    pairs: Book,
+) -> None:
+    book = pairs
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a"), (2, "b")), 0, following_ready=True))
+    await book.ledger.commit(run, page(items((1, "A"), (2, "b"), (3, "c")), 1))
+    await book.ledger.commit(run, page(items((4, "d")), 2, last=True))
+
+    stored = await book.records()
+    assert sorted(stored) == ["1", "2", "3", "4"]
+    assert '"A"' in stored["1"][0]
+    row = await book.run_row()
+    # As if each page were committed alone: 1 changed on page 1, 2 unchanged.
+    assert (row["inserted"], row["updated"], row["unchanged"]) == (4, 1, 1)
+    assert (row["status"], row["pages"]) == ("succeeded", 3)
+
+
+async def test_a_held_page_is_committed_before_a_failed_attempt_ends(pairs: Book) -> None:
+    book = pairs
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a")), 0, following_ready=True))
+    assert await book.records() == {}
+
+    assert await book.ledger.settle(run, requests=2) is Outcome.CONTINUE  # page 1 failed
+
+    assert sorted(await book.records()) == ["1"]
+    row = await book.run_row()
+    assert (row["pages"], row["inserted"]) == (1, 1)
+    assert row["checkpoint"]["params"] == {"page": 1}  # the retry resumes after it
+    assert run.committed_pages == 1
+
+
+async def test_a_held_page_under_a_lost_lease_is_not_written(pairs: Book) -> None:
+    book = pairs
+    await book.add_run()
+    run = await book.claim()
+    await book.ledger.commit(run, page(items((1, "a")), 0, following_ready=True))
+    await book.sql("UPDATE run SET lease_owner = 'elsewhere' WHERE id = :r", r=book.run_id)
+
+    assert await book.ledger.commit(run, page(items((2, "b")), 1)) is Outcome.LEASE_LOST
+
+    assert await book.records() == {}
 
 
 async def test_a_first_sync_stores_each_record_exactly_as_extracted(book: Book) -> None:

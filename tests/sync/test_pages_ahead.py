@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from service.sync import Limits, Page, RequestRetry, Source, iter_pages
 from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, page_key
-from service.sync.errors import PageLimitReached
+from service.sync.errors import PageLimitReached, PaginationLoop
 from tests.fixtures.upstream import Handler, Upstream, cursor, make_records, slowly
 from tests.sync.helpers import QUICK, rows, source
 
@@ -220,3 +220,71 @@ async def test_after_a_changed_page_one_page_is_fetched_ahead(
     assert sum(page.discarded for page in again) == 0
     assert flight.peak == 4  # the first pages were predicted unchanged, four at a time
     assert [at_arrival[token] for token in ("20", "25", "30", "35")] == [1, 1, 1, 1]
+
+
+async def test_with_two_decoded_ahead_the_next_two_pages_are_fetched_while_one_is_stored(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    """A first sync that stores pages two at a time (`decoded_ahead=2`): while the caller
+    stores a page, the two after it are fetched, the second as soon as the first's body
+    names it, and a page whose next one is already fetched says so."""
+    records = make_records(30)
+    src = source_at(upstream.route("/two", cursor(records, size=5)))
+    pages = iter_pages(http, src, Limits(), ahead=4, decoded_ahead=2, retry=QUICK)
+    first = await anext(pages)
+    for _ in range(200):  # the caller is busy storing `first`; the fetches go on
+        if len(upstream.hits("/two")) >= 3:
+            break
+        await asyncio.sleep(0.01)
+    fetched_while_storing = tokens(upstream, "/two")
+    second = await anext(pages)
+    rest = [page async for page in pages]
+
+    assert fetched_while_storing == Counter(["", "5", "10"])  # pages 1, 2 and 3
+    assert second.following_ready  # page 3 was fetched before page 2 was handed over
+    assert rows([first, second, *rest]) == records
+    assert sum(tokens(upstream, "/two").values()) == 6  # each page once
+
+
+async def test_with_one_decoded_ahead_only_the_next_page_is_fetched(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    records = make_records(30)
+    src = source_at(upstream.route("/one", cursor(records, size=5)))
+    pages = iter_pages(http, src, Limits(), ahead=4, retry=QUICK)
+    await anext(pages)
+    await asyncio.sleep(0.3)  # time enough for any page fetched ahead
+    await pages.aclose()
+
+    assert tokens(upstream, "/one") == Counter(["", "5"])
+
+
+@pytest.mark.parametrize("cycle", [["a", "b"], ["a", "b", "c"]])
+async def test_two_decoded_ahead_never_fetch_a_page_that_closes_a_cycle(
+    upstream: Upstream, http: UpstreamClient, cycle: list[str]
+) -> None:
+    following = dict(zip(cycle, [*cycle[1:], cycle[0]], strict=True))
+
+    def handler(request: Request) -> Response:
+        name = request.query_params.get("p", "a")
+        return JSONResponse(
+            {"data": [{"id": name}], "next": f"{upstream.base_url}/loop?p={following[name]}"}
+        )
+
+    url = upstream.route("/loop", handler)
+    src = source(
+        url,
+        params={"p": "a"},
+        records_path="data",
+        pagination={"type": "next_url", "next_url_path": "next"},
+    )
+
+    async def store_slowly() -> None:
+        pages = iter_pages(http, src, Limits(), ahead=4, decoded_ahead=2, retry=QUICK)
+        async for _page in pages:
+            await asyncio.sleep(0.05)  # storing: the chained fetches have time to run
+
+    with pytest.raises(PaginationLoop):
+        await store_slowly()
+
+    assert len(upstream.hits("/loop")) == len(cycle)

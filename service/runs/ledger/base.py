@@ -22,7 +22,8 @@ The rules every ledger keeps:
 - Pages that write no records (304s, byte-identical pages, compared-unchanged pages)
   are safe to fetch again, so their progress is batched (`QuietPages`) and committed
   with the next page that writes, every `QuietPages.MAX_PAGES` pages or
-  `MAX_SECONDS`, and at the end.
+  `MAX_SECONDS`, and at the end. On a ledger that `PAIRS_FRESH_PAGES`, a first sync's
+  page is held the same way and written with the next one.
 """
 
 from __future__ import annotations
@@ -61,6 +62,16 @@ WAITING_FOR_CAP = waiting_for_cap()
 class RunLedger(abc.ABC):
     """The worker's one interface to the database about a run (see the module doc)."""
 
+    PAIRS_FRESH_PAGES = False
+    """Commit a first sync's pages two at a time (`LeasedRun.fresh`) where the upstream
+    keeps up: a page whose next page is fetched already (`Page.following_ready`) is
+    held (`QuietPages.hold`) and written with that one, so the run makes half the
+    statements and commits; a slow upstream's pages are written one by one, as they
+    come. A held page is as safe as a batched quiet one: it is fetched again if the
+    attempt ends before the next commit (a failed attempt commits it: `settle`). The
+    engine fetches two decoded pages ahead (`decoded_ahead`), so that the next pair is
+    ready when a pair's statement returns."""
+
     def __init__(
         self,
         sessionmaker: SessionMaker,
@@ -81,6 +92,11 @@ class RunLedger(abc.ABC):
 
     def lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.lease_seconds)
+
+    def decoded_ahead(self, run: LeasedRun) -> int:
+        """How many decoded pages the engine may fetch ahead of the one being stored
+        (`iter_pages`): two while pages are committed in pairs, else one."""
+        return 2 if self.PAIRS_FRESH_PAGES and run.fresh else 1
 
     # ---- what each database says ------------------------------------------------------
 
@@ -192,6 +208,16 @@ class RunLedger(abc.ABC):
                 progress = page_progress(page, updated=earlier["updated"], unchanged=unchanged)
                 return await self._quiet(run, progress, checkpoint, own, last)
             rows = [row for key, row in final.items() if key in changed]  # page order
+        if (
+            self.PAIRS_FRESH_PAGES
+            and run.fresh
+            and page.following_ready
+            and rows
+            and not last
+            and not run.quiet.pages
+        ):
+            run.quiet.hold(final, len(final), page_progress(page, **earlier), checkpoint, own)
+            return Outcome.CONTINUE
         progress = run.quiet.merged(page_progress(page, **earlier))
         write = self._page_write(run, rows, len(final), progress, checkpoint, own, last)
         outcome, written = await self._commit(run, write, last)
@@ -211,7 +237,7 @@ class RunLedger(abc.ABC):
             return Outcome.CONTINUE
         progress = run.quiet.merged({"requests": requests})
         checkpoint = run.quiet.checkpoint or run.checkpoint
-        write = self._page_write(run, [], 0, progress, checkpoint, [])
+        write = self._page_write(run, [], 0, progress, checkpoint, [])  # a held page's rows too
         outcome, _ = await self._commit(run, write)
         return outcome
 
@@ -262,8 +288,10 @@ class RunLedger(abc.ABC):
         own: list[tuple[str, Validator]],
         last: bool = False,
     ) -> PageWrite:
-        """A commit of `rows` with the batched quiet pages before them; the last page's
-        also ends the run, but a sweep's (it ends in `succeed`, after its last page)."""
+        """A commit of `rows` with the batched quiet pages (and a held page's rows) before
+        them; the last page's also ends the run, but a sweep's (it ends in `succeed`,
+        after its last page)."""
+        rows, distinct, progress = run.quiet.folded(rows, distinct, progress)
         ending = self._ending(run, progress.get("pages", 0)) if last and not run.sweeps else None
         return PageWrite(
             rows=rows,

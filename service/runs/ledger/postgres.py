@@ -353,6 +353,8 @@ def _validator_params(validators: list[tuple[str, Any]]) -> dict[str, Any]:
 class PostgresLedger(RunLedger):
     """Every commit is one statement, fenced inside it (see the module doc)."""
 
+    PAIRS_FRESH_PAGES = True
+
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
         statement = _CLAIM_CAPPED if self.tenant_cap else _CLAIM
         return (await session.execute(statement, params)).one_or_none()

@@ -11,12 +11,15 @@ from service.sync import Page, Row, Validator
 
 
 class QuietPages:
-    """Progress of pages that wrote no records (304s, unchanged pages), not yet committed.
+    """Progress of pages not yet committed: pages that wrote no records (304s,
+    unchanged pages), and a first sync's page held for the next one (`rows`).
 
     Such pages are safe to fetch again, so their counters and checkpoint are committed
     in batches (with the next page that writes, or every 50 pages / half a second),
     not one transaction each: that is most of what an unchanged or conditional resync
-    would otherwise spend.
+    would otherwise spend. A held page's rows are written by the next commit, with its
+    own (`folded`): a first sync then commits two pages a statement (see
+    `RunLedger.PAIRS_FRESH_PAGES`).
     """
 
     MAX_PAGES = 50
@@ -30,9 +33,48 @@ class QuietPages:
         as they are, so they are as safe to commit late as the progress."""
         self.pages = 0
         self.since = 0.0
+        self.rows: dict[str, Row] = {}
+        """A held page's rows, the last copy of each key, in page order."""
+        self.distinct = 0
+        """Distinct keys of the held page (`PageWrite.distinct`)."""
 
     def clear(self) -> None:
         self.progress, self.checkpoint, self.validators, self.pages = {}, None, [], 0
+        self.rows, self.distinct = {}, 0
+
+    def hold(
+        self,
+        rows: dict[str, Row],
+        distinct: int,
+        progress: dict[str, int],
+        checkpoint: dict[str, Any],
+        validators: list[tuple[str, Validator]],
+    ) -> None:
+        """Keep a page's rows for the next commit, with its progress."""
+        self.add(progress, checkpoint, validators)
+        self.rows, self.distinct = rows, distinct
+
+    def folded(
+        self, rows: list[Row], distinct: int, progress: dict[str, int]
+    ) -> tuple[list[Row], int, dict[str, int]]:
+        """A commit's rows, distinct keys and progress with the held page's before them.
+        A key on both pages is written once, as its later copy; the held copy counts as
+        an earlier copy of it does on one page (`last_copies`)."""
+        if not self.rows:
+            return rows, distinct, progress
+        combined = dict(self.rows)
+        counts = {"updated": 0, "unchanged": 0}
+        for row in rows:
+            held = combined.get(row.key)
+            if held is not None:
+                counts["unchanged" if held.hash == row.hash else "updated"] += 1
+            combined[row.key] = row
+        repeated = counts["updated"] + counts["unchanged"]
+        if repeated:
+            progress = dict(progress)
+            for name, count in counts.items():
+                progress[name] = progress.get(name, 0) + count
+        return list(combined.values()), self.distinct + distinct - repeated, progress
 
     def add(
         self,

@@ -21,11 +21,17 @@ same indexes:
   what the database takes fastest for pure inserts.
 
 Backsync's figures are then printed as a share of these (`bench/ingest.py`).
+
+On PostgreSQL each ceiling starts from a `CHECKPOINT` (as each of the benchmark's runs
+does, `bench.ingest.checkpoint`): without one, whichever write came second paid for
+flushing the dirty buffers of the one before it, and for a checkpoint that fell due
+meanwhile (the upsert's time varied 1.1-2.0 s on one machine within an hour).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 from datetime import UTC, datetime
@@ -78,6 +84,7 @@ async def _postgres_ceilings(url: Any, pages: Pages) -> dict[str, float]:
         await connection.execute(f"DROP TABLE IF EXISTS {TABLE}")
         await connection.execute(f"CREATE TABLE {TABLE} (LIKE record INCLUDING ALL)")
         now = datetime.now(UTC)
+        await _checkpoint(connection)
         start = time.perf_counter()
         seq = 0
         for rows in pages:
@@ -87,6 +94,7 @@ async def _postgres_ceilings(url: Any, pages: Pages) -> dict[str, float]:
         upsert = time.perf_counter() - start
         await connection.execute(f"TRUNCATE {TABLE}")
         columns = ["task_id", "key", "data", "hash", "seq", "created_at", "updated_at"]
+        await _checkpoint(connection)
         start = time.perf_counter()
         seq = 0
         for rows in pages:
@@ -98,6 +106,12 @@ async def _postgres_ceilings(url: Any, pages: Pages) -> dict[str, float]:
     finally:
         await connection.close()
     return {"upsert_seconds": round(upsert, 4), "copy_seconds": round(copy, 4)}
+
+
+async def _checkpoint(connection: Any) -> None:
+    """A `CHECKPOINT`, where the role may (a superuser, or `pg_checkpoint`)."""
+    with contextlib.suppress(asyncpg.InsufficientPrivilegeError):
+        await connection.execute("CHECKPOINT")
 
 
 def _sqlite_ceilings(path: str, pages: Pages) -> dict[str, float]:

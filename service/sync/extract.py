@@ -6,6 +6,7 @@ taken over exactly the text that is stored, so "unchanged" means byte-identical 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -120,20 +121,47 @@ def key_of(record: Any, primary_key: str | list[str]) -> str:
 
 
 def extract(records: list[Any], primary_key: str | list[str]) -> ExtractedPage:
+    """Every record's key, canonical text and hash; records without a usable key are
+    rejections (their index and why)."""
     page = ExtractedPage()
+    _extend(page, records, primary_key, 0, len(records))
+    return page
+
+
+EXTRACT_CHUNK = 200
+"""Records extracted between two turns of the event loop (`extract_yielding`)."""
+
+
+async def extract_yielding(records: list[Any], primary_key: str | list[str]) -> ExtractedPage:
+    """`extract`, giving the event loop a turn every `EXTRACT_CHUNK` records.
+
+    A page of 1,000 records takes the worker 3-5 ms to extract, and the engine extracts
+    the next page while the ledger's statement for this one is at the database. In one
+    piece, the statement's answer waited for the whole extraction before the run could
+    send the next one, and the database idled meanwhile: about a page's extraction per
+    page on a first sync. In pieces, the answer is taken within one piece (~1 ms)."""
+    page = ExtractedPage()
+    for start in range(0, len(records), EXTRACT_CHUNK):
+        if start:
+            await asyncio.sleep(0)
+        _extend(page, records, primary_key, start, min(start + EXTRACT_CHUNK, len(records)))
+    return page
+
+
+def _extend(
+    page: ExtractedPage, records: list[Any], primary_key: str | list[str], start: int, stop: int
+) -> None:
+    """Extract `records[start:stop]` into `page`."""
     # A key that is one top-level field holding a non-empty string (most APIs' ids) is
     # read without walking a path: `key_of` gives the same text at twice the cost,
     # about 3% of a first sync's worker CPU (bench/RESULTS.md). Anything else takes it.
     field = primary_key if isinstance(primary_key, str) and "." not in primary_key else None
     # Names bound once: this loop runs for every record of every page (a first sync's
     # largest share of the worker's CPU after decoding).
-    dumps, sort_keys, blake2b, append = (
-        orjson.dumps,
-        orjson.OPT_SORT_KEYS,
-        _blake2b,
-        page.rows.append,
-    )
-    for index, record in enumerate(records):
+    dumps, sort_keys, blake2b = orjson.dumps, orjson.OPT_SORT_KEYS, _blake2b
+    append = page.rows.append
+    for index in range(start, stop):
+        record = records[index]
         value = record.get(field) if field and type(record) is dict else None
         try:
             if type(value) is str and value:
@@ -145,4 +173,3 @@ def extract(records: list[Any], primary_key: str | list[str]) -> ExtractedPage:
             continue
         data = dumps(record, option=sort_keys)
         append(Row(key, data.decode(), blake2b(data, digest_size=16).hexdigest()))
-    return page

@@ -29,7 +29,7 @@ from service.sync.conditional import (
     validator_from,
 )
 from service.sync.errors import InvalidBody, PageLimitReached, PaginationLoop, SyncError
-from service.sync.extract import ExtractedPage, extract, records_of
+from service.sync.extract import ExtractedPage, extract_yielding, records_of
 from service.sync.fetch import FetchedPage, fetch_page, strip_query_auth
 from service.sync.incremental import Watermark, page_watermark
 from service.sync.inflight import BodyBudget
@@ -363,7 +363,7 @@ async def fetch_one(
         retries=retries,
     )
     try:
-        page = _interpret(source, request, fetched, validator, seed, conditional=conditional)
+        page = await _interpret(source, request, fetched, validator, seed, conditional=conditional)
     except BaseException as exc:
         if fetched.hold is not None:
             fetched.hold.release()
@@ -377,7 +377,7 @@ async def fetch_one(
     return page
 
 
-def _interpret(
+async def _interpret(
     source: Source,
     request: PageRequest,
     fetched: FetchedPage,
@@ -414,7 +414,7 @@ def _interpret(
     ):
         unread = replace(fetched, body=None)  # counted as stored (`Page.same_as_before`)
         return Page(request, unread, ExtractedPage(), following, known=validator)
-    extracted = extract(records, source.primary_key)
+    extracted = await extract_yielding(records, source.primary_key)
     remembered = validator_from(
         fetched.headers,
         following,

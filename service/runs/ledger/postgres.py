@@ -227,8 +227,9 @@ _UPSERT_CHANGED = (
     f" WHERE {_CHANGES}"
     " RETURNING created_at = CAST(:now AS timestamptz) AS is_new, true AS changed"
 )
-_INSERTED = " RETURNING true AS is_new, true AS changed"
-"""A first sync's rows (`_statement(inserts=True)`): each one written is new."""
+_INSERTED = ""
+"""A first sync's rows (`_statement(inserts=True)`): each one written is new, so none
+comes back (`counts` is the number sent)."""
 _UPSERT_MARKING = (
     # A sweeping run (detect_deletions) marks every row it sees; only changed rows move.
     "ON CONFLICT (task_id, key) DO UPDATE SET data = excluded.data, hash = excluded.hash,"
@@ -278,8 +279,14 @@ def _statement(
         + " WITH ORDINALITY AS t(k, d, h, n) CROSS JOIN seq s "
         + (_INSERTED if inserts else _UPSERT_MARKING if marks else _UPSERT_CHANGED)
         + "), counts AS ("
-        " SELECT count(*) FILTER (WHERE is_new) AS n_new,"
-        " count(*) FILTER (WHERE changed) AS n_changed FROM written"
+        + (
+            # Every row of a statement that inserts is new, or it failed whole: the
+            # rows need not come back to be counted.
+            " SELECT CAST(:n_rows AS bigint) AS n_new, CAST(:n_rows AS bigint) AS n_changed"
+            if inserts
+            else " SELECT count(*) FILTER (WHERE is_new) AS n_new,"
+            " count(*) FILTER (WHERE changed) AS n_changed FROM written"
+        )
         + _PROGRESS
         + (_ENDS_RUN if ends else ", lease_expires_at = :lease_until")
         + " FROM counts c WHERE run.id = (SELECT id FROM held)"

@@ -36,6 +36,7 @@ from service.sync.inflight import BodyBudget
 from service.sync.paginators import PageRequest, PageResponse, first_request, next_request
 from service.sync.request_retry import REQUEST_RETRY, RequestRetry, RetryCount
 from service.sync.spec import Limits, Source
+from service.sync.ssrf import parse_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +171,7 @@ def _address(request: PageRequest) -> _Address | None:
     parses its URL again (copy_merge_params, copy_with), and three parses a page were a
     sixth of a 304 resync's CPU in the engine (cProfile, session 11)."""
     try:
-        url = httpx.URL(request.url)
+        url = parse_url(request.url)
         params = url.params.merge(request.params) if request.params else url.params
     except httpx.InvalidURL:
         return None

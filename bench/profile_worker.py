@@ -111,6 +111,7 @@ def install(out_path: str) -> None:
     import service.runs.jobs as jobs
     import service.runs.ledger.base as ledger
     import service.runs.runner as runner
+    import service.sync.extract as extraction
     import service.sync.fetch as fetch
     import service.sync.pages as engine
     from service.runs.ledger.postgres import PostgresLedger
@@ -123,7 +124,8 @@ def install(out_path: str) -> None:
     fetch.read_body = timed("fetch: body read", fetch.read_body)
     engine.fetch_page = timed("fetch", engine.fetch_page)
     engine.records_of = timed_sync("records_of", engine.records_of)
-    engine.extract = timed_sync("extract + hash", engine.extract)
+    # In pieces, between turns of the event loop (`extract_yielding`): each piece timed.
+    extraction._extend = timed_sync("extract + hash", extraction._extend)
 
     runner.iter_pages = timed_handover("wait for page", runner.iter_pages)
     ledger.RunLedger.commit = timed("commit", ledger.RunLedger.commit)

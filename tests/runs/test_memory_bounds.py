@@ -5,6 +5,7 @@ Real worker, Redis, database and upstream on loopback."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -152,7 +153,11 @@ async def test_concurrent_runs_wait_for_room_in_the_workers_budget(
     finish whole, and the worker never held more than its budget and one page."""
     records = make_records(1000)
 
-    def page(request: Any) -> Response:
+    async def page(request: Any) -> Response:
+        # Each answer takes a while, so the four runs overlap however fast the worker is
+        # and however slowly the triggers arrive (without it, a loaded machine once ran
+        # them one after the other, and the budget was never full).
+        await asyncio.sleep(0.05)
         start = int(request.query_params.get("next_token") or 0)
         following = start + 250 if start + 250 < len(records) else None
         body = {"data": records[start : start + 250], "next_token": following}

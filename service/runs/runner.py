@@ -148,6 +148,8 @@ async def _execute(deps: RunnerDeps, run: LeasedRun) -> None:
             await _failed(deps, run, _crash(exc), None, 0)
         else:
             report.outcome(run, outcome)
+        finally:  # a page held for a commit that never came: fetched again next time
+            run.quiet.let_go()
     deps.events_written()  # a ring that finds no new event costs one query
 
 

@@ -94,13 +94,15 @@ class BodyBudget:
 class BodyHold:
     """What one body holds of its process's `BodyBudget`."""
 
-    __slots__ = ("_budget", "future", "held", "settled", "wanted")
+    __slots__ = ("_budget", "future", "held", "kept", "settled", "wanted")
 
     def __init__(self, budget: BodyBudget) -> None:
         self._budget = budget
         self.held = 0
         self.settled = False
         """Its page is in its caller's hands: released when the caller is done with it."""
+        self.kept = False
+        """Its caller keeps the page past its turn (`keep`): `release` waits for `let_go`."""
         self.wanted = 0
         self.future: asyncio.Future[None] | None = None
 
@@ -140,8 +142,22 @@ class BodyHold:
             budget._settled += self.held
             budget._wake()  # the oldest body being read may be another now
 
+    def keep(self) -> None:
+        """The caller keeps the page after asking for the next one (a ledger holding a
+        first sync's page to write it with the next): its bytes stay counted until
+        `let_go`, whatever releases it meanwhile."""
+        self.kept = True
+
+    def let_go(self) -> None:
+        """The kept page is done with: give everything back."""
+        self.kept = False
+        self.release()
+
     def release(self) -> None:
-        """Give everything back (the page is stored, dropped or failed). Idempotent."""
+        """Give everything back (the page is stored, dropped or failed), unless the
+        caller keeps it (`keep`). Idempotent."""
+        if self.kept:
+            return
         budget = self._budget
         budget._reading.pop(self, None)
         if self.settled:

@@ -89,9 +89,20 @@ class Page:
             self.fetched.hold.settle()
 
     def release(self) -> None:
-        """Done with: what its body held of the process's `BodyBudget` is free again."""
+        """Done with: what its body held of the process's `BodyBudget` is free again
+        (unless its caller keeps it)."""
         if self.fetched.hold is not None:
             self.fetched.hold.release()
+
+    def keep(self) -> None:
+        """Kept by the caller past its turn: its share of the budget stays counted
+        until `let_go` (`BodyHold.keep`)."""
+        if self.fetched.hold is not None:
+            self.fetched.hold.keep()
+
+    def let_go(self) -> None:
+        if self.fetched.hold is not None:
+            self.fetched.hold.let_go()
 
 
 async def iter_pages(
@@ -284,18 +295,22 @@ class _Flight:
 
     async def _chain(self, request: PageRequest, fetch: Awaitable[Page]) -> Page:
         """`fetch`, then, if it is still the newest and there is room, the page after it
-        (known from its body): the fetches stay `_depth` deep while the caller is busy
-        storing earlier pages, where `follow` would only start one when it takes this."""
+        (known from its body): the next fetch starts while the caller is busy storing
+        earlier pages, where `follow` would only start it when the caller takes this one."""
         page = await fetch
         following = page.next
-        if (
-            self._newest is request
-            and following is not None
-            and len(self._queue) < self._depth
-            and following.index < self._limits.max_pages
-            and _address(following) not in self.requested
-        ):
-            await self._launch(following)
+        try:
+            if (
+                self._newest is request
+                and following is not None
+                and len(self._queue) < self._depth
+                and following.index < self._limits.max_pages
+                and _address(following) not in self.requested
+            ):
+                await self._launch(following)
+        except BaseException:
+            page.release()  # never handed over: its share of the budget goes back
+            raise
         return page
 
     async def _launch(self, request: PageRequest) -> None:

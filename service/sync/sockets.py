@@ -14,7 +14,6 @@ connects through this backend to that IP literal: nothing here resolves a name.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 import typing
@@ -34,30 +33,33 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         self._reader, self._writer = reader, writer
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:  # noqa: ASYNC109
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 return await self._reader.read(max_bytes)
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout(str(exc)) from exc
-        except OSError as exc:
-            raise httpcore.ReadError(str(exc)) from exc
+        except OSError as exc:  # TimeoutError included: only the deadline's is a timeout
+            raise (httpcore.ReadTimeout if deadline.expired() else httpcore.ReadError)(
+                str(exc) or type(exc).__name__
+            ) from exc
 
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:  # noqa: ASYNC109
         if not buffer:
             return
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 self._writer.write(buffer)
                 await self._writer.drain()
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout(str(exc)) from exc
         except OSError as exc:
-            raise httpcore.WriteError(str(exc)) from exc
+            raise (httpcore.WriteTimeout if deadline.expired() else httpcore.WriteError)(
+                str(exc) or type(exc).__name__
+            ) from exc
 
     async def aclose(self) -> None:
-        self._writer.close()
-        with contextlib.suppress(OSError):  # closing a connection the peer already dropped
-            await self._writer.wait_closed()
+        """Drop the connection at once, as httpcore's anyio backend did: a graceful close
+        waits for unsent data, or for a TLS peer's close_notify (up to 30 s), and
+        httpcore closes idle connections in the middle of other requests."""
+        self._writer.transport.abort()
 
     async def start_tls(
         self,
@@ -65,15 +67,15 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,  # noqa: ASYNC109
     ) -> httpcore.AsyncNetworkStream:
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 await self._writer.start_tls(ssl_context, server_hostname=server_hostname)
-        except TimeoutError as exc:
+        except OSError as exc:  # ssl.SSLError and TimeoutError included
             await self.aclose()
-            raise httpcore.ConnectTimeout(str(exc)) from exc
-        except (OSError, ssl.SSLError) as exc:
-            await self.aclose()
-            raise httpcore.ConnectError(str(exc)) from exc
+            raise (httpcore.ConnectTimeout if deadline.expired() else httpcore.ConnectError)(
+                str(exc) or type(exc).__name__
+            ) from exc
         return self
 
     def get_extra_info(self, info: str) -> typing.Any:
@@ -105,22 +107,28 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        deadline = asyncio.timeout(timeout)
         try:
-            async with asyncio.timeout(timeout):
+            async with deadline:
                 reader, writer = await asyncio.open_connection(
                     host,
                     port,
                     local_addr=(local_address, 0) if local_address else None,
                     limit=STREAM_LIMIT,
                 )
-        except TimeoutError as exc:
-            raise httpcore.ConnectTimeout(str(exc)) from exc
         except OSError as exc:
+            raise (httpcore.ConnectTimeout if deadline.expired() else httpcore.ConnectError)(
+                str(exc) or type(exc).__name__
+            ) from exc
+        stream = AsyncioStream(reader, writer)
+        try:
+            raw = writer.get_extra_info("socket")
+            for option in socket_options or ():  # TCP_NODELAY is asyncio's default already
+                raw.setsockopt(*option)
+        except OSError as exc:
+            await stream.aclose()
             raise httpcore.ConnectError(str(exc)) from exc
-        raw = writer.get_extra_info("socket")
-        for option in socket_options or ():  # TCP_NODELAY is asyncio's default already
-            raw.setsockopt(*option)
-        return AsyncioStream(reader, writer)
+        return stream
 
     async def connect_unix_socket(
         self,

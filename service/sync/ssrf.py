@@ -188,7 +188,10 @@ def check_url(url: httpx.URL | str) -> httpx.URL:
     """Scheme and userinfo: checked on every request and redirect hop, whatever the policy.
     A URL is parsed once (`parse_url`)."""
     try:
-        parsed = url if isinstance(url, httpx.URL) else parse_url(url)
+        if isinstance(url, httpx.URL):
+            parsed = url
+        else:  # one that carries credentials is refused below: not worth keeping
+            parsed = httpx.URL(url) if "@" in url else parse_url(url)
     except httpx.InvalidURL as exc:
         raise TargetRefused(f"target refused: not a valid URL ({exc})") from None
     if parsed.scheme not in ALLOWED_SCHEMES:

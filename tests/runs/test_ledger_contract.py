@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from service.runs.ledger.progress import QuietPages
 from service.sync import Page, PageRequest, Validator
 from service.sync.extract import extract
 from service.sync.fetch import FetchedPage
+from service.sync.inflight import BodyBudget
 from tests.fixtures.services import CONFIGURED_DB, _create_pg_database, _drop_pg_database, wipe
 
 POSTGRES_URL = os.environ.get(
@@ -447,6 +449,28 @@ async def test_a_held_page_is_committed_before_a_failed_attempt_ends(pairs: Book
     assert (row["pages"], row["inserted"]) == (1, 1)
     assert row["checkpoint"]["params"] == {"page": 1}  # the retry resumes after it
     assert run.committed_pages == 1
+
+
+async def test_a_held_page_stays_in_the_body_budget_until_its_pair_is_written(
+    pairs: Book,
+) -> None:
+    book = pairs
+    await book.add_run()
+    run = await book.claim()
+    budget = BodyBudget(10 * 1024 * 1024)
+    held = page(items((1, "a")), 0, following_ready=True)
+    hold = budget.hold()
+    hold.charge(5000)
+    hold.settle()
+    object.__setattr__(held, "fetched", replace(held.fetched, hold=hold))
+
+    await book.ledger.commit(run, held)
+    held.release()  # the engine's, once the next page is asked for
+    assert budget.used == 5000  # still counted: its rows wait in the ledger
+
+    await book.ledger.commit(run, page(items((2, "b")), 1))
+    assert budget.used == 0
+    assert sorted(await book.records()) == ["1", "2"]
 
 
 async def test_a_held_page_under_a_lost_lease_is_not_written(pairs: Book) -> None:

@@ -150,3 +150,20 @@ async def test_without_a_limit_bytes_are_counted_and_never_waited_for() -> None:
     assert hold.try_grow(10**12)
 
     assert budget.peak == 10**12
+
+
+async def test_a_kept_page_stays_counted_until_it_is_let_go() -> None:
+    budget = BodyBudget(1000)
+    hold = budget.hold()
+    hold.charge(600)
+    hold.settle()
+    hold.keep()  # a ledger holds the page for its next commit
+
+    hold.release()  # what the engine does once the caller asks for the next page
+    assert budget.used == 600
+    assert not budget.hold().try_grow(500)  # no room: the kept bytes are still there
+
+    hold.let_go()
+    assert budget.used == 0
+    hold.release()  # idempotent still
+    assert budget.used == 0

@@ -236,6 +236,7 @@ async def test_with_two_decoded_ahead_the_next_two_pages_are_fetched_while_one_i
         if len(upstream.hits("/two")) >= 3:
             break
         await asyncio.sleep(0.01)
+    await asyncio.sleep(0.2)  # page 3's answer read, not only its request arrived
     fetched_while_storing = tokens(upstream, "/two")
     second = await anext(pages)
     rest = [page async for page in pages]

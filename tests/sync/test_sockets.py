@@ -147,3 +147,21 @@ async def test_a_socket_option_is_applied() -> None:
         await stream.aclose()
     finally:
         listener.close()
+
+
+async def test_a_tls_handshake_that_never_ends_is_a_connect_timeout(
+    certificate: tuple[str, str],
+) -> None:
+    """A server that accepts and never speaks TLS: the handshake gives up at its timeout,
+    and closing the half-open connection does not wait for the peer."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        port = listener.getsockname()[1]
+        stream = await AsyncioBackend().connect_tcp("127.0.0.1", port)
+        context = ssl.create_default_context(cafile=certificate[0])
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(httpcore.ConnectTimeout):
+            await stream.start_tls(context, server_hostname="127.0.0.1", timeout=0.2)
+        assert asyncio.get_running_loop().time() - started < 2
+    finally:
+        listener.close()

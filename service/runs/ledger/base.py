@@ -216,7 +216,8 @@ class RunLedger(abc.ABC):
             and not last
             and not run.quiet.pages
         ):
-            run.quiet.hold(final, len(final), page_progress(page, **earlier), checkpoint, own)
+            held = {row.key: row for row in rows}  # the compared ones, if it compared
+            run.quiet.hold(page, held, len(final), page_progress(page, **earlier), checkpoint, own)
             return Outcome.CONTINUE
         progress = run.quiet.merged(page_progress(page, **earlier))
         write = self._page_write(run, rows, len(final), progress, checkpoint, own, last)
@@ -316,8 +317,13 @@ class RunLedger(abc.ABC):
         self, run: LeasedRun, write: PageWrite, last: bool = False
     ) -> tuple[Outcome, Written | None]:
         """Write; then the outcome, ending a sweeping run after its last page."""
+        kept, run.quiet.kept = run.quiet.kept, None
         run.quiet.clear()  # before: a commit whose reply is lost must not be written again
-        written = await self._write(run, write)
+        try:
+            written = await self._write(run, write)
+        finally:
+            if kept is not None:  # a held page's rows were in this write
+                kept.let_go()
         if written.cancel_requested is None:
             return Outcome.LEASE_LOST, None
         run.committed_pages += write.progress.get("pages", 0)

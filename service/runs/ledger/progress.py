@@ -37,22 +37,38 @@ class QuietPages:
         """A held page's rows, the last copy of each key, in page order."""
         self.distinct = 0
         """Distinct keys of the held page (`PageWrite.distinct`)."""
+        self.kept: Page | None = None
+        """The held page: its bytes stay counted in the process's body budget until its
+        rows are written or the attempt ends (`let_go`)."""
 
     def clear(self) -> None:
+        """Forget the batch (it is being written); a held page's budget stays counted
+        until `let_go`."""
         self.progress, self.checkpoint, self.validators, self.pages = {}, None, [], 0
         self.rows, self.distinct = {}, 0
 
+    def let_go(self) -> None:
+        """Give a held page's share of the body budget back (written, or the attempt
+        ended without writing it: it is fetched again then)."""
+        if self.kept is not None:
+            self.kept.let_go()
+            self.kept = None
+
     def hold(
         self,
+        page: Page,
         rows: dict[str, Row],
         distinct: int,
         progress: dict[str, int],
         checkpoint: dict[str, Any],
         validators: list[tuple[str, Validator]],
     ) -> None:
-        """Keep a page's rows for the next commit, with its progress."""
+        """Keep a page's rows for the next commit, with its progress; the page's bytes
+        stay counted (`Page.keep`)."""
         self.add(progress, checkpoint, validators)
         self.rows, self.distinct = rows, distinct
+        page.keep()
+        self.kept = page
 
     def folded(
         self, rows: list[Row], distinct: int, progress: dict[str, int]

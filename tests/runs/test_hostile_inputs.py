@@ -18,7 +18,7 @@ from service.config import Settings
 from service.db import create_engine
 from service.models.types import utcnow
 from tests.fixtures.app import api_client
-from tests.fixtures.upstream import Upstream, make_records
+from tests.fixtures.upstream import Upstream, cycling, make_records
 from tests.helpers import create_task, http_task, sync, trigger
 
 PATIENT = {
@@ -142,15 +142,7 @@ async def test_a_pagination_cycle_of_any_length_fails_the_run_at_once(
 ) -> None:
     """a -> b -> a: the second visit is caught before anything of it is stored (it used
     to crash PostgreSQL's batched validator upsert, and SQLite fetched to max_pages)."""
-    following = dict(zip(cycle, [*cycle[1:], cycle[0]], strict=True))
-
-    def page(request: Any) -> JSONResponse:
-        name = request.query_params.get("p", "a")
-        return JSONResponse(
-            {"data": [{"id": name}], "next": f"{upstream.base_url}/cycle?p={following[name]}"}
-        )
-
-    url = upstream.route("/cycle", page)
+    url = cycling(upstream, "/cycle", cycle)
     body = http_task(
         url,
         params={"p": "a"},

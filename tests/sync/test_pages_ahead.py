@@ -15,7 +15,7 @@ from service.sync import Limits, Page, RequestRetry, Source, iter_pages
 from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, page_key
 from service.sync.errors import PageLimitReached, PaginationLoop
-from tests.fixtures.upstream import Handler, Upstream, cursor, make_records, slowly
+from tests.fixtures.upstream import Handler, Upstream, cursor, cycling, make_records, slowly
 from tests.sync.helpers import QUICK, rows, source
 
 CURSOR = {"type": "cursor", "cursor_path": "next_token", "cursor_param": "next_token"}
@@ -264,15 +264,7 @@ async def test_with_one_decoded_ahead_only_the_next_page_is_fetched(
 async def test_two_decoded_ahead_never_fetch_a_page_that_closes_a_cycle(
     upstream: Upstream, http: UpstreamClient, cycle: list[str]
 ) -> None:
-    following = dict(zip(cycle, [*cycle[1:], cycle[0]], strict=True))
-
-    def handler(request: Request) -> Response:
-        name = request.query_params.get("p", "a")
-        return JSONResponse(
-            {"data": [{"id": name}], "next": f"{upstream.base_url}/loop?p={following[name]}"}
-        )
-
-    url = upstream.route("/loop", handler)
+    url = cycling(upstream, "/loop", cycle)
     src = source(
         url,
         params={"p": "a"},

@@ -175,12 +175,17 @@ def _is_literal(host: str, address: IPAddress) -> bool:
 # ---- URL shape ------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=1024)
 def parse_url(url: str) -> httpx.URL:
     """`httpx.URL(url)`, kept for the next look at the same URL (an `httpx.URL` is never
     changed in place). A page's URL is looked at twice as text: where it leads, for the
     cycle check (`pages._address`), and its shape, before its request (`check_url`).
-    Each parse was about a tenth of a 304 page's CPU in the engine (cProfile, session 12)."""
+    Each parse was about a tenth of a 304 page's CPU in the engine (cProfile, session 12).
+    A URL that carries credentials is not kept (`check_url` refuses it anyway)."""
+    return httpx.URL(url) if "@" in url else _parsed(url)
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> httpx.URL:
     return httpx.URL(url)
 
 
@@ -188,10 +193,7 @@ def check_url(url: httpx.URL | str) -> httpx.URL:
     """Scheme and userinfo: checked on every request and redirect hop, whatever the policy.
     A URL is parsed once (`parse_url`)."""
     try:
-        if isinstance(url, httpx.URL):
-            parsed = url
-        else:  # one that carries credentials is refused below: not worth keeping
-            parsed = httpx.URL(url) if "@" in url else parse_url(url)
+        parsed = url if isinstance(url, httpx.URL) else parse_url(url)
     except httpx.InvalidURL as exc:
         raise TargetRefused(f"target refused: not a valid URL ({exc})") from None
     if parsed.scheme not in ALLOWED_SCHEMES:

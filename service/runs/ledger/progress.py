@@ -78,19 +78,14 @@ class QuietPages:
         an earlier copy of it does on one page (`last_copies`)."""
         if not self.rows:
             return rows, distinct, progress
-        combined = dict(self.rows)
-        counts = {"updated": 0, "unchanged": 0}
-        for row in rows:
-            held = combined.get(row.key)
-            if held is not None:
-                counts["unchanged" if held.hash == row.hash else "updated"] += 1
-            combined[row.key] = row
-        repeated = counts["updated"] + counts["unchanged"]
+        both = [*self.rows.values(), *rows]
+        final, counts = last_copies(both)
+        repeated = len(both) - len(final)
         if repeated:
             progress = dict(progress)
             for name, count in counts.items():
                 progress[name] = progress.get(name, 0) + count
-        return list(combined.values()), self.distinct + distinct - repeated, progress
+        return list(final.values()), self.distinct + distinct - repeated, progress
 
     def add(
         self,

@@ -245,6 +245,7 @@ WHAT_IFS: dict[str, dict[str, str]] = {
     # worker-side, applied by bench.profile_worker (see its `experiments`)
     "gc-threshold": {"BENCH_GC": "100000,50,1000"},
     "gc-default": {"BENCH_GC": "default"},
+    "free-extract": {"BENCH_FREE_EXTRACT": "1"},
     # database-side, applied here (PostgreSQL only)
     "analyze": {},
 }
@@ -253,6 +254,11 @@ them now (the worker freezes startup's heap and raises the GC thresholds, its en
 not pre-ping, the runner reads one page ahead, and `record` has no foreign key to
 `task`). `gc-threshold` is applied after the worker's own GC setup; `gc-default` undoes
 that setup (CPython's defaults, nothing frozen), to see what it is worth.
+`free-extract` makes decoding and extracting a page the worker saw before free (both
+cached, by the body's bytes and by the decoded list): the conditional first sync, a
+fresh task over the first sync's pages, then shows what the worker's extraction CPU
+costs a first sync's wall time (session 13: 0.93 -> 0.72 s and 0.88 -> 0.67 s, about
+what that CPU was, so the worker's CPU is on the critical path).
 `analyze` runs `ANALYZE` on the bench database after each first sync, outside the timed
 runs: the resync then plans its comparison with statistics of the table as loaded,
 which autovacuum would have gathered before a real task's next scheduled run."""

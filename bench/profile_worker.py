@@ -172,6 +172,9 @@ def experiments() -> None:
     BENCH_GC=a,b,c           gc.set_threshold(a, b, c) after the worker's own GC setup
     BENCH_GC=off             gc.disable() after it
     BENCH_GC=default         skip the worker's GC setup (CPython's thresholds, no freeze)
+    BENCH_FREE_EXTRACT=1     a body decoded before is not decoded again, nor a decoded
+                             list of records extracted again (cached in memory): what a
+                             run would take if its extraction cost nothing
 
     Gone because the product does them now: BENCH_GC=freeze (the worker freezes its
     startup heap and raises the thresholds), BENCH_PRE_PING=0 (the worker's engine does
@@ -179,6 +182,34 @@ def experiments() -> None:
     `record`'s foreign key (a migration did).
     """
     import service.worker as worker
+
+    if os.environ.get("BENCH_FREE_EXTRACT"):
+        import orjson
+        import xxhash
+
+        import service.sync.fetch as fetch
+        import service.sync.pages as engine
+
+        decoded: dict[str, Any] = {}
+        extracted: dict[Any, Any] = {}
+        loads = orjson.loads
+
+        def cached_loads(raw: Any) -> Any:
+            key = xxhash.xxh3_128_hexdigest(raw)
+            if key not in decoded:
+                decoded[key] = loads(raw)
+            return decoded[key]
+
+        original_extract = engine.extract_yielding
+
+        async def cached_extract(records: Any, primary_key: Any) -> Any:
+            key = (id(records), len(records))
+            if key not in extracted:
+                extracted[key] = await original_extract(records, primary_key)
+            return extracted[key]
+
+        fetch.orjson = SimpleNamespace(loads=cached_loads, JSONDecodeError=orjson.JSONDecodeError)
+        engine.extract_yielding = cached_extract
 
     mode = os.environ.get("BENCH_GC", "")
     if mode:

@@ -35,19 +35,28 @@ def head_revision() -> str | None:
     return ScriptDirectory.from_config(alembic_config("")).get_current_head()
 
 
-async def upgrade(database_url: str) -> None:
+async def upgrade(database_url: str, revision: str = "head") -> None:
+    await _run(database_url, command.upgrade, revision)
+
+
+async def downgrade(database_url: str, revision: str) -> None:
+    """Back to `revision` (tests of a revision's data step go down and up again)."""
+    await _run(database_url, command.downgrade, revision)
+
+
+async def _run(database_url: str, step: Any, revision: str) -> None:
     config = alembic_config(database_url)
     engine = create_engine(database_url)
     try:
         async with engine.begin() as connection:
-            await connection.run_sync(_upgrade_sync, config)
+            await connection.run_sync(_step_sync, config, step, revision)
     finally:
         await engine.dispose()
 
 
-def _upgrade_sync(connection: Any, config: Config) -> None:
+def _step_sync(connection: Any, config: Config, step: Any, revision: str) -> None:
     config.attributes["connection"] = connection
-    command.upgrade(config, "head")
+    step(config, revision)
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

@@ -10,11 +10,12 @@ stored last time holds the same records, so it is neither decoded nor compared, 
 counts as `unchanged` — what a strong `ETag` does for upstreams that send none.
 
 Many upstreams stamp every response (a request id, a server time in the envelope), so
-their bytes never come back the same. For those a second digest, of the page's records
-as decoded (`records_digest`), says the same thing after one decode: the records are the
-stored ones, and the page counts as if its bytes had matched, without a key, a canonical
-text and a hash per record or a comparison with the database (bench/ingest.py: the
-stamped resync).
+their bytes never come back the same. For those a second digest, of the bytes of the
+page's records alone (`records_digest`), says the same thing after decoding only the
+envelope around them (`service.sync.envelope`): the records are the stored ones, and the
+page counts as if its bytes had matched, without decoding them, a key, a canonical text
+and a hash per record or a comparison with the database (bench/ingest.py: the stamped
+resync).
 """
 
 from __future__ import annotations
@@ -69,14 +70,17 @@ def page_digest(seed: bytes, raw: bytes | bytearray) -> str:
     return digest.hexdigest()
 
 
-def records_digest(seed: bytes, records: list[Any]) -> str:
-    """A digest of a page's decoded records as the upstream ordered them: one
-    serialisation of the whole list (orjson's, in C) instead of one per record. Keys are
-    not sorted (that took as long again): an upstream that reorders a record's keys
-    between answers only misses the shortcut, and its records are compared. XXH3-128,
-    as `page_digest`."""
+def records_digest(seed: bytes, records: bytes | memoryview) -> str:
+    """A digest of a page's records as the upstream sent them: the bytes of their value
+    in the body (`envelope.split_records`), found without decoding them. An upstream
+    that stamps its envelope sends the same records' bytes every time; one that
+    re-serialises them differently (reordered keys, other spacing) only misses the
+    shortcut, and its records are compared. XXH3-128, as `page_digest`. A digest stored
+    by versions before session 13 (of the decoded records, re-serialised) never matches
+    one of these: the first resync after the change compares its records (writing
+    nothing for unchanged ones) and stores the new digests."""
     digest = xxhash.xxh3_128(seed)
-    digest.update(orjson.dumps(records))
+    digest.update(records)
     return digest.hexdigest()
 
 

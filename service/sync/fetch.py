@@ -20,7 +20,8 @@ from service.sync.backoff import parse_retry_after
 from service.sync.body import FIRST_BYTES, read_body, reserve_decoding
 from service.sync.budget import HostBudget, host_key
 from service.sync.client import UpstreamClient
-from service.sync.conditional import page_digest
+from service.sync.conditional import page_digest, records_digest
+from service.sync.envelope import paginates_without_records, split_records
 from service.sync.errors import (
     BadRedirect,
     CutOff,
@@ -59,6 +60,12 @@ class FetchedPage:
     hold: BodyHold | None = None
     """What the decoded body holds of the process's `BodyBudget`, until its page is
     released (`Page.release`)."""
+    records_digest: str | None = None
+    """`records_digest` of the records' bytes, where they sit in an object
+    (`envelope.split_records`) and a `digest_seed` was given."""
+    records_unread: bool = False
+    """Only the envelope was decoded (`body` holds `envelope.RECORDS_LEFT_OUT` where the
+    records are): their bytes are the ones stored (`fetch_page`'s `records_known`)."""
 
 
 def _auth_parts(source: Source) -> tuple[dict[str, str], dict[str, str]]:
@@ -137,12 +144,16 @@ async def fetch_page(
     extra_headers: dict[str, str] | None = None,
     digest_seed: bytes | None = None,
     undecoded_if: str | None = None,
+    records_known: str | None = None,
     retry: RequestRetry = REQUEST_RETRY,
     retries: RetryCount | None = None,
 ) -> FetchedPage:
     """One page, following up to `MAX_REDIRECTS` redirects by hand; with `digest_seed`,
     the body's digest too, and the body is left undecoded (None) when the digest is
-    `undecoded_if`.
+    `undecoded_if`; and the digest of its records' bytes, where the source's records sit
+    in an object (`envelope.split_records`): when that digest is `records_known`, only the envelope
+    around the records is decoded (`FetchedPage.records_unread`) where the source's
+    pagination can go on from the envelope alone, else the whole body.
 
     By hand, so each hop is a request like the first: its URL's shape checked, its
     host's budget waited on, credentials kept only within the origin. (Addresses are
@@ -158,7 +169,14 @@ async def fetch_page(
     count = retries if retries is not None else RetryCount()
     fetched = await with_retries(
         lambda: _fetch_once(
-            client, source, page, limits, budget, bodies, extra_headers, digest_seed, undecoded_if
+            client,
+            source,
+            page,
+            limits,
+            budget,
+            bodies,
+            extra_headers,
+            (digest_seed, undecoded_if, records_known),
         ),
         retry,
         count,
@@ -174,8 +192,7 @@ async def _fetch_once(
     budget: HostBudget | None,
     bodies: BodyBudget | None,
     extra_headers: dict[str, str] | None,
-    digest_seed: bytes | None,
-    undecoded_if: str | None,
+    known: _Known,
 ) -> FetchedPage:
     url = check_url(page.url)  # as written: httpx would read `file:/x` as a relative URL
     request = build_request(client, source, page, limits, url)
@@ -191,9 +208,7 @@ async def _fetch_once(
                 await budget.acquire(host_key(request.url), limits.requests_per_second)
             response, raw = await _exchange(client, request, limits, budget, bodies, hold)
             if raw is not None:
-                return await _fetched(
-                    source, response, raw, bodies, hold, digest_seed, undecoded_if
-                )
+                return await _fetched(source, response, raw, bodies, hold, known)
             request = redirect_request(request, response, _secret_headers(source))
         raise TooManyRedirects(f"upstream redirected more than {MAX_REDIRECTS} times")
     except BaseException:
@@ -202,33 +217,52 @@ async def _fetch_once(
         raise
 
 
+_Known = tuple[bytes | None, str | None, str | None]
+"""`fetch_page`'s `digest_seed`, `undecoded_if` and `records_known`."""
+
+
 async def _fetched(
     source: Source,
     response: httpx.Response,
     raw: bytearray,
     bodies: BodyBudget | None,
     hold: BodyHold | None,
-    digest_seed: bytes | None,
-    undecoded_if: str | None,
+    known: _Known,
 ) -> FetchedPage:
-    """The final answer as a page: its digest, and its body decoded unless it is the one
-    stored (then it holds nothing of the process's budget any longer)."""
+    """The final answer as a page: its digests, and its body decoded unless it is the one
+    stored (then it holds nothing of the process's budget any longer), or only its
+    envelope when its records are the stored ones (`fetch_page`)."""
+    seed, undecoded_if, records_known = known
     status = response.status_code
-    digest = page_digest(digest_seed, raw) if digest_seed and status != 304 else None
+    digest = page_digest(seed, raw) if seed and status != 304 else None
     undecoded = status == 304 or (digest is not None and digest == undecoded_if)
+    parts = split_records(raw, source.records_path) if seed and not undecoded else None
+    of_records = None
+    if seed and parts is not None:
+        of_records = records_digest(seed, memoryview(parts.records))
+    records_unread = (
+        parts is not None and of_records == records_known and paginates_without_records(source)
+    )
     if undecoded and hold is not None:
         hold.release()
         hold = None
     elif hold is not None:
         await reserve_decoding(raw, bodies, hold)
+    body: Any = None
+    if parts is not None and records_unread:
+        body = parts.body
+    elif not undecoded:
+        body = _decode(raw, status, response.headers)
     return FetchedPage(
         status,
-        None if undecoded else _decode(raw, status, response.headers),
+        body,
         response.headers,
         without_query_auth(source, str(response.url)),
         len(raw),
         digest,
         hold=hold,
+        records_digest=of_records,
+        records_unread=records_unread,
     )
 
 

@@ -12,6 +12,7 @@ import contextlib
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import dataclass, replace
+from typing import Any
 
 import httpx
 
@@ -24,7 +25,6 @@ from service.sync.conditional import (
     conditional_headers,
     digest_seed,
     page_key,
-    records_digest,
     resumed,
     validator_from,
 )
@@ -375,6 +375,7 @@ async def fetch_one(
         extra_headers=conditional_headers(validator) if validator and conditional else None,
         digest_seed=seed,
         undecoded_if=validator.digest if validator else None,
+        records_known=validator.records_digest if validator else None,
         retry=retry,
         retries=retries,
     )
@@ -403,8 +404,9 @@ async def _interpret(
     conditional: bool,
 ) -> Page:
     """A fetched page's records, its next page and what to remember of it. A page whose
-    records are the stored ones (`records_digest`) is handed on as if its bytes had
-    matched: not extracted, its records counted as stored."""
+    records are the stored ones (their bytes' `records_digest`; only its envelope was
+    decoded where that is enough to find the next page: `FetchedPage.records_unread`) is
+    handed on as if its bytes had matched: not extracted, its records counted as stored."""
     if fetched.status == 304 or fetched.body is None:
         if validator is None or (fetched.status == 304 and not conditional):
             raise InvalidBody("upstream answered 304 to an unconditional request", http_status=304)
@@ -416,20 +418,34 @@ async def _interpret(
             not_modified=fetched.status == 304,
             known=validator,
         )
-    records = records_of(fetched.body, source.records_path, first_page=request.index == 0)
-    view = PageResponse(fetched.body, fetched.headers, fetched.url, len(records))
+    same_records = (
+        validator is not None
+        and fetched.records_digest is not None
+        and validator.records_digest == fetched.records_digest
+    )
+    if fetched.records_unread:  # only the envelope was decoded: they are the stored ones
+        assert validator is not None
+        assert same_records
+        records: list[Any] = []
+        count = validator.records_seen
+    else:
+        records = records_of(fetched.body, source.records_path, first_page=request.index == 0)
+        count = len(records)
+    view = PageResponse(fetched.body, fetched.headers, fetched.url, count)
     following = strip_query_auth(source, next_request(source.pagination, request, view))
     if following is not None and (following.url, following.params) == (request.url, request.params):
         raise PaginationLoop("the upstream pointed to the same page again")
-    digest_of_records = records_digest(seed, records) if seed is not None else None
-    if (
-        validator is not None
-        and digest_of_records is not None
-        and validator.records_digest == digest_of_records
-        and resumed(validator, request) == following
-    ):
+    if same_records:
+        assert validator is not None
         unread = replace(fetched, body=None)  # counted as stored (`Page.same_as_before`)
-        return Page(request, unread, ExtractedPage(), following, known=validator)
+        return Page(
+            request,
+            unread,
+            ExtractedPage(),
+            following,
+            validator=_moved(validator, fetched, following, conditional=source.conditional),
+            known=validator,
+        )
     extracted = await extract_yielding(records, source.primary_key)
     remembered = validator_from(
         fetched.headers,
@@ -437,7 +453,7 @@ async def _interpret(
         conditional=source.conditional,
         digest=fetched.digest,
         records=extracted,
-        digest_of_records=digest_of_records,
+        digest_of_records=fetched.records_digest,
     )
     if remembered == validator:
         remembered = None  # nothing new to store
@@ -453,3 +469,20 @@ async def _interpret(
         known=validator,
         watermark=watermark,
     )
+
+
+def _moved(
+    known: Validator, fetched: FetchedPage, following: PageRequest | None, *, conditional: bool
+) -> Validator | None:
+    """What to remember of a page whose records are the stored ones: nothing new, unless
+    it now leads elsewhere or its HTTP validators changed. Its records are what `known`
+    counted, byte for byte, so its counts and digests stay (a stamped page's own digest
+    would never match again: storing it would write a row per page per run for nothing)."""
+    headers = fetched.headers
+    moved = replace(
+        known,
+        etag=headers.get("etag") if conditional else None,
+        last_modified=headers.get("last-modified") if conditional else None,
+        next_page=following.to_json() if following else None,
+    )
+    return None if moved == known else moved

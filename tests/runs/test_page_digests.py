@@ -1,7 +1,8 @@
 """Pages that come back byte for byte as they were stored are neither decoded nor
-compared (every task, conditional or not); pages whose bytes differ but whose records
-are the stored ones (a stamped envelope) are decoded, not compared; anything else is
-compared record by record.
+compared (every task, conditional or not); pages whose bytes differ but whose records'
+bytes are the stored ones (a stamped envelope) are not compared either (only their
+envelope is decoded: `tests/sync/test_envelope.py`); anything else is compared record by
+record.
 
 Whether a page was compared is seen from the database: a stored record whose hash is
 made stale behind Backsync's back is rewritten by a comparison, and left alone by a

@@ -60,7 +60,7 @@ class Page:
     following_ready: bool = False
     """The next page's fetch was done when this one was handed over: a caller that
     stores pages two at a time may hold this one without waiting for the upstream
-    (`RunLedger.PAIRS_FRESH_PAGES`)."""
+    (`RunLedger.FRESH_PAGES_PER_STATEMENT`)."""
 
     @property
     def retries(self) -> int:

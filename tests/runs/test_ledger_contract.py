@@ -380,7 +380,7 @@ async def test_a_first_sync_whose_later_page_repeats_a_key_keeps_the_last_copy(
 def pairs(book: Book, monkeypatch: pytest.MonkeyPatch) -> Book:
     """The book's ledger commits a first sync's pages in pairs (PostgreSQL's does; the
     flow is the base ledger's, so it holds on SQLite too)."""
-    monkeypatch.setattr(book.ledger, "PAIRS_FRESH_PAGES", True)
+    monkeypatch.setattr(book.ledger, "FRESH_PAGES_PER_STATEMENT", 2)
     return book
 
 
@@ -433,6 +433,41 @@ async def test_a_key_on_both_pages_of_a_pair_is_written_once_as_its_later_copy(
     # As if each page were committed alone: 1 changed on page 1, 2 unchanged.
     assert (row["inserted"], row["updated"], row["unchanged"]) == (4, 1, 1)
     assert (row["status"], row["pages"]) == ("succeeded", 3)
+
+
+async def test_a_ledger_may_hold_several_pages_for_one_statement(
+    book: Book, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three held, written with the fourth; a key on three of them is written once, as
+    its last copy, and counted as if each page were committed alone."""
+    monkeypatch.setattr(book.ledger, "FRESH_PAGES_PER_STATEMENT", 4)
+    await book.add_run()
+    run = await book.claim()
+    assert book.ledger.decoded_ahead(run) == 4
+    pages = [
+        page(items((1, "a"), (2, "b")), 0, following_ready=True),
+        page(items((1, "A"), (3, "c")), 1, following_ready=True),
+        page(items((1, "a"), (4, "d")), 2, following_ready=True),
+        page(items((5, "e")), 3, following_ready=True),
+        page(items((6, "f")), 4, last=True),
+    ]
+    for held in pages[:3]:
+        assert await book.ledger.commit(run, held) is Outcome.CONTINUE
+        assert await book.records() == {}
+    assert run.quiet.held == 3
+
+    assert await book.ledger.commit(run, pages[3]) is Outcome.CONTINUE
+
+    assert run.quiet.held == 0
+    stored = await book.records()
+    assert sorted(stored) == ["1", "2", "3", "4", "5"]
+    assert '"a"' in stored["1"][0]  # page 3's copy, the last
+    assert stored["2"][1] < stored["3"][1] < stored["4"][1] < stored["5"][1]
+    row = await book.run_row()
+    # Alone: 1 inserted on page 1, updated on page 2 ("A"), updated again on page 3 ("a").
+    assert (row["pages"], row["inserted"], row["updated"], row["unchanged"]) == (4, 5, 2, 0)
+    assert await book.ledger.commit(run, pages[4]) is Outcome.FINISHED
+    assert (await book.run_row())["inserted"] == 6
 
 
 async def test_a_held_page_is_committed_before_a_failed_attempt_ends(pairs: Book) -> None:

@@ -22,8 +22,8 @@ The rules every ledger keeps:
 - Pages that write no records (304s, byte-identical pages, compared-unchanged pages)
   are safe to fetch again, so their progress is batched (`QuietPages`) and committed
   with the next page that writes, every `QuietPages.MAX_PAGES` pages or
-  `MAX_SECONDS`, and at the end. On a ledger that `PAIRS_FRESH_PAGES`, a first sync's
-  page is held the same way and written with the next one.
+  `MAX_SECONDS`, and at the end. On a ledger whose `FRESH_PAGES_PER_STATEMENT` is more
+  than one, a first sync's pages are held the same way and written with a later one.
 """
 
 from __future__ import annotations
@@ -62,15 +62,15 @@ WAITING_FOR_CAP = waiting_for_cap()
 class RunLedger(abc.ABC):
     """The worker's one interface to the database about a run (see the module doc)."""
 
-    PAIRS_FRESH_PAGES = False
-    """Commit a first sync's pages two at a time (`LeasedRun.fresh`) where the upstream
-    keeps up: a page whose next page is fetched already (`Page.following_ready`) is
-    held (`QuietPages.hold`) and written with that one, so the run makes half the
-    statements and commits; a slow upstream's pages are written one by one, as they
-    come. A held page is as safe as a batched quiet one: it is fetched again if the
-    attempt ends before the next commit (a failed attempt commits it: `settle`). The
-    engine fetches two decoded pages ahead (`decoded_ahead`), so that the next pair is
-    ready when a pair's statement returns."""
+    FRESH_PAGES_PER_STATEMENT = 1
+    """Commit a first sync's pages (`LeasedRun.fresh`) up to this many at a time where
+    the upstream keeps up: a page whose next page is fetched already
+    (`Page.following_ready`) is held (`QuietPages.hold`) and written with a later one,
+    so the run makes fewer statements and commits; a slow upstream's pages are written
+    one by one, as they come. A held page is as safe as a batched quiet one: it is
+    fetched again if the attempt ends before the next commit (a failed attempt commits
+    it: `settle`). The engine fetches as many decoded pages ahead (`decoded_ahead`), so
+    that the next group is ready when a group's statement returns."""
 
     def __init__(
         self,
@@ -95,8 +95,8 @@ class RunLedger(abc.ABC):
 
     def decoded_ahead(self, run: LeasedRun) -> int:
         """How many decoded pages the engine may fetch ahead of the one being stored
-        (`iter_pages`): two while pages are committed in pairs, else one."""
-        return 2 if self.PAIRS_FRESH_PAGES and run.fresh else 1
+        (`iter_pages`): as many as a statement commits of a first sync, else one."""
+        return self.FRESH_PAGES_PER_STATEMENT if run.fresh else 1
 
     # ---- what each database says ------------------------------------------------------
 
@@ -208,13 +208,14 @@ class RunLedger(abc.ABC):
                 progress = page_progress(page, updated=earlier["updated"], unchanged=unchanged)
                 return await self._quiet(run, progress, checkpoint, own, last)
             rows = [row for key, row in final.items() if key in changed]  # page order
+        quiet = run.quiet
         if (
-            self.PAIRS_FRESH_PAGES
-            and run.fresh
+            run.fresh
             and page.following_ready
             and rows
             and not last
-            and not run.quiet.pages
+            and quiet.pages == quiet.held  # no quiet page waits: only pages held
+            and quiet.held < self.FRESH_PAGES_PER_STATEMENT - 1
         ):
             held = {row.key: row for row in rows}  # the compared ones, if it compared
             run.quiet.hold(page, held, len(final), page_progress(page, **earlier), checkpoint, own)
@@ -317,13 +318,13 @@ class RunLedger(abc.ABC):
         self, run: LeasedRun, write: PageWrite, last: bool = False
     ) -> tuple[Outcome, Written | None]:
         """Write; then the outcome, ending a sweeping run after its last page."""
-        kept, run.quiet.kept = run.quiet.kept, None
+        kept, run.quiet.kept = run.quiet.kept, []
         run.quiet.clear()  # before: a commit whose reply is lost must not be written again
         try:
             written = await self._write(run, write)
         finally:
-            if kept is not None:  # a held page's rows were in this write
-                kept.let_go()
+            for page in kept:  # held pages' rows were in this write
+                page.let_go()
         if written.cancel_requested is None:
             return Outcome.LEASE_LOST, None
         run.committed_pages += write.progress.get("pages", 0)

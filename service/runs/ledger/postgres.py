@@ -360,7 +360,9 @@ def _validator_params(validators: list[tuple[str, Any]]) -> dict[str, Any]:
 class PostgresLedger(RunLedger):
     """Every commit is one statement, fenced inside it (see the module doc)."""
 
-    PAIRS_FRESH_PAGES = True
+    FRESH_PAGES_PER_STATEMENT = 2
+    # Four were no better on the benchmark (session 13, bench/RESULTS.md): PostgreSQL's
+    # CPU per first sync rose, and the wall time moved within the noise.
 
     async def _claim_row(self, session: AsyncSession, params: dict[str, Any]) -> Any | None:
         statement = _CLAIM_CAPPED if self.tenant_cap else _CLAIM

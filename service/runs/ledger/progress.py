@@ -12,14 +12,14 @@ from service.sync import Page, Row, Validator
 
 class QuietPages:
     """Progress of pages not yet committed: pages that wrote no records (304s,
-    unchanged pages), and a first sync's page held for the next one (`rows`).
+    unchanged pages), and a first sync's pages held for the next one (`rows`).
 
     Such pages are safe to fetch again, so their counters and checkpoint are committed
     in batches (with the next page that writes, or every 50 pages / half a second),
     not one transaction each: that is most of what an unchanged or conditional resync
-    would otherwise spend. A held page's rows are written by the next commit, with its
-    own (`folded`): a first sync then commits two pages a statement (see
-    `RunLedger.PAIRS_FRESH_PAGES`).
+    would otherwise spend. Held pages' rows are written by the next commit, with its
+    own (`folded`): a first sync then commits several pages a statement (see
+    `RunLedger.FRESH_PAGES_PER_STATEMENT`).
     """
 
     MAX_PAGES = 50
@@ -34,12 +34,13 @@ class QuietPages:
         self.pages = 0
         self.since = 0.0
         self.rows: dict[str, Row] = {}
-        """A held page's rows, the last copy of each key, in page order."""
+        """The held pages' rows, the last copy of each key, in page order."""
         self.distinct = 0
-        """Distinct keys of the held page (`PageWrite.distinct`)."""
-        self.kept: Page | None = None
-        """The held page: its bytes stay counted in the process's body budget until its
-        rows are written or the attempt ends (`let_go`)."""
+        """Distinct keys of the held pages, each page's counted as if committed alone
+        (`PageWrite.distinct`)."""
+        self.kept: list[Page] = []
+        """The held pages: their bytes stay counted in the process's body budget until
+        their rows are written or the attempt ends (`let_go`)."""
 
     def clear(self) -> None:
         """Forget the batch (it is being written); a held page's budget stays counted
@@ -48,11 +49,11 @@ class QuietPages:
         self.rows, self.distinct = {}, 0
 
     def let_go(self) -> None:
-        """Give a held page's share of the body budget back (written, or the attempt
-        ended without writing it: it is fetched again then)."""
-        if self.kept is not None:
-            self.kept.let_go()
-            self.kept = None
+        """Give the held pages' share of the body budget back (written, or the attempt
+        ended without writing them: they are fetched again then)."""
+        kept, self.kept = self.kept, []
+        for page in kept:
+            page.let_go()
 
     def hold(
         self,
@@ -63,21 +64,35 @@ class QuietPages:
         checkpoint: dict[str, Any],
         validators: list[tuple[str, Validator]],
     ) -> None:
-        """Keep a page's rows for the next commit, with its progress; the page's bytes
-        stay counted (`Page.keep`)."""
+        """Keep a page's rows for the next commit (after the pages held already), with
+        its progress; the page's bytes stay counted (`Page.keep`)."""
+        if self.rows:
+            rows, distinct, progress = self._joined(list(rows.values()), distinct, progress)
         self.add(progress, checkpoint, validators)
         self.rows, self.distinct = rows, distinct
         page.keep()
-        self.kept = page
+        self.kept.append(page)
+
+    @property
+    def held(self) -> int:
+        """Pages held for the next commit."""
+        return len(self.kept)
 
     def folded(
         self, rows: list[Row], distinct: int, progress: dict[str, int]
     ) -> tuple[list[Row], int, dict[str, int]]:
-        """A commit's rows, distinct keys and progress with the held page's before them.
-        A key on both pages is written once, as its later copy; the held copy counts as
-        an earlier copy of it does on one page (`last_copies`)."""
+        """A commit's rows, distinct keys and progress with the held pages' before them."""
         if not self.rows:
             return rows, distinct, progress
+        final, distinct, progress = self._joined(rows, distinct, progress)
+        return list(final.values()), distinct, progress
+
+    def _joined(
+        self, rows: list[Row], distinct: int, progress: dict[str, int]
+    ) -> tuple[dict[str, Row], int, dict[str, int]]:
+        """`rows` after the held ones: a key on both is written once, as its later copy,
+        and the held copy counts as an earlier copy of it does on one page
+        (`last_copies`)."""
         both = [*self.rows.values(), *rows]
         final, counts = last_copies(both)
         repeated = len(both) - len(final)
@@ -85,7 +100,7 @@ class QuietPages:
             progress = dict(progress)
             for name, count in counts.items():
                 progress[name] = progress.get(name, 0) + count
-        return list(final.values()), self.distinct + distinct - repeated, progress
+        return final, self.distinct + distinct - repeated, progress
 
     def add(
         self,

@@ -11,6 +11,8 @@ prints `READY <port>` on stdout once it accepts connections. Routes:
   `{"data": [...], "next_token": T|null}`; every page carries a strong `ETag` (a hash of
   its bytes) and a request whose `If-None-Match` matches it gets `304` with no body
 - `GET /warmup`: one page of one record (lets the benchmark check the worker is up)
+- `GET /v2/warmup_activity[?next_token=T]`: `--warmup-records` other records in pages of
+  the same size and shape (a first sync the benchmark runs before it measures anything)
 - `PUT /stamp` / `DELETE /stamp`: from now on, every page's envelope carries the time
   and a request number (`{"generated_at": …, "request": N, "data": …}`) and no `ETag`,
   like upstreams that stamp each response: the bytes differ on every fetch, the records
@@ -39,6 +41,7 @@ from starlette.routing import Route
 
 PATH = "/v2/daily_activity"
 WARMUP_PATH = "/warmup"
+WARMUP_PAGES_PATH = "/v2/warmup_activity"
 STAMP_PATH = "/stamp"
 _DEVICES = ("ring-gen3", "ring-gen4", "watch-s9", "band-7")
 _ACTIVITIES = ("walking", "running", "cycling", "rest", "swimming")
@@ -102,7 +105,9 @@ def matches(if_none_match: str | None, etag: str) -> bool:
 
 
 def build_app(
-    pages: dict[str | None, bytes], on_ready: Callable[[], None] | None = None
+    pages: dict[str | None, bytes],
+    on_ready: Callable[[], None] | None = None,
+    warm_pages: dict[str | None, bytes] | None = None,
 ) -> Starlette:
     warmup = orjson.dumps({"data": [make_record(0, random.Random(0))], "next_token": None})
     etags = {token: etag_of(body) for token, body in pages.items()}
@@ -127,6 +132,12 @@ def build_app(
     async def warm(_request: Request) -> Response:
         return Response(warmup, media_type="application/json")
 
+    async def warm_activity(request: Request) -> Response:
+        body = (warm_pages or {}).get(request.query_params.get("next_token"))
+        if body is None:
+            return Response(b'{"error":"unknown token"}', 400, media_type="application/json")
+        return Response(body, media_type="application/json")
+
     async def stamp(request: Request) -> Response:
         nonlocal stamping
         stamping = request.method == "PUT"
@@ -141,6 +152,7 @@ def build_app(
     routes = [
         Route(PATH, activity),
         Route(WARMUP_PATH, warm),
+        Route(WARMUP_PAGES_PATH, warm_activity),
         Route(STAMP_PATH, stamp, methods=["PUT", "DELETE"]),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
@@ -151,10 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--warmup-records", type=int, default=0)
     args = parser.parse_args(argv)
 
     pages = render_pages(args.records, args.page_size)
-    serve(lambda ready: build_app(pages, ready), args.port, backlog=128)
+    warm = render_pages(args.warmup_records, args.page_size, seed=7) if args.warmup_records else {}
+    serve(lambda ready: build_app(pages, ready, warm), args.port, backlog=128)
 
 
 def serve(build: Callable[[Callable[[], None]], Any], port: int, **options: Any) -> None:

@@ -119,6 +119,7 @@ def install(out_path: str) -> None:
 
     fetch.orjson = SimpleNamespace(
         loads=timed_sync("fetch: json decode", orjson.loads),
+        dumps=orjson.dumps,
         JSONDecodeError=orjson.JSONDecodeError,
     )
     fetch.read_body = timed("fetch: body read", fetch.read_body)
@@ -146,14 +147,25 @@ def install(out_path: str) -> None:
 
     original = jobs.execute_run
 
+    cprofile_dir = os.environ.get("BENCH_CPROFILE")
+
     async def execute_run(deps: Any, run_id: str) -> None:
         stages: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
         token = _stages.set(stages)
+        profiler = None
+        if cprofile_dir:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            profiler.enable()
         start = time.perf_counter()
         try:
             await original(deps, run_id)
         finally:
             wall = time.perf_counter() - start
+            if profiler is not None:
+                profiler.disable()
+                profiler.dump_stats(os.path.join(cprofile_dir, f"{run_id}.pstats"))
             _stages.reset(token)
             line = {
                 "run_id": run_id,
@@ -172,6 +184,8 @@ def experiments() -> None:
     BENCH_GC=a,b,c           gc.set_threshold(a, b, c) after the worker's own GC setup
     BENCH_GC=off             gc.disable() after it
     BENCH_GC=default         skip the worker's GC setup (CPython's thresholds, no freeze)
+    BENCH_CPROFILE=DIR       each run's `execute_run` under cProfile, written to
+                             DIR/<run id>.pstats (read with `python -m pstats`)
     BENCH_FREE_EXTRACT=1     a body decoded before is not decoded again, nor a decoded
                              list of records extracted again (cached in memory): what a
                              run would take if its extraction cost nothing
@@ -208,7 +222,9 @@ def experiments() -> None:
                 extracted[key] = await original_extract(records, primary_key)
             return extracted[key]
 
-        fetch.orjson = SimpleNamespace(loads=cached_loads, JSONDecodeError=orjson.JSONDecodeError)
+        fetch.orjson = SimpleNamespace(
+            loads=cached_loads, dumps=orjson.dumps, JSONDecodeError=orjson.JSONDecodeError
+        )
         engine.extract_yielding = cached_extract
 
     mode = os.environ.get("BENCH_GC", "")

@@ -163,7 +163,7 @@ def install(out_path: str) -> None:
             await original(deps, run_id)
         finally:
             wall = time.perf_counter() - start
-            if profiler is not None:
+            if profiler is not None and cprofile_dir:
                 profiler.disable()
                 profiler.dump_stats(os.path.join(cprofile_dir, f"{run_id}.pstats"))
             _stages.reset(token)

@@ -6,8 +6,12 @@ the upgrade finds every unchanged record unchanged. Why XXH3: `service.sync.extr
 
 Rows are read and rewritten in batches in primary-key order (a keyset walk: each
 batch starts after the last key of the one before, through the primary key's index),
-so the upgrade holds a batch in memory whatever the table's size. The downgrade
-recomputes the BLAKE2b hashes the same way.
+so the upgrade holds a batch in memory whatever the table's size. It runs in the
+migration's one transaction, as every revision does: on PostgreSQL the table's rows
+get a new version each (the table grows by its size until vacuumed), and writes to
+records wait until it commits. Workers are stopped while it runs (README "Upgrading"):
+one of the old version would hash with BLAKE2b, and each record it wrote would read as
+changed once. The downgrade recomputes the BLAKE2b hashes the same way.
 
 The functions are written out here, not imported: a revision keeps doing what it did
 when the service's own hash changes again.

@@ -42,10 +42,35 @@ RECORDS_LEFT_OUT: Any = _RecordsLeftOut()
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    body: Any
-    """The body decoded, with `RECORDS_LEFT_OUT` in place of the records."""
-    records: msgspec.Raw
-    """The records' value as the upstream sent it (a JSON list, or `null`), a buffer."""
+    """A body's objects along `records_path`, their fields left as bytes."""
+
+    path: list[str]
+    levels: list[dict[str, msgspec.Raw]]
+    """The fields of the body, then of each object on the way to the records."""
+
+    @property
+    def records(self) -> msgspec.Raw:
+        """The records' value as the upstream sent it (a JSON list, or `null`), a buffer."""
+        return self.levels[-1][self.path[-1]]
+
+    def body(self) -> Any:
+        """The body decoded, with `RECORDS_LEFT_OUT` in place of the records, in the
+        upstream's order; None when a field does not decode (orjson refuses what msgspec
+        only skipped: then the body is decoded whole, and fails as it always did)."""
+        body: dict[str, Any] = {}
+        node = body
+        for depth, (part, fields) in enumerate(zip(self.path, self.levels, strict=True), 1):
+            inner: dict[str, Any] = {}
+            for name, value in fields.items():
+                if name == part:
+                    node[name] = RECORDS_LEFT_OUT if depth == len(self.path) else inner
+                    continue
+                try:
+                    node[name] = orjson.loads(memoryview(value))
+                except orjson.JSONDecodeError:
+                    return None
+            node = inner
+        return body
 
 
 def paginates_without_records(source: Source) -> bool:
@@ -64,36 +89,27 @@ def paginates_without_records(source: Source) -> bool:
 
 
 def split_records(raw: bytes | bytearray, records_path: str) -> Envelope | None:
-    """The envelope and the records' bytes; None when there is no envelope (an empty
-    `records_path`: the body is the records) or the body is not an object along
-    `records_path` (a list index, a missing key, invalid JSON): then it is decoded whole,
-    and whatever is wrong with it is reported as it always was."""
+    """The body's objects along `records_path`, nothing decoded yet; None when there is
+    no envelope (an empty `records_path`: the body is the records) or the body is not an
+    object along `records_path` (a list index, a missing key, invalid JSON, nesting too
+    deep): then it is decoded whole, and whatever is wrong with it is reported as it
+    always was."""
     if not records_path:
         return None
-    parts = records_path.split(".")
-    body: dict[str, Any] = {}
-    node, fields = body, _fields(raw)
-    for depth, part in enumerate(parts, 1):
-        last = depth == len(parts)
+    path = records_path.split(".")
+    levels: list[dict[str, msgspec.Raw]] = []
+    fields = _fields(raw)
+    for depth, part in enumerate(path, 1):
         if fields is None or part not in fields:
             return None
-        inner: dict[str, Any] = {}
-        for name, value in fields.items():
-            if name == part:
-                node[name] = RECORDS_LEFT_OUT if last else inner
-                continue
-            try:
-                node[name] = orjson.loads(memoryview(value))
-            except orjson.JSONDecodeError:
-                return None
-        if last:
-            return Envelope(body, fields[part])
-        node, fields = inner, _fields(fields[part])
-    raise AssertionError("records_path has at least one part")  # pragma: no cover
+        levels.append(fields)
+        if depth < len(path):
+            fields = _fields(fields[part])
+    return Envelope(path, levels)
 
 
 def _fields(raw: Any) -> dict[str, msgspec.Raw] | None:
     try:
         return _FIELDS.decode(raw)
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         return None

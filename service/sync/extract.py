@@ -9,8 +9,9 @@ only party able to forge a match is the upstream that sends both texts, which co
 well send the old one. BLAKE2b took 0.49 ms of a 1,000-record page's 1.65 ms of
 extraction, XXH3 takes 0.06 (bench/RESULTS.md, session 13): extraction is a first
 sync's largest share of the worker's CPU, and that CPU is on the first sync's critical
-path. The revision that switched (`alembic/versions/…_record_hash_xxh3.py`) recomputed
-every stored hash, so no record reads as changed because of it.
+path. The revision that switched (`alembic/versions/…_record_hash_xxh3.py`) recomputes
+every stored hash, so no record reads as changed because of it, as long as no worker of
+an older version writes records after it (README "Upgrading": stop the workers first).
 """
 
 from __future__ import annotations

@@ -136,15 +136,14 @@ def _with_params(url: httpx.URL, params: dict[str, Any]) -> httpx.URL:
     if not params:
         return url
     try:
-        key = orjson.dumps(params)
-    except TypeError:  # pragma: no cover - params come from JSON (PageRequest.from_json)
+        return _merged_once(url, tuple(params.items()))
+    except TypeError:  # a value that is a list: merged each time
         return _merged(url, params)
-    return _merged_once(url, key)
 
 
 @functools.lru_cache(maxsize=1024)
-def _merged_once(url: httpx.URL, params: bytes) -> httpx.URL:
-    return _merged(url, orjson.loads(params))
+def _merged_once(url: httpx.URL, params: tuple[tuple[str, Any], ...]) -> httpx.URL:
+    return _merged(url, dict(params))
 
 
 def _merged(url: httpx.URL, params: dict[str, Any]) -> httpx.URL:
@@ -274,8 +273,9 @@ async def _fetched(
         await reserve_decoding(raw, bodies, hold)
     body: Any = None
     if parts is not None and records_unread:
-        body = parts.body
-    elif not undecoded:
+        body = parts.body()  # after the reservation: a field beside the records may be large
+        records_unread = body is not None
+    if body is None and not undecoded:
         body = _decode(raw, status, response.headers)
     return FetchedPage(
         status,

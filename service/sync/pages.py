@@ -59,7 +59,7 @@ class Page:
     None for a page that was not decoded: its records are the stored ones)."""
     following_ready: bool = False
     """The next page's fetch was done when this one was handed over: a caller that
-    stores pages two at a time may hold this one without waiting for the upstream
+    stores several pages at a time may hold this one without waiting for the upstream
     (`RunLedger.FRESH_PAGES_PER_STATEMENT`)."""
 
     @property
@@ -224,7 +224,7 @@ class _Flight:
 
     Predictions run deep only while pages come back unread (304, or the stored bytes):
     after a page that had to be decoded, `decoded_ahead` pages are fetched ahead at most
-    (one, unless the caller stores decoded pages two at a time: a first sync on
+    (one, unless the caller stores decoded pages several at a time: a first sync on
     PostgreSQL, `RunLedger.decoded_ahead`), so changed pages, which are the large ones
     in memory, are held only as many at a time as the caller needs. Where the next page
     is known only from the page before it, a fetch that finds room starts the page after

@@ -16,6 +16,7 @@ from service.sync import Limits, Page, PageRequest, Source, iter_pages
 from service.sync.client import UpstreamClient
 from service.sync.conditional import Validator, digest_seed, page_key
 from service.sync.envelope import RECORDS_LEFT_OUT, paginates_without_records, split_records
+from service.sync.errors import InvalidBody
 from service.sync.fetch import fetch_page
 from service.sync.paths import MISSING, get_path
 from tests.fixtures.upstream import Upstream, make_records
@@ -34,8 +35,9 @@ def test_the_envelope_is_decoded_and_the_records_are_left_as_their_bytes() -> No
 
     assert parts is not None
     assert bytes(memoryview(parts.records)) == b'[{"id": 1}, {"id": 2}]'
-    assert parts.body == {"at": "12:00", "meta": {"next": "b"}, "data": RECORDS_LEFT_OUT, "n": 2}
-    assert list(parts.body) == ["at", "meta", "data", "n"]  # the upstream's order
+    body = parts.body()
+    assert body == {"at": "12:00", "meta": {"next": "b"}, "data": RECORDS_LEFT_OUT, "n": 2}
+    assert list(body) == ["at", "meta", "data", "n"]  # the upstream's order
 
 
 def test_records_inside_nested_objects_keep_the_fields_beside_them() -> None:
@@ -45,15 +47,15 @@ def test_records_inside_nested_objects_keep_the_fields_beside_them() -> None:
 
     assert parts is not None
     assert bytes(memoryview(parts.records)) == b"[1, 2]"
-    assert parts.body == {"data": {"s": 1, "data": RECORDS_LEFT_OUT, "t": [3]}, "next": None}
+    assert parts.body() == {"data": {"s": 1, "data": RECORDS_LEFT_OUT, "t": [3]}, "next": None}
 
 
 def test_no_path_leads_through_the_records_left_out() -> None:
     parts = split_records(b'{"data": [{"id": 7}]}', "data")
 
     assert parts is not None
-    assert get_path(parts.body, "data.0.id") is MISSING
-    assert get_path(parts.body, "data.-1") is MISSING
+    assert get_path(parts.body(), "data.0.id") is MISSING
+    assert get_path(parts.body(), "data.-1") is MISSING
 
 
 @pytest.mark.parametrize(
@@ -66,13 +68,24 @@ def test_no_path_leads_through_the_records_left_out() -> None:
         (b'{"data": "x"}', "data.items"),  # a string on the way
         (b'{"data": [1]', "data"),  # truncated
         (b'{"data": [1]} x', "data"),  # trailing bytes
-        (b'{"n": 1e999999, "data": [1]}', "data"),  # orjson refuses the envelope's number
+        (b'{"x": ' + b"[" * 100_000 + b"]" * 100_000 + b', "data": [1]}', "data"),  # too deep
+        (b'{"data": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "data"),
     ],
 )
 def test_a_body_that_does_not_split_cleanly_is_left_to_the_whole_decode(
     raw: bytes, path: str
 ) -> None:
     assert split_records(raw, path) is None
+
+
+def test_an_envelope_orjson_refuses_is_not_decoded_here() -> None:
+    """msgspec only skips a field; orjson decodes it, and may refuse what msgspec took
+    (a number out of range): then the body is decoded whole, and fails as it did."""
+    parts = split_records(b'{"n": 1e999999, "data": [1]}', "data")
+
+    assert parts is not None
+    assert bytes(memoryview(parts.records)) == b"[1]"
+    assert parts.body() is None
 
 
 def test_pagination_that_reads_inside_the_records_needs_them_decoded() -> None:
@@ -243,3 +256,86 @@ def _without_query(request: Request) -> Request:
     scope = dict(request.scope)
     scope["query_string"] = b""
     return Request(scope)
+
+
+async def test_offset_pages_in_a_nested_envelope_are_counted_from_what_was_stored(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    """Offset pagination steps by the page's record count: a page read without its
+    records counts what its validator stored. Records under `result.items`, a total
+    beside them, and a last page whose records are `null`."""
+    records = make_records(30)
+    served = itertools.count()
+
+    def offsets(request: Request) -> Response:
+        offset = int(request.query_params.get("offset", 0))
+        page = records[offset : offset + 10] or None
+        body = {"stamp": next(served), "result": {"total": 40, "items": page}}
+        return Response(orjson.dumps(body), media_type="application/json")
+
+    paging = {"type": "offset", "limit": 10, "total_path": "result.total"}
+    src = source(
+        upstream.route("/offsets", offsets), records_path="result.items", pagination=paging
+    )
+    first = await walk(http, src, {})
+    assert [len(page.records.rows) for page in first] == [10, 10, 10, 0]  # then `null`
+
+    again = await walk(http, src, remembered(first, {}))
+
+    assert [page.unread for page in again] == [True, True, True, True]
+    assert [(p.next.params or {}).get("offset") if p.next else None for p in again] == [
+        10,
+        20,
+        30,
+        None,
+    ]
+
+
+async def test_a_conditional_page_whose_records_are_stored_keeps_its_new_etag(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    """A new ETag over the same records (the envelope changed): the page is not decoded,
+    and its validator is stored again with the new tag, its counts unchanged."""
+    records = make_records(5)
+    version = ["v1"]
+
+    def tagged(request: Request) -> Response:
+        tag = f'"{version[0]}"'
+        if request.headers.get("if-none-match") == tag:
+            return Response(status_code=304, headers={"ETag": tag})
+        body = {"at": version[0], "data": records, "next": None}
+        return Response(orjson.dumps(body), media_type="application/json", headers={"ETag": tag})
+
+    paging = {"type": "cursor", "cursor_path": "next", "cursor_param": "after"}
+    src = source(
+        upstream.route("/tagged", tagged), records_path="data", pagination=paging, conditional=True
+    )
+    first = await walk(http, src, {})
+    known = remembered(first, {})
+    version[0] = "v2"
+
+    again = await walk(http, src, known)
+
+    assert [page.unread for page in again] == [True]
+    assert not again[0].not_modified
+    new, old = again[0].validator, known[page_key(again[0].request)]
+    assert new is not None and new.etag == '"v2"' and old.etag == '"v1"'
+    assert (new.records_seen, new.records_digest) == (old.records_seen, old.records_digest)
+
+
+async def test_stored_records_in_an_envelope_orjson_refuses_fail_the_page_as_before(
+    upstream: Upstream, http: UpstreamClient
+) -> None:
+    records = make_records(3)
+    broken = [False]
+
+    def answer(_request: Request) -> Response:
+        head = b'{"n": 1e999999, ' if broken[0] else b'{"n": 1, '
+        return Response(head + b'"data": ' + orjson.dumps(records) + b"}")
+
+    src = source(upstream.route("/refused", answer), records_path="data")
+    known = remembered(await walk(http, src, {}), {})
+    broken[0] = True
+
+    with pytest.raises(InvalidBody, match="not valid JSON"):
+        await walk(http, src, known)

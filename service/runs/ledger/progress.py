@@ -36,8 +36,8 @@ class QuietPages:
         self.rows: dict[str, Row] = {}
         """The held pages' rows, the last copy of each key, in page order."""
         self.distinct = 0
-        """Distinct keys of the held pages, each page's counted as if committed alone
-        (`PageWrite.distinct`)."""
+        """Distinct keys across the held pages (`PageWrite.distinct`): a key on two of
+        them counts once (`_joined`)."""
         self.kept: list[Page] = []
         """The held pages: their bytes stay counted in the process's body budget until
         their rows are written or the attempt ends (`let_go`)."""

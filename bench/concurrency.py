@@ -72,6 +72,7 @@ from bench.ingest import (
     add_server_arguments,
     bench_database,
     code_version,
+    cursor_source,
     machine,
     print_py_spy,
     run_and_write,
@@ -196,16 +197,7 @@ async def in_batches(count: int, concurrency: int, make: Any) -> list[Any]:
 def task_body(index: int, base: str, pages: int) -> dict[str, Any]:
     return {
         "name": f"conc-{index:05d}",
-        "source": {
-            "url": f"{base}{task_path(index)}",
-            "records_path": "data",
-            "primary_key": "id",
-            "pagination": {
-                "type": "cursor",
-                "cursor_path": "next_token",
-                "cursor_param": "next_token",
-            },
-        },
+        "source": cursor_source(f"{base}{task_path(index)}"),
         "limits": {"max_pages": pages + 5, "timeout_seconds": 30},
     }
 

@@ -618,6 +618,20 @@ async def wait_warmup(
         raise BenchError(f"warm-up run {run['status']}: {run.get('error')}")
 
 
+def cursor_source(url: str) -> dict[str, Any]:
+    """A task's source for the bench upstream's pages at `url` (`bench.upstream`)."""
+    return {
+        "url": url,
+        "records_path": "data",
+        "primary_key": "id",
+        "pagination": {
+            "type": "cursor",
+            "cursor_path": "next_token",
+            "cursor_param": "next_token",
+        },
+    }
+
+
 async def warm_with_pages(
     client: httpx.AsyncClient,
     auth: dict[str, str],
@@ -634,16 +648,7 @@ async def warm_with_pages(
     after it, do not pay that. A production worker has synced before; so has this one
     now. The warm-up's records go into the same `record` table (another task's), so the
     first sync inserts into a table that is not empty, where the ceilings' copy is."""
-    source = {
-        "url": f"{base}{WARMUP_PAGES_PATH}",
-        "records_path": "data",
-        "primary_key": "id",
-        "pagination": {
-            "type": "cursor",
-            "cursor_path": "next_token",
-            "cursor_param": "next_token",
-        },
-    }
+    source = cursor_source(f"{base}{WARMUP_PAGES_PATH}")
     response = await client.post(
         "/v1/tasks", json={"name": "bench-warmup-pages", "source": source}, headers=auth
     )
@@ -1195,16 +1200,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         raw_key = await _create_key(settings, "bench", None)
         auth = {"Authorization": f"Bearer {raw_key}"}
         app = create_app(settings)
-        source = {
-            "url": f"{base}{PATH}",
-            "records_path": "data",
-            "primary_key": "id",
-            "pagination": {
-                "type": "cursor",
-                "cursor_path": "next_token",
-                "cursor_param": "next_token",
-            },
-        }
+        source = cursor_source(f"{base}{PATH}")
         async with (
             LifespanManager(app) as manager,
             httpx.AsyncClient(

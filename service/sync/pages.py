@@ -380,7 +380,7 @@ async def fetch_one(
         retries=retries,
     )
     try:
-        page = await _interpret(source, request, fetched, validator, seed, conditional=conditional)
+        page = await _interpret(source, request, fetched, validator, conditional=conditional)
     except BaseException as exc:
         if fetched.hold is not None:
             fetched.hold.release()
@@ -399,7 +399,6 @@ async def _interpret(
     request: PageRequest,
     fetched: FetchedPage,
     validator: Validator | None,
-    seed: bytes | None,
     *,
     conditional: bool,
 ) -> Page:

@@ -327,6 +327,7 @@ class _Flight:
             seed=self._seed,
             retry=self._retry,
             retries=retries,
+            keep_body=False,
         )
         self._newest = request
         chained = self._chain(request, fetch) if self._decoded_ahead > 1 else fetch
@@ -357,13 +358,21 @@ async def fetch_one(
     seed: bytes | None = None,
     retry: RequestRetry = REQUEST_RETRY,
     retries: RetryCount | None = None,
+    keep_body: bool = True,
 ) -> Page:
     """Fetch and interpret one page; also the dry run's whole job. With `seed`
     (`digest_seed`), a page whose bytes match `validator`'s digest is not decoded.
 
     A transient failure of the request is tried again in place as `retry` allows
     (`Page.retries` counts them; `retries`, if given, as they go: see `fetch_page`).
-    With `bodies`, the page holds its body's share of it until `Page.release`."""
+    With `bodies`, the page holds its body's share of it until `Page.release`.
+
+    Without `keep_body` (`iter_pages`: a run needs the page's rows, not its decoded
+    body), the decoded body is dropped here, once its rows are extracted
+    (`BODY_DROPPED`). Freeing a page of 1,000 decoded records takes the worker about
+    0.4 ms; here that happens while the fetch runs ahead of the database, where the
+    run's caller would free it between one statement's answer and the next statement,
+    with the database idle (bench/RESULTS.md, session 13)."""
     conditional = source.conditional and validator is not None
     fetched = await fetch_page(
         client,
@@ -391,7 +400,14 @@ async def fetch_one(
         fetched.hold.release()  # its records are the stored ones: nothing decoded is kept
     elif fetched.hold is not None:
         fetched.hold.charge(RECORD_COST * page.records.seen)  # its rows, now in memory
+    if not keep_body and not page.unread:
+        page = replace(page, fetched=replace(page.fetched, body=BODY_DROPPED))
     return page
+
+
+BODY_DROPPED: Any = object()
+"""`FetchedPage.body` of a decoded page whose body a run no longer needs (`fetch_one`'s
+`keep_body`): not None, so the page still counts as decoded (`Page.unread`)."""
 
 
 async def _interpret(

@@ -2,7 +2,7 @@
 process, with no worker, ledger or database, and the CPU it took.
 
     .venv/bin/python -m bench.engine [--walk 304|stamped|first] [--records 100000]
-        [--page-size 1000] [--repeats 8] [--ahead 4] [--profile]
+        [--page-size 1000] [--repeats 8] [--ahead 6] [--profile]
 
 It starts `bench.upstream`, walks every page once to learn what a run would have
 stored (each page's validator), then walks them `--repeats` more times as a run would:
@@ -38,6 +38,7 @@ from bench.ingest import start_upstream
 from bench.upstream import PATH, STAMP_PATH
 from service.config import Settings
 from service.http_client import create_upstream_client
+from service.runs.runner import PAGES_AHEAD
 from service.sync import Limits, Source, Validator, iter_pages, page_key
 
 
@@ -114,7 +115,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--page-size", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=8)
-    parser.add_argument("--ahead", type=int, default=4, help="the runner's PAGES_AHEAD is 4")
+    parser.add_argument(
+        "--ahead", type=int, default=PAGES_AHEAD, help="default: the runner's PAGES_AHEAD"
+    )
     parser.add_argument("--profile", action="store_true")
     args: Any = parser.parse_args(argv)
     service.worker._calm_the_garbage_collector()

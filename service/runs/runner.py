@@ -61,10 +61,14 @@ from service.tasks.service import unsealed_source
 
 log = logging.getLogger(__name__)
 
-PAGES_AHEAD = 4
-"""Fetches under way while a page is stored. A first sync can only ever have one (each
-page names the next); a resync whose stored validators predict its pages has up to
-this many, so a run of 304s or unchanged pages costs a round trip per four pages."""
+PAGES_AHEAD = 6
+"""Fetches under way while a page is stored. A first sync has one or two (each page
+names the next: `RunLedger.decoded_ahead`); a resync whose stored validators predict
+its pages has up to this many, so a run of 304s or unchanged pages costs a round trip
+per six pages. Six is what browsers open to one host; it took 5-11% less of the
+worker's CPU per 304 page than four did, where eight took little less than six
+(`bench.engine --walk 304 --ahead N`, session 13). Every request still waits on the
+host's budget."""
 
 WAIT_RECHECK_SECONDS = 10.0
 """A run waiting for its tenant's cap is started by the end of one of its tenant's runs

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -114,8 +114,7 @@ def validator_from(
     """What to remember of a page: its HTTP validators (conditional sources), and its
     digests unless the page repeats a key (then its counts would not be all `unchanged`
     next time)."""
-    etag = headers.get("etag") if conditional else None
-    last_modified = headers.get("last-modified") if conditional else None
+    etag, last_modified = _http_validators(headers, conditional=conditional)
     if len({row.key for row in records.rows}) < len(records.rows):
         digest = digest_of_records = None
     if not etag and not last_modified and digest is None and digest_of_records is None:
@@ -129,6 +128,30 @@ def validator_from(
         len(records.rejections),
         digest_of_records,
     )
+
+
+def validator_moved(
+    known: Validator, headers: httpx.Headers, following: PageRequest | None, *, conditional: bool
+) -> Validator | None:
+    """What to remember of a page whose records are the stored ones: nothing new, unless
+    it now leads elsewhere or its HTTP validators changed. Its records are what `known`
+    counted, byte for byte, so its counts and digests stay (a stamped page's own digest
+    would never match again: storing it would write a row per page per run for nothing)."""
+    etag, last_modified = _http_validators(headers, conditional=conditional)
+    moved = replace(
+        known,
+        etag=etag,
+        last_modified=last_modified,
+        next_page=following.to_json() if following else None,
+    )
+    return None if moved == known else moved
+
+
+def _http_validators(headers: httpx.Headers, *, conditional: bool) -> tuple[str | None, str | None]:
+    """`ETag` and `Last-Modified`, kept for conditional sources only."""
+    if not conditional:
+        return None, None
+    return headers.get("etag"), headers.get("last-modified")
 
 
 def resumed(validator: Validator, request: PageRequest) -> PageRequest | None:

@@ -173,10 +173,10 @@ async def fetch_page(
 ) -> FetchedPage:
     """One page, following up to `MAX_REDIRECTS` redirects by hand; with `digest_seed`,
     the body's digest too, and the body is left undecoded (None) when the digest is
-    `undecoded_if`; and the digest of its records' bytes, where the source's records sit
-    in an object (`envelope.split_records`): when that digest is `records_known`, only the envelope
-    around the records is decoded (`FetchedPage.records_unread`) where the source's
-    pagination can go on from the envelope alone, else the whole body.
+    `undecoded_if`; and the digest of its records' bytes, where the source's records
+    sit in an object (`envelope.split_records`): when that digest is `records_known`,
+    only the envelope around the records is decoded (`FetchedPage.records_unread`) where
+    the source's pagination can go on from the envelope alone, else the whole body.
 
     By hand, so each hop is a request like the first: its URL's shape checked, its
     host's budget waited on, credentials kept only within the origin. (Addresses are

@@ -27,6 +27,7 @@ from service.sync.conditional import (
     page_key,
     resumed,
     validator_from,
+    validator_moved,
 )
 from service.sync.errors import InvalidBody, PageLimitReached, PaginationLoop, SyncError
 from service.sync.extract import ExtractedPage, extract_yielding, records_of
@@ -458,7 +459,9 @@ async def _interpret(
             unread,
             ExtractedPage(),
             following,
-            validator=_moved(validator, fetched, following, conditional=source.conditional),
+            validator=validator_moved(
+                validator, fetched.headers, following, conditional=source.conditional
+            ),
             known=validator,
         )
     extracted = await extract_yielding(records, source.primary_key)
@@ -484,20 +487,3 @@ async def _interpret(
         known=validator,
         watermark=watermark,
     )
-
-
-def _moved(
-    known: Validator, fetched: FetchedPage, following: PageRequest | None, *, conditional: bool
-) -> Validator | None:
-    """What to remember of a page whose records are the stored ones: nothing new, unless
-    it now leads elsewhere or its HTTP validators changed. Its records are what `known`
-    counted, byte for byte, so its counts and digests stay (a stamped page's own digest
-    would never match again: storing it would write a row per page per run for nothing)."""
-    headers = fetched.headers
-    moved = replace(
-        known,
-        etag=headers.get("etag") if conditional else None,
-        last_modified=headers.get("last-modified") if conditional else None,
-        next_page=following.to_json() if following else None,
-    )
-    return None if moved == known else moved
